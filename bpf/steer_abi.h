@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The contract between the steering program (steer.bpf.c) and user space: constants, the layout
+ * of the shared slot table, the stats record and the key that names a reuseport group.
+ *
+ * Included by the BPF program (after vmlinux.h), by the policy header, and by C++ user space.
+ * Changing a struct here changes a map's value size: the supervisor and every worker must come
+ * from the same build (a worker checks the map's value size before it maps the table).
+ */
+#ifndef LBD_STEER_ABI_H
+#define LBD_STEER_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Workers per app. A slot is a worker's stable place; its index is what X-Worker reports. */
+#define LBD_MAX_SLOTS 64
+/* Listen addresses per app. Each address is its own reuseport group (IPv4 and IPv6 apart). */
+#define LBD_MAX_GROUPS 8
+/* Index into the stats map that counts decisions with no active slot at all. */
+#define LBD_NO_SLOT LBD_MAX_SLOTS
+
+/* The slot's place in the reuseport sockarray: one row of LBD_MAX_SLOTS per group. */
+#define LBD_SOCKARRAY_INDEX(group, slot) ((group) * LBD_MAX_SLOTS + (slot))
+#define LBD_SOCKARRAY_SIZE (LBD_MAX_GROUPS * LBD_MAX_SLOTS)
+
+/* Who may receive new connections. Only ACTIVE slots are ever chosen while one exists. */
+enum lbd_slot_state {
+	LBD_SLOT_EMPTY = 0,    /* no worker */
+	LBD_SLOT_STARTING = 1, /* worker forked, not ready yet */
+	LBD_SLOT_ACTIVE = 2,   /* serving: eligible for new connections */
+	LBD_SLOT_DRAINING = 3, /* finishing its connections; never chosen */
+};
+
+/* How the program chooses among active slots. Changed at run time without re-attaching. */
+enum lbd_policy {
+	LBD_POLICY_RR = 0,    /* exact round-robin over active slots */
+	LBD_POLICY_LEAST = 1, /* lowest load (queued + open connections), live slots only;
+				 ties broken round-robin */
+	LBD_POLICY_HASH = 2,  /* the kernel's flow hash, mapped onto the active slots */
+};
+
+/*
+ * One entry of the slot table: a BPF_F_MMAPABLE array that the supervisor, every worker and the
+ * program share. Each field has exactly one writer, so no field needs a lock:
+ *   supervisor  state
+ *   program     steered            (atomic add on every connection sent to the slot)
+ *   worker      everything in the second cache line (atomic stores, no syscall)
+ * The two writers that run on every connection are kept on separate cache lines.
+ */
+struct lbd_slot {
+	/* --- read by the program on every decision --- */
+	__u32 state;           /* enum lbd_slot_state */
+	__u32 cpu;             /* CPU the worker is pinned to, or ~0 (informational) */
+	__u64 steered;         /* connections the program sent here (select + migrate) */
+	__u8 pad0[48];
+
+	/* --- written by the worker in this slot --- */
+	__u64 accepted;        /* connections taken off the accept queue; also advanced by the
+				  worker's reconciliation with the real queue length (see worker) */
+	__u64 heartbeat_ns;    /* CLOCK_MONOTONIC time of the worker's last loop turn */
+	__u64 requests;        /* requests answered */
+	__u32 open;            /* connections currently open (one RAII token each) */
+	__u32 inflight;        /* requests received and not yet answered */
+	__u32 pid;             /* worker pid, for status */
+	__u8 pad1[28];
+};
+
+/* Per-CPU counters per slot, summed by user space. Entry LBD_NO_SLOT counts `fallback`:
+ * decisions where no active slot existed and the kernel's hash chose. */
+struct lbd_slot_stats {
+	__u64 selected;       /* new connections steered to this slot */
+	__u64 migrated;       /* queued/half-open connections moved here from a closing listener */
+	__u64 select_failed;  /* chosen but its socket was missing from the sockarray; retried */
+	__u64 fallback;       /* only in entry LBD_NO_SLOT, see above */
+};
+
+/* Names a reuseport group the way the program sees it: the listener's bound family, address and
+ * port (host byte order for the port, network order for the address, as in struct bpf_sock). */
+struct lbd_group_key {
+	__u32 family;  /* AF_INET or AF_INET6 */
+	__u32 port;
+	__u32 addr[4]; /* IPv4 in addr[0]; zero for a wildcard bind */
+};
+
+#endif /* LBD_STEER_ABI_H */

@@ -1,0 +1,69 @@
+#include <signal.h>
+#include <stdlib.h>
+
+#include <cstdio>
+
+#include "common/log.h"
+#include "service.h"
+#include "supervisor/options.h"
+#include "supervisor/supervisor.h"
+#include "worker/worker.h"
+#include "worker/worker_spec.h"
+
+namespace lbd {
+
+namespace {
+
+int run_worker(const char* spec_text, Handler handler) {
+  WorkerSpec spec;
+  try {
+    spec = decode_worker_spec(spec_text);
+  } catch (const ConfigError& e) {
+    fprintf(stderr, "lbd worker: %s\n", e.what());
+    return 2;
+  }
+  unsetenv(kWorkerSpecEnv);
+  init_logging("worker " + std::to_string(spec.slot), spec.log_level);
+  // The terminal's ^C and ^\ reach the whole process group; the supervisor decides what happens
+  // to workers, so they ignore those and act on its SIGTERM (drain) or SIGKILL.
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto worker = Worker::create(spec, std::move(handler));
+  if (!worker) {
+    spdlog::error("cannot start: {}", worker.error().message());
+    return 1;
+  }
+  if (auto ok = (*worker)->run(); !ok) {
+    spdlog::error("{}", ok.error().message());
+    return 1;
+  }
+  return 0;
+}
+
+int run_supervisor(int argc, char** argv) {
+  SupervisorOptions options;
+  try {
+    auto parsed = parse_command_line(argc, argv);
+    if (!parsed.options) return 0;  // --help or --version
+    options = std::move(*parsed.options);
+  } catch (const ConfigError& e) {
+    fprintf(stderr, "lbd: %s\n", e.what());
+    fprintf(stderr, "Run 'lbd --help' for the options.\n");
+    return 2;
+  }
+  init_logging("lbd", options.log_level);
+  Supervisor supervisor(std::move(options));
+  return supervisor.run();
+}
+
+}  // namespace
+
+int run(int argc, char** argv, Handler handler) {
+  if (const char* spec = getenv(kWorkerSpecEnv)) return run_worker(spec, std::move(handler));
+  return run_supervisor(argc, argv);
+}
+
+}  // namespace lbd

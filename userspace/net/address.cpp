@@ -1,0 +1,99 @@
+#include "net/address.h"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <cstring>
+
+namespace lbd::net {
+
+namespace {
+
+uint16_t parse_port(std::string_view text, std::string_view whole) {
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value > 65535) {
+    throw ConfigError("bad listen address '" + std::string(whole) + "': port must be 0-65535");
+  }
+  return static_cast<uint16_t>(value);
+}
+
+}  // namespace
+
+Address Address::parse(std::string_view text) {
+  Address address;
+  std::string host;
+  std::string_view port_text;
+
+  if (text.find(':') == std::string_view::npos) {
+    host = "0.0.0.0";  // a bare port: every IPv4 interface
+    port_text = text;
+  } else if (text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      throw ConfigError("bad listen address '" + std::string(text) + "': expected [IPv6]:PORT");
+    }
+    host = std::string(text.substr(1, close - 1));
+    port_text = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (text.find(':') != colon) {
+      throw ConfigError("bad listen address '" + std::string(text) +
+                        "': write IPv6 addresses in brackets, e.g. [::]:8080");
+    }
+    host = colon == 0 ? "0.0.0.0" : std::string(text.substr(0, colon));
+    port_text = text.substr(colon + 1);
+  }
+  uint16_t port = parse_port(port_text, text);
+
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage_);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage_);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    address.length_ = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    address.length_ = sizeof(sockaddr_in6);
+  } else {
+    throw ConfigError("bad listen address '" + std::string(text) + "': '" + host +
+                      "' is not an IPv4 or IPv6 address");
+  }
+  return address;
+}
+
+Address Address::from_sockaddr(const sockaddr* sa, socklen_t len) {
+  Address address;
+  std::memcpy(&address.storage_, sa, std::min<size_t>(len, sizeof(address.storage_)));
+  address.length_ = len;
+  return address;
+}
+
+uint16_t Address::port() const {
+  if (is_v6()) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
+}
+
+Address Address::with_port(uint16_t port) const {
+  Address copy = *this;
+  if (is_v6()) {
+    reinterpret_cast<sockaddr_in6*>(&copy.storage_)->sin6_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in*>(&copy.storage_)->sin_port = htons(port);
+  }
+  return copy;
+}
+
+std::string Address::to_string() const {
+  char host[INET6_ADDRSTRLEN] = {};
+  if (is_v6()) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, host,
+              sizeof(host));
+    return "[" + std::string(host) + "]:" + std::to_string(port());
+  }
+  inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage_)->sin_addr, host, sizeof(host));
+  return std::string(host) + ":" + std::to_string(port());
+}
+
+}  // namespace lbd::net

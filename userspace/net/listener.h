@@ -1,0 +1,45 @@
+// TCP listeners. lbd (the supervisor) creates every listener itself, before it forks anything:
+// sockets join one SO_REUSEPORT group only if the same effective uid created them.
+#pragma once
+
+#include <cstdint>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "net/address.h"
+
+namespace lbd::net {
+
+struct ListenerOptions {
+  int backlog = 4096;
+  bool reuseport = true;  // join the address's SO_REUSEPORT group
+  bool nonblocking = false;
+};
+
+// A listening TCP socket bound to `address`: SO_REUSEADDR, optionally SO_REUSEPORT, TCP_NODELAY
+// (accepted sockets inherit it, so no per-connection setsockopt), IPV6_V6ONLY for IPv6 so that
+// "[::]:P" and "0.0.0.0:P" are two separate groups. Always close-on-exec.
+Result<UniqueFd> listen_tcp(const Address& address, const ListenerOptions& options);
+
+// The address a socket is bound to (the real port after binding port 0).
+Result<Address> local_address(int fd);
+
+// Fails with EADDRINUSE if any socket is bound to `address`. A reuseport bind alone would not:
+// a second lbd under the same uid would silently join the first one's group and split its
+// traffic. Port 0 always passes.
+Result<void> check_port_free(const Address& address);
+
+// The accept queue of a listening socket, from TCP_INFO: queued connections in tcpi_unacked and
+// the backlog limit in tcpi_sacked (the kernel reuses those fields for listeners).
+struct AcceptQueue {
+  uint32_t queued = 0;
+  uint32_t limit = 0;
+};
+Result<AcceptQueue> accept_queue(int listener_fd);
+
+// Stops a listener without closing the fd: the kernel migrates its queued and half-open
+// connections to another listener of the group (the steering program picks which). Works on
+// any copy of the socket, so the supervisor can drain a worker that is stopped or stuck.
+Result<void> stop_listening(int listener_fd);
+
+}  // namespace lbd::net

@@ -1,0 +1,17 @@
+// The entry point for a service that embeds lbd: link lbd_core, write a Handler, and call
+//
+//   int main(int argc, char** argv) { return lbd::run(argc, argv, my_handler); }
+//
+// The same binary is then both lbd's supervisor (it takes every lbd flag: --workers, --listen,
+// --policy, ...) and each of its workers: the supervisor executes the binary again for every
+// worker, and lbd::run() tells the two apart by the worker spec in the environment.
+#pragma once
+
+#include "worker/handler.h"
+
+namespace lbd {
+
+// Returns the process exit code.
+int run(int argc, char** argv, Handler handler);
+
+}  // namespace lbd

@@ -1,0 +1,60 @@
+// The slot table: one `struct lbd_slot` per worker slot (bpf/steer_abi.h), in memory that the
+// supervisor, every worker and, in --mode bpf, the steering program share without syscalls.
+//
+// In --mode bpf the memory is the program's BPF_F_MMAPABLE `slot_table` map; in the other modes
+// (no program) it is a memfd. Either way it is a file descriptor that the supervisor hands to
+// each worker, and each side maps it with mmap(MAP_SHARED). Each field has a single writer (see
+// steer_abi.h), so plain atomic loads and stores are enough.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "steer_abi.h"
+
+namespace lbd {
+
+class SlotTable {
+ public:
+  static constexpr size_t kBytes = sizeof(lbd_slot) * LBD_MAX_SLOTS;
+
+  // A fresh table in a memfd (modes without a BPF program).
+  static Result<SlotTable> create_memfd();
+  // Maps a table given as an fd: a BPF map (checked for the right value size) or a memfd. The fd
+  // is duplicated; the caller keeps its own.
+  static Result<SlotTable> map(int fd);
+
+  SlotTable(SlotTable&& other) noexcept;
+  SlotTable& operator=(SlotTable&& other) noexcept;
+  SlotTable(const SlotTable&) = delete;
+  SlotTable& operator=(const SlotTable&) = delete;
+  ~SlotTable();
+
+  int fd() const { return fd_.get(); }
+  lbd_slot& slot(uint32_t index) { return slots_[index]; }
+  const lbd_slot& slot(uint32_t index) const { return slots_[index]; }
+
+ private:
+  SlotTable(UniqueFd fd, lbd_slot* slots) : fd_(std::move(fd)), slots_(slots) {}
+  UniqueFd fd_;
+  lbd_slot* slots_ = nullptr;
+};
+
+// Single-writer fields are published and read with relaxed atomics: each is a counter or a
+// timestamp, readers need no ordering with other fields.
+template <typename T>
+inline T load_field(const T& field) {
+  return std::atomic_ref<T>(const_cast<T&>(field)).load(std::memory_order_relaxed);
+}
+template <typename T>
+inline void store_field(T& field, std::type_identity_t<T> value) {
+  std::atomic_ref<T>(field).store(value, std::memory_order_relaxed);
+}
+
+const char* slot_state_name(uint32_t state);
+
+}  // namespace lbd

@@ -1,0 +1,175 @@
+#include "steering/steering.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstring>
+
+#include "common/log.h"
+#include "steer_bpf.skel.h"
+
+namespace lbd {
+
+namespace {
+
+// libbpf's own messages (verifier logs among them) go to our log at debug level; warnings stay
+// warnings.
+int forward_libbpf_log(enum libbpf_print_level level, const char* format, va_list args) {
+  char line[1024];
+  int n = vsnprintf(line, sizeof(line), format, args);
+  if (n > 0 && line[std::min<size_t>(n, sizeof(line) - 1) - 1] == '\n') {
+    line[std::min<size_t>(n, sizeof(line) - 1) - 1] = '\0';
+  }
+  if (level == LIBBPF_WARN) {
+    spdlog::warn("libbpf: {}", line);
+  } else {
+    spdlog::debug("libbpf: {}", line);
+  }
+  return n;
+}
+
+Error load_error(int err) {
+  if (err == EPERM || err == EACCES) {
+    return Error::from_errno(err,
+                             "cannot load the BPF steering program (lbd needs root, or CAP_BPF and "
+                             "CAP_NET_ADMIN, for --mode bpf; --mode reuseport runs without them)");
+  }
+  return Error::from_errno(err, "cannot load the BPF steering program");
+}
+
+}  // namespace
+
+const char* policy_name(Policy policy) {
+  switch (policy) {
+    case Policy::kRoundRobin: return "rr";
+    case Policy::kLeast: return "least";
+    case Policy::kHash: return "hash";
+  }
+  return "unknown";
+}
+
+Policy parse_policy(const std::string& text) {
+  if (text == "rr") return Policy::kRoundRobin;
+  if (text == "least") return Policy::kLeast;
+  if (text == "hash") return Policy::kHash;
+  throw ConfigError("unknown policy '" + text + "' (expected rr, least or hash)");
+}
+
+Result<Steering> Steering::load(const SteeringOptions& options) {
+  libbpf_set_print(forward_libbpf_log);
+  std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton(steer_bpf__open(), steer_bpf__destroy);
+  if (!skeleton) return load_error(errno);
+  skeleton->rodata->stale_after_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options.stale_after).count();
+  if (int err = steer_bpf__load(skeleton.get()); err != 0) return load_error(-err);
+
+  auto table = SlotTable::map(bpf_map__fd(skeleton->maps.slot_table));
+  if (!table) return table.error().wrap("steering");
+  Steering steering(std::move(skeleton), std::move(*table));
+  steering.set_policy(options.policy);
+  return steering;
+}
+
+Steering::Steering(std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton, SlotTable table)
+    : skeleton_(std::move(skeleton)), table_(std::move(table)) {}
+Steering::Steering(Steering&&) noexcept = default;
+Steering& Steering::operator=(Steering&&) noexcept = default;
+Steering::~Steering() = default;
+
+Result<uint32_t> Steering::add_group(const net::Address& bound) {
+  if (groups_ >= LBD_MAX_GROUPS) {
+    return Error::from_errno(E2BIG, "too many listen addresses (at most " +
+                                        std::to_string(LBD_MAX_GROUPS) + ")");
+  }
+  // The key is what the program reads from struct bpf_sock: port in host order, address in
+  // network order.
+  lbd_group_key key{};
+  key.family = bound.family();
+  key.port = bound.port();
+  if (bound.is_v6()) {
+    std::memcpy(key.addr, &reinterpret_cast<const sockaddr_in6*>(bound.sockaddr_ptr())->sin6_addr, 16);
+  } else {
+    key.addr[0] = reinterpret_cast<const sockaddr_in*>(bound.sockaddr_ptr())->sin_addr.s_addr;
+  }
+  uint32_t group = groups_;
+  if (bpf_map__update_elem(skeleton_->maps.groups, &key, sizeof(key), &group, sizeof(group),
+                           BPF_NOEXIST) != 0) {
+    return Error::from_errno("register reuseport group " + bound.to_string());
+  }
+  groups_++;
+  return group;
+}
+
+Result<void> Steering::attach(int listener_fd) {
+  int prog_fd = bpf_program__fd(skeleton_->progs.lbd_steer);
+  if (setsockopt(listener_fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &prog_fd, sizeof(prog_fd)) != 0) {
+    return Error::from_errno("attach steering program (SO_ATTACH_REUSEPORT_EBPF)");
+  }
+  return {};
+}
+
+Result<void> Steering::set_socket(uint32_t group, uint32_t slot, int listener_fd) {
+  uint32_t index = LBD_SOCKARRAY_INDEX(group, slot);
+  uint64_t fd = static_cast<uint64_t>(listener_fd);
+  if (bpf_map__update_elem(skeleton_->maps.sockarray, &index, sizeof(index), &fd, sizeof(fd),
+                           BPF_ANY) != 0) {
+    return Error::from_errno("put listener into slot " + std::to_string(slot));
+  }
+  return {};
+}
+
+Result<void> Steering::clear_socket(uint32_t group, uint32_t slot) {
+  uint32_t index = LBD_SOCKARRAY_INDEX(group, slot);
+  if (bpf_map__delete_elem(skeleton_->maps.sockarray, &index, sizeof(index), 0) != 0 &&
+      errno != ENOENT) {
+    return Error::from_errno("clear slot " + std::to_string(slot));
+  }
+  return {};
+}
+
+void Steering::set_policy(Policy policy) {
+  store_field(const_cast<uint32_t&>(skeleton_->data->policy), static_cast<uint32_t>(policy));
+}
+
+Policy Steering::policy() const {
+  return static_cast<Policy>(load_field(const_cast<const uint32_t&>(skeleton_->data->policy)));
+}
+
+void Steering::set_slot_count(uint32_t count) {
+  store_field(const_cast<uint32_t&>(skeleton_->bss->nr_slots), count);
+}
+
+uint64_t Steering::sum_stats(uint32_t index, SlotCounters* out) const {
+  int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return 0;
+  std::vector<lbd_slot_stats> per_cpu(cpus);
+  if (bpf_map__lookup_elem(skeleton_->maps.stats, &index, sizeof(index), per_cpu.data(),
+                           per_cpu.size() * sizeof(lbd_slot_stats), 0) != 0) {
+    return 0;
+  }
+  uint64_t fallback = 0;
+  for (const auto& s : per_cpu) {
+    if (out) {
+      out->selected += s.selected;
+      out->migrated += s.migrated;
+      out->select_failed += s.select_failed;
+    }
+    fallback += s.fallback;
+  }
+  return fallback;
+}
+
+SlotCounters Steering::counters(uint32_t slot) const {
+  SlotCounters counters;
+  sum_stats(slot, &counters);
+  return counters;
+}
+
+uint64_t Steering::fallbacks() const { return sum_stats(LBD_NO_SLOT, nullptr); }
+
+}  // namespace lbd

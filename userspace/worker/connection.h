@@ -1,0 +1,73 @@
+// One client connection inside a worker, stored at the index of its fixed-file slot.
+//
+// Lifecycle: accepted -> reading/answering (any number of requests) -> closing -> released.
+// A connection is closed only when the kernel holds no request of ours on it: a pending
+// multishot recv keeps the socket open and a pending send reads our buffers, so closing waits
+// for their final completions (DESIGN.md: "cancel the recv and close on its final completion").
+#pragma once
+
+#include <linux/time_types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "worker/handler.h"
+#include "worker/http.h"
+#include "worker/load_token.h"
+
+namespace lbd {
+
+class Worker;
+struct Connection;
+
+// The Exchange a handler sees; one per connection, reused for each request on it.
+class ConnectionExchange final : public Exchange {
+ public:
+  const Request& request() const override;
+  uint32_t worker_slot() const override;
+  void add_header(std::string_view name, std::string_view value) override;
+  void respond(int status, std::string_view body, std::string_view content_type) override;
+  void respond_after(std::chrono::milliseconds delay, std::function<void(Exchange&)> then) override;
+
+ private:
+  friend class Worker;
+  Worker* worker_ = nullptr;
+  Connection* connection_ = nullptr;
+  std::string extra_headers_;
+  bool responded_ = false;
+};
+
+struct Connection {
+  uint32_t index = 0;
+  uint32_t generation = 0;
+  bool in_use = false;
+
+  // Requests the kernel holds for this connection.
+  bool recv_armed = false;
+  bool send_inflight = false;
+  bool timer_armed = false;
+
+  bool closing = false;            // no more reads or writes; close when the kernel lets go
+  bool close_submitted = false;
+  bool close_after_send = false;   // the last response is queued: close once it is sent
+  bool linger_after_send = false;  // ...but shut down writes and drain reads first (error answers)
+  bool lingering = false;          // discarding input until the peer closes or the linger ends
+  bool waiting = false;            // a handler answers later (respond_after)
+
+  uint64_t last_activity_ns = 0;
+  uint32_t live_position = 0;      // where this connection sits in Worker::live_
+
+  RequestParser parser;
+  std::string input;        // bytes received while waiting on a deferred answer
+  std::string out_pending;  // responses not yet given to the kernel
+  std::string out_sending;  // bytes the kernel is sending; untouched until the send completes
+  size_t out_sent = 0;
+
+  __kernel_timespec timer{};
+  std::function<void(Exchange&)> deferred;
+  ConnectionExchange exchange;
+  LoadToken token;
+};
+
+}  // namespace lbd

@@ -1,0 +1,112 @@
+// HTTP/1.1 for the worker runtime: an incremental request parser over llhttp (Node.js's parser)
+// and the response serializer. Pure logic, no sockets: unit-tested on byte strings.
+#pragma once
+
+#include <llhttp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "worker/handler.h"
+
+namespace lbd {
+
+struct HttpLimits {
+  size_t max_header_bytes = 16 * 1024;  // request line + headers; more gets 431
+  size_t max_body_bytes = 1024 * 1024;  // more gets 413
+};
+
+// Feeds bytes in, gets whole requests out, one at a time. Bytes of the next pipelined request
+// are left unconsumed until the current one has been answered and next() called.
+//
+// The parser copies what a Request needs (target, headers, body) into its own storage, so the
+// caller may recycle its receive buffer as soon as parse() returns.
+class RequestParser {
+ public:
+  enum class Status {
+    kNeedMore,  // every byte consumed, no complete request yet
+    kRequest,   // a complete request is available in request()
+    kError,     // the input is not acceptable HTTP; answer error_status() and close
+  };
+  struct Step {
+    Status status;
+    size_t consumed;  // bytes of `data` used, whatever the status
+  };
+
+  explicit RequestParser(const HttpLimits& limits = {});
+  RequestParser(const RequestParser&) = delete;
+  RequestParser& operator=(const RequestParser&) = delete;
+
+  void set_limits(const HttpLimits& limits) { limits_ = limits; }
+  // Starts over for a new connection.
+  void reset();
+  Step parse(std::string_view data);
+  // After kRequest: the request, valid until next().
+  const Request& request() const { return request_; }
+  // After kRequest: whether the client wants the connection kept open (HTTP version and the
+  // Connection header; false after an Upgrade request, which lbd does not support).
+  bool keep_alive() const { return keep_alive_; }
+  // After kError: 400, 413 or 431; and a short reason for the log.
+  int error_status() const { return error_status_; }
+  const char* error_reason() const;
+  // True from the first byte of a request until it is complete.
+  bool in_request() const { return in_request_; }
+  // Done with the current request: parse the next one.
+  void next();
+
+ private:
+  static int on_message_begin(llhttp_t* p);
+  static int on_url(llhttp_t* p, const char* at, size_t len);
+  static int on_header_field(llhttp_t* p, const char* at, size_t len);
+  static int on_header_value(llhttp_t* p, const char* at, size_t len);
+  static int on_header_value_complete(llhttp_t* p);
+  static int on_headers_complete(llhttp_t* p);
+  static int on_body(llhttp_t* p, const char* at, size_t len);
+  static int on_message_complete(llhttp_t* p);
+  static const llhttp_settings_t& settings();
+
+  bool count_header_bytes(size_t len);
+  void build_request();
+
+  HttpLimits limits_;
+  llhttp_t parser_;
+  Request request_;
+  // Target, then name/value pairs, back to back; views are built when the request completes
+  // because appending may move the storage.
+  std::string head_;
+  struct HeaderSpan {
+    uint32_t name_at, name_len, value_at, value_len;
+  };
+  std::vector<HeaderSpan> header_spans_;
+  uint32_t target_len_ = 0;
+  bool in_value_ = false;
+  std::string body_;
+  size_t header_bytes_ = 0;
+  bool in_request_ = false;
+  bool keep_alive_ = true;
+  bool paused_ = false;
+  int error_status_ = 400;
+};
+
+// Appends one complete response to `out`.
+struct ResponseHead {
+  int status = 200;
+  std::string_view content_type = "text/plain";
+  std::string_view extra_headers;  // preformatted "Name: value\r\n" lines
+  bool keep_alive = true;
+  // HTTP/1.0 clients get "Connection: keep-alive" when kept open, since 1.0 defaults to close.
+  bool http10 = false;
+  uint32_t worker_slot = 0;
+  std::string_view date;  // RFC 7231 IMF-fixdate, cached by the caller once a second
+  bool omit_body = false;  // HEAD: headers as for GET, no body
+};
+void append_response(std::string& out, const ResponseHead& head, std::string_view body);
+
+const char* status_reason(int status);
+
+// "Sun, 06 Nov 1994 08:49:37 GMT" for the current second.
+std::string http_date_now();
+
+}  // namespace lbd

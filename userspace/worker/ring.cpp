@@ -1,0 +1,129 @@
+#include "worker/ring.h"
+
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+
+namespace lbd {
+
+namespace {
+
+struct SetupAttempt {
+  unsigned flags;
+  const char* name;
+};
+
+// Fastest first. SUBMIT_ALL keeps submitting after one bad entry, so one failed request cannot
+// strand the rest of a batch.
+constexpr SetupAttempt kAttempts[] = {
+    {IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+     "single-issuer+defer-taskrun"},
+    {IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+    {0, "plain"},
+};
+
+}  // namespace
+
+void Ring::Deleter::operator()(io_uring* ring) const {
+  io_uring_queue_exit(ring);
+  delete ring;
+}
+
+Ring::~Ring() = default;
+
+Result<Ring> Ring::create(const Options& options) {
+  int last_error = 0;
+  for (const SetupAttempt& attempt : kAttempts) {
+    auto raw = std::make_unique<io_uring>();
+    io_uring_params params{};
+    params.flags = attempt.flags | IORING_SETUP_CQSIZE;
+    params.cq_entries = options.cq_entries;
+    int err = io_uring_queue_init_params(options.sq_entries, raw.get(), &params);
+    if (err < 0) {
+      last_error = -err;
+      if (err == -EINVAL) continue;  // flag unknown to this kernel: try the next set
+      return Error::from_errno(-err, "io_uring_setup");
+    }
+    std::unique_ptr<io_uring, Deleter> ring(raw.release());
+
+    // The registered ring fd saves an fget/fput on every io_uring_enter; optional.
+    io_uring_register_ring_fd(ring.get());
+
+    // The sparse file table is bounded by RLIMIT_NOFILE.
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    unsigned files = static_cast<unsigned>(
+        std::min<rlim_t>(options.fixed_files, limit.rlim_cur > 64 ? limit.rlim_cur - 64 : 1));
+    if (int ferr = io_uring_register_files_sparse(ring.get(), files); ferr < 0) {
+      return Error::from_errno(-ferr, "register " + std::to_string(files) + " fixed files");
+    }
+    return Ring(std::move(ring), attempt.name, files);
+  }
+  return Error::from_errno(last_error, "io_uring_setup");
+}
+
+io_uring_sqe* Ring::next_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+  while (!sqe) {
+    io_uring_submit(ring_.get());
+    sqe = io_uring_get_sqe(ring_.get());
+  }
+  return sqe;
+}
+
+Result<BufferRing> BufferRing::create(Ring& ring, uint16_t group, unsigned count, unsigned size) {
+  BufferRing br;
+  br.ring_ = ring.get();
+  br.count_ = count;
+  br.size_ = size;
+  br.group_ = group;
+  br.ring_bytes_ = sizeof(io_uring_buf) * count;
+  void* ring_memory = mmap(nullptr, br.ring_bytes_, PROT_READ | PROT_WRITE,
+                           MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (ring_memory == MAP_FAILED) return Error::from_errno("mmap buffer ring");
+  br.buf_ring_ = static_cast<io_uring_buf_ring*>(ring_memory);
+  br.buffers_ = static_cast<char*>(std::aligned_alloc(4096, static_cast<size_t>(count) * size));
+  if (!br.buffers_) return Error::from_errno(ENOMEM, "allocate receive buffers");
+
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(ring_memory);
+  reg.ring_entries = count;
+  reg.bgid = group;
+  if (int err = io_uring_register_buf_ring(br.ring_, &reg, 0); err < 0) {
+    return Error::from_errno(-err, "register buffer ring");
+  }
+  io_uring_buf_ring_init(br.buf_ring_);
+  int mask = io_uring_buf_ring_mask(count);
+  for (unsigned id = 0; id < count; id++) {
+    io_uring_buf_ring_add(br.buf_ring_, br.buffers_ + static_cast<size_t>(id) * size, size,
+                          static_cast<unsigned short>(id), mask, static_cast<int>(id));
+  }
+  io_uring_buf_ring_advance(br.buf_ring_, static_cast<int>(count));
+  return br;
+}
+
+BufferRing::BufferRing(BufferRing&& other) noexcept
+    : ring_(std::exchange(other.ring_, nullptr)),
+      buf_ring_(std::exchange(other.buf_ring_, nullptr)),
+      buffers_(std::exchange(other.buffers_, nullptr)),
+      ring_bytes_(other.ring_bytes_),
+      count_(other.count_),
+      size_(other.size_),
+      group_(other.group_) {}
+
+BufferRing::~BufferRing() {
+  if (ring_ && buf_ring_) io_uring_unregister_buf_ring(ring_, group_);
+  if (buf_ring_) munmap(buf_ring_, ring_bytes_);
+  std::free(buffers_);
+}
+
+void BufferRing::recycle(uint16_t id) {
+  io_uring_buf_ring_add(buf_ring_, buffers_ + static_cast<size_t>(id) * size_, size_, id,
+                        io_uring_buf_ring_mask(count_), 0);
+  io_uring_buf_ring_advance(buf_ring_, 1);
+}
+
+}  // namespace lbd

@@ -1,0 +1,85 @@
+// io_uring plumbing for a worker: the ring itself (with the fastest setup flags this kernel
+// accepts) and a provided-buffer ring for multishot receives. Both are RAII.
+//
+// Minimum kernel: 6.0 (multishot accept into fixed files, multishot recv, buffer rings).
+#pragma once
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+
+namespace lbd {
+
+class Ring {
+ public:
+  struct Options {
+    unsigned sq_entries = 2048;
+    unsigned cq_entries = 16384;
+    unsigned fixed_files = 16384;  // sparse table for direct descriptors (one per connection)
+  };
+
+  // Tries SINGLE_ISSUER|DEFER_TASKRUN (completions run only when we wait: no interrupts, no
+  // cross-CPU task work), then COOP_TASKRUN, then plain; registers the ring fd and a sparse
+  // file table of `fixed_files` entries.
+  static Result<Ring> create(const Options& options);
+
+  Ring(Ring&&) noexcept = default;
+  Ring& operator=(Ring&&) noexcept = default;
+  ~Ring();
+
+  io_uring* get() { return ring_.get(); }
+  // Which setup flags were accepted, for the start-up log line.
+  const std::string& mode() const { return mode_; }
+  unsigned fixed_files() const { return fixed_files_; }
+
+  // A submission entry, flushing the queue to the kernel first if it is full. Never null.
+  io_uring_sqe* next_sqe();
+
+ private:
+  struct Deleter {
+    void operator()(io_uring* ring) const;
+  };
+  Ring(std::unique_ptr<io_uring, Deleter> ring, std::string mode, unsigned fixed_files)
+      : ring_(std::move(ring)), mode_(std::move(mode)), fixed_files_(fixed_files) {}
+
+  std::unique_ptr<io_uring, Deleter> ring_;
+  std::string mode_;
+  unsigned fixed_files_ = 0;
+};
+
+// A ring of `count` receive buffers of `size` bytes that the kernel fills in turn
+// (IOSQE_BUFFER_SELECT). A completion names the buffer it used; once the data is consumed the
+// buffer must be handed back with recycle(), or the kernel runs out (-ENOBUFS).
+//
+// liburing 2.3 has no io_uring_setup_buf_ring(): the ring memory is mapped here and registered
+// with io_uring_register_buf_ring().
+class BufferRing {
+ public:
+  static Result<BufferRing> create(Ring& ring, uint16_t group, unsigned count, unsigned size);
+
+  BufferRing(BufferRing&& other) noexcept;
+  BufferRing& operator=(BufferRing&&) = delete;
+  BufferRing(const BufferRing&) = delete;
+  ~BufferRing();
+
+  uint16_t group() const { return group_; }
+  const char* data(uint16_t id) const { return buffers_ + static_cast<size_t>(id) * size_; }
+  void recycle(uint16_t id);
+
+ private:
+  BufferRing() = default;
+
+  io_uring* ring_ = nullptr;
+  io_uring_buf_ring* buf_ring_ = nullptr;
+  char* buffers_ = nullptr;
+  size_t ring_bytes_ = 0;
+  unsigned count_ = 0;
+  unsigned size_ = 0;
+  uint16_t group_ = 0;
+};
+
+}  // namespace lbd

@@ -1,0 +1,697 @@
+#include "worker/worker.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "common/log.h"
+#include "net/fd_passing.h"
+#include "net/listener.h"
+
+namespace lbd {
+
+namespace {
+
+constexpr uint16_t kBufferGroup = 1;
+constexpr unsigned kBufferCount = 1024;  // power of two (buffer ring requirement)
+constexpr unsigned kBufferSize = 4096;
+// Input a client may pipeline behind a request that is still being answered.
+constexpr size_t kMaxBufferedInput = 256 * 1024;
+// The loop wakes at least this often, to stamp the heartbeat when idle.
+constexpr int64_t kTickNs = 10'000'000;
+constexpr int64_t kHousekeepingNs = 100'000'000;
+// After an error answer: how long to keep reading (and discarding) before closing, so the
+// client sees the answer instead of a reset.
+constexpr uint64_t kLingerNs = 2'000'000'000;
+// While draining, a keep-alive connection with nothing in flight is closed after this long.
+constexpr uint64_t kDrainIdleNs = 1'000'000'000;
+
+uint64_t monotonic_coarse_ns() {
+  // CLOCK_MONOTONIC_COARSE is what the steering program's bpf_ktime_get_coarse_ns() reads.
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+uint64_t to_ns(std::chrono::milliseconds ms) { return static_cast<uint64_t>(ms.count()) * 1'000'000ull; }
+
+// The sparse file table cannot be larger than RLIMIT_NOFILE; take the hard limit.
+void raise_fd_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+}  // namespace
+
+// --- Exchange -------------------------------------------------------------------------------
+
+const Request& ConnectionExchange::request() const { return connection_->parser.request(); }
+
+uint32_t ConnectionExchange::worker_slot() const { return worker_->spec_.slot; }
+
+void ConnectionExchange::add_header(std::string_view name, std::string_view value) {
+  extra_headers_.append(name).append(": ").append(value).append("\r\n");
+}
+
+void ConnectionExchange::respond(int status, std::string_view body, std::string_view content_type) {
+  if (responded_) return;  // one answer per request
+  responded_ = true;
+  worker_->respond(*connection_, status, body, content_type, extra_headers_);
+}
+
+void ConnectionExchange::respond_after(std::chrono::milliseconds delay,
+                                       std::function<void(Exchange&)> then) {
+  if (responded_ || connection_->waiting) return;
+  Connection& c = *connection_;
+  c.waiting = true;
+  c.deferred = std::move(then);
+  c.timer.tv_sec = delay.count() / 1000;
+  c.timer.tv_nsec = (delay.count() % 1000) * 1'000'000;
+  io_uring_sqe* sqe = worker_->ring_.next_sqe();
+  io_uring_prep_timeout(sqe, &c.timer, 0, 0);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kTimer, c.index, c.generation));
+  c.timer_armed = true;
+}
+
+// --- set-up -----------------------------------------------------------------------------------
+
+Worker::Worker(const WorkerSpec& spec, Handler handler, SlotTable table, Ring ring)
+    : spec_(spec),
+      handler_(std::move(handler)),
+      table_(std::move(table)),
+      my_slot_(&table_.slot(spec.slot)),
+      ring_(std::move(ring)) {}
+
+Worker::~Worker() = default;
+
+Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler handler) {
+  if (spec.slot >= LBD_MAX_SLOTS) return Error::from_errno(EINVAL, "slot out of range");
+  auto table = SlotTable::map(spec.slot_table_fd);
+  if (!table) return table.error();
+
+  raise_fd_limit();
+  Ring::Options ring_options;
+  ring_options.fixed_files = spec.max_connections;
+  auto ring = Ring::create(ring_options);
+  if (!ring) return ring.error();
+
+  std::unique_ptr<Worker> w(new Worker(spec, std::move(handler), std::move(*table), std::move(*ring)));
+  auto buffers = BufferRing::create(w->ring_, kBufferGroup, kBufferCount, kBufferSize);
+  if (!buffers) return buffers.error();
+  w->buffers_.emplace(std::move(*buffers));
+
+  w->connection_capacity_ = w->ring_.fixed_files();
+  w->connections_ = std::make_unique<Connection[]>(w->connection_capacity_);
+  for (uint32_t i = 0; i < w->connection_capacity_; i++) {
+    Connection& c = w->connections_[i];
+    c.index = i;
+    c.exchange.worker_ = w.get();
+    c.exchange.connection_ = &c;
+    c.parser.set_limits(spec.http);
+  }
+  w->live_.reserve(w->connection_capacity_);
+  w->accept_armed_.assign(spec.listener_fds.size(), false);
+  for (uint32_t i = 0; i < kInstallEntries; i++) w->free_install_entries_.push_back(kInstallEntries - 1 - i);
+
+  // SIGTERM arrives as a completion, not as an interruption of the loop.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block SIGTERM");
+  w->signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC));
+  if (!w->signal_fd_) return Error::from_errno("signalfd");
+
+  if (spec.handoff_fd >= 0) {
+    int flags = fcntl(spec.handoff_fd, F_GETFL);
+    if (flags < 0 || fcntl(spec.handoff_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      return Error::from_errno("handoff socket O_NONBLOCK");
+    }
+  }
+
+  // A fresh worker in this slot: nothing of ours is queued or open yet. Counting `steered` as
+  // already accepted starts the slot's load at zero whatever its previous worker left behind.
+  w->refresh_clock();
+  w->accepted_ = load_field(w->my_slot_->steered);
+  store_field(w->my_slot_->accepted, w->accepted_);
+  store_field(w->my_slot_->open, 0u);
+  store_field(w->my_slot_->inflight, 0u);
+  store_field(w->my_slot_->requests, uint64_t{0});
+  store_field(w->my_slot_->pid, static_cast<uint32_t>(getpid()));
+  spdlog::info("serving with io_uring ({}), {} connection slots", w->ring_.mode(),
+               w->connection_capacity_);
+  return w;
+}
+
+// --- the loop -------------------------------------------------------------------------------
+
+Result<void> Worker::run() {
+  if (spec_.accept_mode == AcceptMode::kHandoff) {
+    arm_handoff_poll();
+  } else {
+    for (uint32_t i = 0; i < spec_.listener_fds.size(); i++) arm_accept(i);
+  }
+  arm_signal_read();
+  io_uring_submit(ring_.get());
+
+  if (spec_.status_fd >= 0) {
+    static constexpr char kReady[] = "READY=1";
+    if (send(spec_.status_fd, kReady, sizeof(kReady) - 1, MSG_NOSIGNAL) < 0) {
+      return Error::from_errno("tell the supervisor we are ready");
+    }
+  }
+
+  __kernel_timespec tick{0, kTickNs};
+  while (true) {
+    io_uring_cqe* cqe = nullptr;
+    int err = io_uring_submit_and_wait_timeout(ring_.get(), &cqe, 1, &tick, nullptr);
+    if (err < 0 && err != -ETIME && err != -EINTR && err != -EBUSY) {
+      return Error::from_errno(-err, "io_uring wait");
+    }
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(ring_.get(), head, cqe) {
+      refresh_clock();
+      dispatch(cqe);
+      seen++;
+    }
+    io_uring_cq_advance(ring_.get(), seen);
+
+    refresh_clock();
+    if (now_ns_ >= next_housekeeping_ns_) housekeeping();
+    if (draining_ && live_.empty()) break;
+    if (draining_ && now_ns_ >= drain_deadline_ns_ + kLingerNs) {
+      spdlog::warn("drain: {} connections still closing at the deadline; exiting", live_.size());
+      break;
+    }
+  }
+  spdlog::info("drained: {} requests served", requests_);
+  return {};
+}
+
+void Worker::refresh_clock() {
+  now_ns_ = monotonic_coarse_ns();
+  store_field(my_slot_->heartbeat_ns, now_ns_);
+}
+
+void Worker::housekeeping() {
+  next_housekeeping_ns_ = now_ns_ + kHousekeepingNs;
+  int64_t second = time(nullptr);
+  if (second != date_second_) {
+    date_second_ = second;
+    date_ = http_date_now();
+  }
+  if (accept_retry_ && !draining_) {
+    accept_retry_ = false;
+    for (uint32_t i = 0; i < accept_armed_.size(); i++) {
+      if (!accept_armed_[i]) arm_accept(i);
+    }
+  }
+  expire_idle_connections();
+  if (spec_.reconcile_queue) reconcile_queue();
+  if (draining_ && !drain_forced_ && now_ns_ >= drain_deadline_ns_) {
+    drain_forced_ = true;
+    spdlog::warn("drain timeout: closing {} connections", live_.size());
+    for (uint32_t index : live_) begin_close(connections_[index]);
+  }
+}
+
+bool Worker::idle(const Connection& c) const {
+  return !c.waiting && !c.send_inflight && c.out_pending.empty() && !c.parser.in_request();
+}
+
+void Worker::expire_idle_connections() {
+  const uint64_t idle_ns = to_ns(spec_.idle_timeout);
+  for (uint32_t index : live_) {
+    Connection& c = connections_[index];
+    if (c.closing || c.waiting) continue;  // a deferred answer is ours to give, not a stall
+    uint64_t limit = c.lingering ? kLingerNs : idle_ns;
+    if (draining_ && idle(c)) limit = std::min(limit, kDrainIdleNs);
+    if (now_ns_ - c.last_activity_ns >= limit) begin_close(c);
+  }
+}
+
+// The program counts a connection against this slot when it steers it here (`steered`), and the
+// worker counts it out when it accepts it. A SYN the program saw but that never became a
+// connection (retransmitted, dropped on a full queue) would leave `steered` too high for good;
+// the listener's real queue length says by how much, and a difference seen twice in a row is
+// written off. Half-open connections in flight make single readings noisy, hence "twice".
+void Worker::reconcile_queue() {
+  if (now_ns_ - last_reconcile_ns_ < kHousekeepingNs) return;
+  last_reconcile_ns_ = now_ns_;
+  uint64_t queued = 0;
+  for (int fd : spec_.listener_fds) {
+    auto queue = net::accept_queue(fd);
+    if (queue) queued += queue->queued;
+  }
+  int64_t excess = static_cast<int64_t>(load_field(my_slot_->steered) - accepted_ - queued);
+  if (excess > 0 && previous_excess_ > 0) {
+    accepted_ += static_cast<uint64_t>(std::min(excess, previous_excess_));
+    store_field(my_slot_->accepted, accepted_);
+    excess = 0;
+  }
+  previous_excess_ = excess;
+}
+
+void Worker::start_drain() {
+  if (draining_) {
+    // A second SIGTERM: stop waiting for clients.
+    drain_deadline_ns_ = now_ns_;
+    next_housekeeping_ns_ = now_ns_;
+    return;
+  }
+  draining_ = true;
+  drain_deadline_ns_ = now_ns_ + to_ns(spec_.drain_timeout);
+  next_housekeeping_ns_ = now_ns_;
+  spdlog::info("draining: {} connections open", live_.size());
+  for (uint32_t i = 0; i < accept_armed_.size(); i++) {
+    if (accept_armed_[i]) cancel(pack_user_data(Op::kAccept, i, 0));
+  }
+}
+
+// --- submissions ----------------------------------------------------------------------------
+
+void Worker::arm_accept(uint32_t listener) {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_multishot_accept_direct(sqe, spec_.listener_fds[listener], nullptr, nullptr, 0);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kAccept, listener, 0));
+  accept_armed_[listener] = true;
+}
+
+void Worker::arm_recv(Connection& c) {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_recv_multishot(sqe, static_cast<int>(c.index), nullptr, 0, 0);
+  sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffers_->group();
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kRecv, c.index, c.generation));
+  c.recv_armed = true;
+}
+
+void Worker::arm_signal_read() {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_read(sqe, signal_fd_.get(), &signal_info_, sizeof(signal_info_), 0);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kSignal, 0, 0));
+}
+
+void Worker::arm_handoff_poll() {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_poll_add(sqe, spec_.handoff_fd, POLLIN);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kHandoffPoll, 0, 0));
+}
+
+void Worker::cancel(uint64_t user_data) {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_cancel64(sqe, user_data, 0);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kCancel, 0, 0));
+}
+
+// --- completions ----------------------------------------------------------------------------
+
+void Worker::dispatch(const io_uring_cqe* cqe) {
+  UserData ud = unpack_user_data(io_uring_cqe_get_data64(cqe));
+  switch (ud.op) {
+    case Op::kAccept:
+      on_accept(ud.index, cqe);
+      return;
+    case Op::kRecv:
+      on_recv(ud, cqe);
+      return;
+    case Op::kSend:
+      if (Connection* c = lookup(ud)) on_send(*c, cqe->res);
+      return;
+    case Op::kTimer:
+      if (Connection* c = lookup(ud)) on_timer(*c, cqe->res);
+      return;
+    case Op::kClose:
+      if (Connection* c = lookup(ud)) on_close(*c);
+      return;
+    case Op::kSignal:
+      on_signal(cqe->res);
+      return;
+    case Op::kHandoffPoll:
+      on_handoff_ready(cqe->res);
+      return;
+    case Op::kInstall:
+      on_installed(ud.index, cqe->res);
+      return;
+    case Op::kCancel:
+    case Op::kShutdown:
+      return;
+  }
+}
+
+Connection* Worker::lookup(const UserData& ud) {
+  if (ud.index >= connection_capacity_) return nullptr;
+  Connection& c = connections_[ud.index];
+  if (!c.in_use || (c.generation & kGenerationMask) != ud.generation) return nullptr;
+  return &c;
+}
+
+void Worker::on_accept(uint32_t listener, const io_uring_cqe* cqe) {
+  if (!(cqe->flags & IORING_CQE_F_MORE)) accept_armed_[listener] = false;
+  if (cqe->res >= 0) {
+    accepted_++;
+    store_field(my_slot_->accepted, accepted_);
+    open_connection(static_cast<uint32_t>(cqe->res));
+  } else if (cqe->res == -ECANCELED || cqe->res == -EINVAL || cqe->res == -EBADF) {
+    // Drained (our cancel) or the supervisor stopped the listener: accept no more.
+    if (!draining_) spdlog::debug("listener {} stopped accepting ({})", listener, strerror(-cqe->res));
+  } else {
+    // Out of fixed-file slots (ENFILE) or memory, or an aborted handshake: try again shortly.
+    spdlog::warn("accept: {}", strerror(-cqe->res));
+    accept_retry_ = true;
+  }
+  if (!accept_armed_[listener] && cqe->res >= 0 && !draining_) arm_accept(listener);
+}
+
+void Worker::open_connection(uint32_t index) {
+  if (index >= connection_capacity_ || connections_[index].in_use) {
+    // Cannot happen: the kernel allocates from the table we sized. Close it rather than corrupt.
+    spdlog::error("accept gave fixed-file slot {}, which is not free", index);
+    io_uring_sqe* sqe = ring_.next_sqe();
+    io_uring_prep_close_direct(sqe, index);
+    io_uring_sqe_set_data64(sqe, pack_user_data(Op::kCancel, 0, 0));
+    return;
+  }
+  Connection& c = connections_[index];
+  c.in_use = true;
+  c.recv_armed = c.send_inflight = c.timer_armed = false;
+  c.closing = c.close_submitted = c.close_after_send = false;
+  c.linger_after_send = c.lingering = c.waiting = false;
+  c.last_activity_ns = now_ns_;
+  c.out_sent = 0;
+  c.parser.reset();
+  c.token = LoadToken(my_slot_);
+  c.live_position = static_cast<uint32_t>(live_.size());
+  live_.push_back(index);
+  arm_recv(c);
+}
+
+void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
+  const bool has_buffer = cqe->flags & IORING_CQE_F_BUFFER;
+  const auto buffer_id = static_cast<uint16_t>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+  Connection* c = lookup(ud);
+  if (!c) {
+    if (has_buffer) buffers_->recycle(buffer_id);
+    return;
+  }
+  if (!(cqe->flags & IORING_CQE_F_MORE)) c->recv_armed = false;
+  const int res = cqe->res;
+  if (res > 0 && has_buffer) {
+    on_data(*c, std::string_view(buffers_->data(buffer_id), static_cast<size_t>(res)));
+    buffers_->recycle(buffer_id);
+    if (!c->recv_armed && !c->closing) arm_recv(*c);
+  } else {
+    if (has_buffer) buffers_->recycle(buffer_id);
+    if (res == 0) {
+      on_peer_closed(*c);
+    } else if (res == -ENOBUFS) {
+      if (!c->closing) arm_recv(*c);  // every buffer was in use this turn; they are back now
+    } else if (res != -ECANCELED) {
+      begin_close(*c);  // reset by the peer, or another socket error
+    }
+  }
+  maybe_finish_close(*c);
+}
+
+void Worker::on_data(Connection& c, std::string_view data) {
+  c.last_activity_ns = now_ns_;
+  if (c.closing || c.lingering || c.close_after_send) return;  // nothing more is read
+  if (c.waiting) {
+    // Pipelined behind a request still being answered; parsed once it is.
+    if (c.input.size() + data.size() > kMaxBufferedInput) {
+      begin_close(c);
+      return;
+    }
+    c.input.append(data);
+    return;
+  }
+  process(c, data);
+  flush(c);
+}
+
+void Worker::process(Connection& c, std::string_view data) {
+  while (true) {
+    RequestParser::Step step = c.parser.parse(data);
+    data.remove_prefix(step.consumed);
+    if (step.status == RequestParser::Status::kNeedMore) return;
+    if (step.status == RequestParser::Status::kError) {
+      spdlog::debug("bad request on connection {}: {} ({})", c.index, c.parser.error_status(),
+                    c.parser.error_reason());
+      respond_error(c, c.parser.error_status());
+      return;
+    }
+    answer(c);
+    if (c.waiting) {
+      c.input.assign(data);
+      return;
+    }
+    c.parser.next();
+    if (c.close_after_send || data.empty()) return;
+  }
+}
+
+void Worker::answer(Connection& c) {
+  ConnectionExchange& ex = c.exchange;
+  ex.responded_ = false;
+  ex.extra_headers_.clear();
+  store_field(my_slot_->inflight, ++inflight_);
+  handler_(ex);
+  if (!ex.responded_ && !c.waiting) ex.respond(500, "the handler did not answer\n", "text/plain");
+}
+
+void Worker::respond(Connection& c, int status, std::string_view body,
+                     std::string_view content_type, std::string_view extra_headers) {
+  ResponseHead head;
+  head.status = status;
+  head.content_type = content_type;
+  head.extra_headers = extra_headers;
+  head.keep_alive = c.parser.keep_alive() && !draining_ && !c.close_after_send;
+  head.http10 = c.parser.request().http_minor() == 0;
+  head.worker_slot = spec_.slot;
+  head.date = date_;
+  head.omit_body = c.parser.request().method() == "HEAD";
+  append_response(c.out_pending, head, body);
+  if (!head.keep_alive) c.close_after_send = true;
+  store_field(my_slot_->requests, ++requests_);
+  if (inflight_ > 0) store_field(my_slot_->inflight, --inflight_);
+}
+
+void Worker::respond_error(Connection& c, int status) {
+  ResponseHead head;
+  head.status = status;
+  head.keep_alive = false;
+  head.worker_slot = spec_.slot;
+  head.date = date_;
+  std::string body = std::to_string(status) + " " + status_reason(status) + "\n";
+  append_response(c.out_pending, head, body);
+  c.close_after_send = true;
+  c.linger_after_send = true;
+}
+
+void Worker::flush(Connection& c) {
+  if (c.send_inflight || c.closing || c.out_pending.empty()) return;
+  std::swap(c.out_sending, c.out_pending);
+  c.out_pending.clear();
+  c.out_sent = 0;
+  submit_send(c);
+}
+
+void Worker::submit_send(Connection& c) {
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_send(sqe, static_cast<int>(c.index), c.out_sending.data() + c.out_sent,
+                     c.out_sending.size() - c.out_sent, MSG_NOSIGNAL);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kSend, c.index, c.generation));
+  c.send_inflight = true;
+}
+
+void Worker::on_send(Connection& c, int result) {
+  c.send_inflight = false;
+  if (c.closing) {
+    maybe_finish_close(c);
+    return;
+  }
+  if (result < 0) {
+    begin_close(c);  // the peer is gone
+    return;
+  }
+  c.last_activity_ns = now_ns_;
+  c.out_sent += static_cast<size_t>(result);
+  if (c.out_sent < c.out_sending.size()) {
+    submit_send(c);  // short send: the rest, from where the kernel stopped
+    return;
+  }
+  c.out_sending.clear();
+  if (!c.out_pending.empty()) {
+    flush(c);
+    return;
+  }
+  after_last_send(c);
+}
+
+void Worker::after_last_send(Connection& c) {
+  if (!c.close_after_send || c.waiting) return;
+  if (c.linger_after_send) {
+    start_linger(c);
+  } else {
+    begin_close(c);
+  }
+}
+
+void Worker::on_timer(Connection& c, int result) {
+  c.timer_armed = false;
+  if (c.closing) {
+    maybe_finish_close(c);
+    return;
+  }
+  if (result != -ETIME) return;  // removed: the connection is closing
+  auto then = std::move(c.deferred);
+  c.deferred = nullptr;
+  c.waiting = false;
+  if (then) then(c.exchange);
+  if (!c.exchange.responded_) c.exchange.respond(500, "the handler did not answer\n", "text/plain");
+  c.parser.next();
+  if (!c.close_after_send && !c.input.empty()) {
+    std::string pending = std::move(c.input);
+    c.input.clear();
+    process(c, pending);
+  }
+  flush(c);
+  if (!c.send_inflight && c.out_pending.empty()) after_last_send(c);
+}
+
+void Worker::on_peer_closed(Connection& c) {
+  // The client finished sending. Whatever it asked for before is still answered (a half-closed
+  // client can read), then the connection closes.
+  if (c.lingering || c.closing) {
+    begin_close(c);
+  } else if (c.waiting || c.send_inflight || !c.out_pending.empty()) {
+    c.close_after_send = true;
+  } else {
+    begin_close(c);
+  }
+}
+
+void Worker::start_linger(Connection& c) {
+  c.lingering = true;
+  c.last_activity_ns = now_ns_;
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_shutdown(sqe, static_cast<int>(c.index), SHUT_WR);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kShutdown, c.index, c.generation));
+  if (!c.recv_armed) arm_recv(c);
+}
+
+void Worker::begin_close(Connection& c) {
+  if (c.closing) return;
+  c.closing = true;
+  if (c.recv_armed) cancel(pack_user_data(Op::kRecv, c.index, c.generation));
+  if (c.send_inflight) cancel(pack_user_data(Op::kSend, c.index, c.generation));
+  if (c.timer_armed) {
+    io_uring_sqe* sqe = ring_.next_sqe();
+    io_uring_prep_timeout_remove(sqe, pack_user_data(Op::kTimer, c.index, c.generation), 0);
+    io_uring_sqe_set_data64(sqe, pack_user_data(Op::kCancel, 0, 0));
+  }
+  maybe_finish_close(c);
+}
+
+void Worker::maybe_finish_close(Connection& c) {
+  if (!c.in_use || !c.closing || c.close_submitted) return;
+  if (c.recv_armed || c.send_inflight || c.timer_armed) return;
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_close_direct(sqe, c.index);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kClose, c.index, c.generation));
+  c.close_submitted = true;
+}
+
+void Worker::on_close(Connection& c) { release(c); }
+
+void Worker::release(Connection& c) {
+  if (c.waiting && inflight_ > 0) store_field(my_slot_->inflight, --inflight_);
+  c.in_use = false;
+  c.generation++;
+  c.token.release();
+  c.deferred = nullptr;
+  c.waiting = false;
+  c.input.clear();
+  c.out_pending.clear();
+  c.out_sending.clear();
+  // Do not keep a large buffer around for the next connection in this slot.
+  constexpr size_t kKeep = 64 * 1024;
+  if (c.input.capacity() > kKeep) c.input.shrink_to_fit();
+  if (c.out_pending.capacity() > kKeep) c.out_pending.shrink_to_fit();
+  if (c.out_sending.capacity() > kKeep) c.out_sending.shrink_to_fit();
+  // Swap-remove from the live list.
+  uint32_t last = live_.back();
+  live_[c.live_position] = last;
+  connections_[last].live_position = c.live_position;
+  live_.pop_back();
+}
+
+void Worker::on_signal(int result) {
+  if (result == static_cast<int>(sizeof(signal_info_))) start_drain();
+  arm_signal_read();
+}
+
+// --- --mode handoff ---------------------------------------------------------------------------
+
+void Worker::on_handoff_ready(int result) {
+  if (result < 0 && result != -EINTR) {
+    spdlog::error("handoff socket: {}", strerror(-result));
+    start_drain();
+    return;
+  }
+  while (true) {
+    auto fd = net::receive_fd(spec_.handoff_fd);
+    if (!fd) {
+      if (fd.error().code() != std::errc::resource_unavailable_try_again) {
+        spdlog::error("{}", fd.error().message());
+        start_drain();
+        return;
+      }
+      break;
+    }
+    if (!fd->valid()) {  // the supervisor closed its end: it is going away
+      start_drain();
+      return;
+    }
+    if (free_install_entries_.empty()) {
+      spdlog::warn("handoff: {} connections waiting to be installed; dropping one", kInstallEntries);
+      continue;  // the UniqueFd closes it
+    }
+    uint32_t entry = free_install_entries_.back();
+    free_install_entries_.pop_back();
+    install_fd_[entry] = fd->release();
+    install_slot_[entry] = install_fd_[entry];
+    // The kernel allocates a free fixed-file slot and writes its index back into install_slot_.
+    io_uring_sqe* sqe = ring_.next_sqe();
+    io_uring_prep_files_update(sqe, &install_slot_[entry], 1, IORING_FILE_INDEX_ALLOC);
+    io_uring_sqe_set_data64(sqe, pack_user_data(Op::kInstall, entry, 0));
+  }
+  if (!draining_) arm_handoff_poll();
+}
+
+void Worker::on_installed(uint32_t entry, int result) {
+  ::close(install_fd_[entry]);  // the fixed-file table holds its own reference now
+  free_install_entries_.push_back(entry);
+  if (result < 0) {
+    spdlog::warn("handoff: cannot install connection: {}", strerror(-result));
+    return;
+  }
+  accepted_++;
+  store_field(my_slot_->accepted, accepted_);
+  open_connection(static_cast<uint32_t>(install_slot_[entry]));
+}
+
+}  // namespace lbd

@@ -1,0 +1,131 @@
+// The worker runtime: one process, one io_uring event loop, accepting only on its own listener.
+//
+// Per connection: multishot accept straight into the ring's fixed-file table, a multishot recv
+// fed from a provided-buffer ring, HTTP/1.1 parsing (llhttp) with keep-alive and pipelining,
+// responses batched into one send per turn of the loop. The loop never blocks: slow answers use
+// io_uring timeouts (Exchange::respond_after).
+//
+// Load is published into this worker's entry of the shared slot table with plain atomic stores:
+// open connections (one LoadToken per connection), accepted count, a heartbeat stamped on every
+// loop turn (at least every 10 ms when idle) so the steering program can tell a stalled worker
+// from an idle one.
+//
+// SIGTERM drains: stop accepting, answer what is in flight with "Connection: close", close idle
+// keep-alive connections, exit when none is left or at the drain timeout.
+#pragma once
+
+#include <sys/signalfd.h>
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "steering/slot_table.h"
+#include "worker/connection.h"
+#include "worker/handler.h"
+#include "worker/ring.h"
+#include "worker/user_data.h"
+#include "worker/worker_spec.h"
+
+namespace lbd {
+
+class Worker {
+ public:
+  // Maps the slot table, sets up the ring, buffers and signal handling. Does not accept yet.
+  static Result<std::unique_ptr<Worker>> create(const WorkerSpec& spec, Handler handler);
+  ~Worker();
+
+  // Tells the supervisor the worker is ready, then serves until drained.
+  Result<void> run();
+
+ private:
+  friend class ConnectionExchange;
+
+  Worker(const WorkerSpec& spec, Handler handler, SlotTable table, Ring ring);
+
+  // Submission helpers.
+  void arm_accept(uint32_t listener);
+  void arm_recv(Connection& c);
+  void arm_signal_read();
+  void arm_handoff_poll();
+  void cancel(uint64_t user_data);
+
+  // Completion handlers, one per Op.
+  void dispatch(const io_uring_cqe* cqe);
+  void on_accept(uint32_t listener, const io_uring_cqe* cqe);
+  void on_recv(const UserData& ud, const io_uring_cqe* cqe);
+  void on_send(Connection& c, int result);
+  void on_timer(Connection& c, int result);
+  void on_close(Connection& c);
+  void on_signal(int result);
+  void on_handoff_ready(int result);
+  void on_installed(uint32_t entry, int result);
+
+  // Connection lifecycle.
+  Connection* lookup(const UserData& ud);
+  void open_connection(uint32_t index);
+  void on_data(Connection& c, std::string_view data);
+  void process(Connection& c, std::string_view data);
+  void answer(Connection& c);
+  void respond(Connection& c, int status, std::string_view body, std::string_view content_type,
+               std::string_view extra_headers);
+  void respond_error(Connection& c, int status);
+  void flush(Connection& c);
+  void submit_send(Connection& c);
+  void after_last_send(Connection& c);
+  void on_peer_closed(Connection& c);
+  void start_linger(Connection& c);
+  void begin_close(Connection& c);
+  void maybe_finish_close(Connection& c);
+  void release(Connection& c);
+
+  // Loop housekeeping.
+  void refresh_clock();
+  void housekeeping();
+  void expire_idle_connections();
+  void reconcile_queue();
+  void start_drain();
+  bool idle(const Connection& c) const;
+
+  WorkerSpec spec_;
+  Handler handler_;
+  SlotTable table_;
+  lbd_slot* my_slot_;
+  Ring ring_;                         // declared before the buffers: destroyed after them
+  std::optional<BufferRing> buffers_;
+  std::unique_ptr<Connection[]> connections_;
+  uint32_t connection_capacity_ = 0;
+  std::vector<uint32_t> live_;        // indices of open connections, for the timeout scan
+
+  UniqueFd signal_fd_;
+  signalfd_siginfo signal_info_{};
+
+  // --mode handoff: fds received from the supervisor, waiting to become fixed files.
+  static constexpr uint32_t kInstallEntries = 1024;
+  std::array<int, kInstallEntries> install_slot_{};  // in: the fd; out: the fixed-file index
+  std::array<int, kInstallEntries> install_fd_{};    // the received fd, closed once installed
+  std::vector<uint32_t> free_install_entries_;
+
+  std::vector<bool> accept_armed_;
+  bool accept_retry_ = false;  // a multishot accept ended with a transient error
+  bool draining_ = false;
+  bool drain_forced_ = false;
+  uint64_t drain_deadline_ns_ = 0;
+  uint64_t now_ns_ = 0;
+  uint64_t next_housekeeping_ns_ = 0;
+  uint64_t last_reconcile_ns_ = 0;
+  int64_t previous_excess_ = 0;
+
+  uint64_t accepted_ = 0;
+  uint64_t requests_ = 0;
+  uint32_t inflight_ = 0;
+
+  std::string date_;
+  int64_t date_second_ = -1;
+};
+
+}  // namespace lbd

@@ -1,0 +1,55 @@
+#include "worker/worker_spec.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace lbd {
+
+std::string encode_worker_spec(const WorkerSpec& spec) {
+  nlohmann::json j = {
+      {"slot", spec.slot},
+      {"cpu", spec.cpu},
+      {"accept_mode", spec.accept_mode == AcceptMode::kHandoff ? "handoff" : "steered"},
+      {"listener_fds", spec.listener_fds},
+      {"handoff_fd", spec.handoff_fd},
+      {"slot_table_fd", spec.slot_table_fd},
+      {"status_fd", spec.status_fd},
+      {"reconcile_queue", spec.reconcile_queue},
+      {"max_header_bytes", spec.http.max_header_bytes},
+      {"max_body_bytes", spec.http.max_body_bytes},
+      {"idle_timeout_ms", spec.idle_timeout.count()},
+      {"drain_timeout_ms", spec.drain_timeout.count()},
+      {"max_connections", spec.max_connections},
+      {"log_level", spec.log_level},
+  };
+  return j.dump();
+}
+
+WorkerSpec decode_worker_spec(const std::string& text) {
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    WorkerSpec spec;
+    spec.slot = j.at("slot").get<uint32_t>();
+    spec.cpu = j.at("cpu").get<int>();
+    spec.accept_mode =
+        j.at("accept_mode").get<std::string>() == "handoff" ? AcceptMode::kHandoff : AcceptMode::kSteered;
+    spec.listener_fds = j.at("listener_fds").get<std::vector<int>>();
+    spec.handoff_fd = j.at("handoff_fd").get<int>();
+    spec.slot_table_fd = j.at("slot_table_fd").get<int>();
+    spec.status_fd = j.at("status_fd").get<int>();
+    spec.reconcile_queue = j.at("reconcile_queue").get<bool>();
+    spec.http.max_header_bytes = j.at("max_header_bytes").get<size_t>();
+    spec.http.max_body_bytes = j.at("max_body_bytes").get<size_t>();
+    spec.idle_timeout = std::chrono::milliseconds(j.at("idle_timeout_ms").get<int64_t>());
+    spec.drain_timeout = std::chrono::milliseconds(j.at("drain_timeout_ms").get<int64_t>());
+    spec.max_connections = j.at("max_connections").get<unsigned>();
+    spec.log_level = j.at("log_level").get<std::string>();
+    return spec;
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(std::string("bad worker spec (is this worker from another lbd build?): ") +
+                      e.what());
+  }
+}
+
+}  // namespace lbd

@@ -1,0 +1,44 @@
+// What a worker process is told when the supervisor starts it: its slot, its CPU, which inherited
+// file descriptors are its listeners and channels, and the HTTP settings. The supervisor passes it
+// as JSON in the LBD_WORKER_SPEC environment variable when it executes the worker, so a worker is
+// always a fresh program (a reload picks up a new build on disk).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "worker/http.h"
+
+namespace lbd {
+
+inline constexpr const char* kWorkerSpecEnv = "LBD_WORKER_SPEC";
+
+// How connections reach the worker (--mode).
+enum class AcceptMode {
+  kSteered,   // bpf / reuseport / shared: the worker accepts on its listener(s)
+  kHandoff,   // the supervisor accepts and passes each connection over a Unix socket
+};
+
+struct WorkerSpec {
+  uint32_t slot = 0;
+  int cpu = -1;  // informational: the supervisor pinned the process before executing it
+  AcceptMode accept_mode = AcceptMode::kSteered;
+  std::vector<int> listener_fds;  // one per listen address (kSteered)
+  int handoff_fd = -1;            // kHandoff: SOCK_SEQPACKET carrying one fd per message
+  int slot_table_fd = -1;         // the shared slot table (BPF map or memfd)
+  int status_fd = -1;             // SOCK_SEQPACKET to the supervisor: "READY=1" when serving
+  bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
+  HttpLimits http;
+  std::chrono::milliseconds idle_timeout{60'000};
+  std::chrono::milliseconds drain_timeout{10'000};
+  unsigned max_connections = 16384;
+  std::string log_level = "info";
+};
+
+std::string encode_worker_spec(const WorkerSpec& spec);
+// Throws ConfigError when the text is not a spec this build understands.
+WorkerSpec decode_worker_spec(const std::string& text);
+
+}  // namespace lbd
