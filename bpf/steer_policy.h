@@ -36,10 +36,8 @@ struct lbd_pick_args {
 struct lbd_scan {
 	struct lbd_pick_args args;
 	__u32 count;           /* active slots seen */
-	__u32 best_position;   /* least: index into eligible[] of the best slot so far */
-	__u64 best_rank;       /* least: its rank (load, plus a penalty if stalled) */
-	__u32 best_distance;   /* least: its distance from the tie-break start */
-	__u32 tie_start;       /* least: ties go to the first slot at or after this one */
+	__u64 best_rank;       /* least: the lowest rank so far (load, plus a penalty if stalled) */
+	__u64 tied;            /* least: bit p set = eligible[p] has best_rank */
 	__u8 eligible[LBD_MAX_SLOTS]; /* active slots in index order */
 };
 
@@ -74,21 +72,19 @@ static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_p
 	if (s->args.nr_slots > LBD_MAX_SLOTS)
 		s->args.nr_slots = LBD_MAX_SLOTS;
 	s->count = 0;
-	s->best_position = 0;
 	s->best_rank = ~0ULL;
-	s->best_distance = ~0U;
-	s->tie_start = s->args.nr_slots ? a->cursor % s->args.nr_slots : 0;
+	s->tied = 0;
 }
 
 /*
  * least ranks a live slot by its load. A stalled slot ranks after every live one: it is chosen
  * only when every active slot is stalled, because queueing the connection beats refusing it.
- * Equal ranks go to the slot nearest after a rotating start, so ties are served in turn.
+ * Every slot with the lowest rank is remembered, and the cursor picks among them.
  */
 static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const struct lbd_slot *slot)
 {
 	const __u64 stalled_penalty = 1ULL << 62;
-	__u32 position, distance;
+	__u32 position;
 	__u64 rank;
 
 	if (!slot || i >= LBD_MAX_SLOTS || LBD_READ_ONCE(slot->state) != LBD_SLOT_ACTIVE)
@@ -102,12 +98,29 @@ static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const st
 	rank = lbd_slot_load(slot);
 	if (!lbd_slot_is_live(slot, &s->args))
 		rank += stalled_penalty;
-	distance = i >= s->tie_start ? i - s->tie_start : i + s->args.nr_slots - s->tie_start;
-	if (rank < s->best_rank || (rank == s->best_rank && distance < s->best_distance)) {
+	if (rank < s->best_rank) {
 		s->best_rank = rank;
-		s->best_distance = distance;
-		s->best_position = position;
+		s->tied = 1ULL << position;
+	} else if (rank == s->best_rank) {
+		s->tied |= 1ULL << position;
 	}
+}
+
+/* least: the (cursor % ties)-th of the tied positions, so equal loads are served in turn. */
+static __always_inline __u32 lbd_tied_position(const struct lbd_scan *s)
+{
+	__u32 ties = __builtin_popcountll(s->tied), k, p;
+
+	if (!ties)
+		return 0;
+	k = s->args.cursor % ties;
+	for (p = 0; p < LBD_MAX_SLOTS; p++) {
+		if (!(s->tied & (1ULL << p)))
+			continue;
+		if (k-- == 0)
+			return p;
+	}
+	return 0;
 }
 
 /* The attempt-th slot to try: 0 is the policy's pick, then the active slots after it in turn.
@@ -119,7 +132,7 @@ static __always_inline __u32 lbd_scan_choice(const struct lbd_scan *s, __u32 att
 	if (!s->count || attempt >= s->count)
 		return LBD_NO_SLOT;
 	if (s->args.policy == LBD_POLICY_LEAST)
-		first = s->best_position;
+		first = lbd_tied_position(s);
 	else if (s->args.policy == LBD_POLICY_HASH)
 		first = s->args.hash % s->count;
 	else

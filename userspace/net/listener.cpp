@@ -46,8 +46,7 @@ Result<Address> local_address(int fd) {
   return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), len);
 }
 
-Result<void> check_port_free(const Address& address) {
-  if (address.port() == 0) return {};
+Result<Address> reserve_port(const Address& address) {
   UniqueFd probe(socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!probe) return Error::from_errno("socket");
   // SO_REUSEADDR so that connections lingering in TIME_WAIT from a previous run do not count.
@@ -58,7 +57,7 @@ Result<void> check_port_free(const Address& address) {
   if (bind(probe.get(), address.sockaddr_ptr(), address.length()) != 0) {
     return Error::from_errno("cannot listen on " + address.to_string());
   }
-  return {};
+  return local_address(probe.get());
 }
 
 Result<AcceptQueue> accept_queue(int listener_fd) {

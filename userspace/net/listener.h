@@ -24,10 +24,15 @@ Result<UniqueFd> listen_tcp(const Address& address, const ListenerOptions& optio
 // The address a socket is bound to (the real port after binding port 0).
 Result<Address> local_address(int fd);
 
-// Fails with EADDRINUSE if any socket is bound to `address`. A reuseport bind alone would not:
-// a second lbd under the same uid would silently join the first one's group and split its
-// traffic. Port 0 always passes.
-Result<void> check_port_free(const Address& address);
+// Checks that no socket is bound to `address` and returns it with a concrete port: port 0 is
+// replaced by a free port the kernel picks. Fails with EADDRINUSE if the address is taken; a
+// reuseport bind alone would not fail, and a second lbd under the same uid would silently join
+// the first one's group and split its traffic.
+//
+// Every listener then binds that explicit port. (A socket bound to port 0 forgets its port when
+// it stops listening, before the kernel migrates its queue, and the steering program would no
+// longer recognize its group.)
+Result<Address> reserve_port(const Address& address);
 
 // The accept queue of a listening socket, from TCP_INFO: queued connections in tcpi_unacked and
 // the backlog limit in tcpi_sacked (the kernel reuses those fields for listeners).

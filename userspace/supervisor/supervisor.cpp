@@ -109,6 +109,16 @@ int Supervisor::run() {
       return 1;
     }
   }
+  if (steering_) {
+    std::string summary;
+    for (const Slot& slot : slots_) {
+      SlotCounters c = steering_->counters(slot.index);
+      summary += fmt::format("{}slot {}: {} selected, {} migrated", summary.empty() ? "" : "; ",
+                             slot.index, c.selected, c.migrated);
+      if (c.select_failed) summary += fmt::format(", {} retried", c.select_failed);
+    }
+    spdlog::info("steering: {}; {} left to the kernel's hash", summary, steering_->fallbacks());
+  }
   spdlog::info("stopped");
   return exit_code_;
 }
@@ -129,8 +139,13 @@ Result<void> Supervisor::set_up() {
   if (!epoll_) return Error::from_errno("epoll_create1");
   LBD_TRY(watch(signal_fd_.get(), tag(Source::kSignal, 0)));
 
-  // Refuse a port someone else holds, before anything is created.
-  for (const auto& address : options_.listen) LBD_TRY(net::check_port_free(address));
+  // Refuse a port someone else holds before anything is created, and turn port 0 into a real
+  // port every listener of the address then binds.
+  for (const auto& address : options_.listen) {
+    auto reserved = net::reserve_port(address);
+    if (!reserved) return reserved.error();
+    bound_.push_back(*reserved);
+  }
 
   if (options_.mode == Mode::kBpf) {
     auto steering = Steering::load(options_.steering);
@@ -143,7 +158,6 @@ Result<void> Supervisor::set_up() {
     plain_table_.emplace(std::move(*memfd));
   }
 
-  bound_ = options_.listen;  // ports of 0 are replaced by the real ones as listeners are made
   if (options_.mode == Mode::kShared || options_.mode == Mode::kHandoff) {
     LBD_TRY(open_shared_listeners());
   }
@@ -175,17 +189,13 @@ Result<void> Supervisor::open_shared_listeners() {
     listener_options.nonblocking = handoff;  // the supervisor's own accept loop
     auto fd = net::listen_tcp(bound_[g], listener_options);
     if (!fd) return fd.error();
-    auto address = net::local_address(fd->get());
-    if (!address) return address.error();
-    bound_[g] = *address;
     if (handoff) LBD_TRY(watch(fd->get(), tag(Source::kHandoffListener, g)));
     shared_listeners_.push_back(std::move(*fd));
   }
   return {};
 }
 
-// One listener per address for this slot's worker, in the address's reuseport group. The first
-// listener made for an address fixes its port (when the flag said port 0).
+// One listener per address for this slot's worker, in the address's reuseport group.
 Result<void> Supervisor::open_slot_listeners(Slot& slot) {
   slot.listeners.clear();
   for (uint32_t g = 0; g < bound_.size(); g++) {
@@ -193,11 +203,6 @@ Result<void> Supervisor::open_slot_listeners(Slot& slot) {
     listener_options.backlog = options_.backlog;
     auto fd = net::listen_tcp(bound_[g], listener_options);
     if (!fd) return fd.error();
-    if (bound_[g].port() == 0) {
-      auto address = net::local_address(fd->get());
-      if (!address) return address.error();
-      bound_[g] = *address;
-    }
     if (steering_) {
       if (groups_.size() <= g) {
         auto group = steering_->add_group(bound_[g]);

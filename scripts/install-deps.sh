@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything lbd needs to build, test and benchmark, from Debian 12's own packages.
+# Usage: sudo scripts/install-deps.sh
+set -euo pipefail
+
+packages=(
+  # build
+  cmake make g++ pkg-config clang llvm
+  libbpf-dev bpftool liburing-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  node-llhttp            # Node.js's HTTP parser, as C sources (/usr/share/llhttp)
+  # tests and benchmarks
+  googletest libgtest-dev libbenchmark-dev
+  wrk curl procps iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q || echo "install-deps: apt-get update failed; trying with the package lists we have" >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to lbd serving its bundled HTTP app on port 8080
+# with one worker per CPU. Needs root (packages, and the BPF steering program).
+# Usage: sudo scripts/start.sh [lbd flags...]      e.g. sudo scripts/start.sh --policy rr
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh build
+exec build/lbd --listen 0.0.0.0:8080 "$@"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to the whole test suite: installs packages, builds
+# lbd twice (normal, and with AddressSanitizer + UndefinedBehaviorSanitizer), and runs every test
+# tier in both builds. Run as root so the root-labelled tests (BPF) run instead of skipping.
+# Usage: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+run_suite() {
+  local dir=$1
+  echo "=== tests in $dir ==="
+  (cd "$dir" && ctest --output-on-failure --timeout 300 -j1)
+}
+
+scripts/build.sh build
+run_suite build
+
+# Sanitizers: every lbd process the tests start (supervisor and workers) is instrumented. A
+# report from any of them is written under build-asan/sanitizer/ and fails the run, even when
+# the test itself passed (a worker that crashed is restarted, which a test might not notice).
+scripts/build.sh build-asan -DLBD_SANITIZE=ON
+reports="$PWD/build-asan/sanitizer"
+rm -rf "$reports" && mkdir -p "$reports"
+export ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=1:abort_on_error=0"
+export UBSAN_OPTIONS="log_path=$reports/ubsan:print_stacktrace=1:halt_on_error=1"
+run_suite build-asan
+if compgen -G "$reports/*" >/dev/null; then
+  echo "sanitizer reports:" >&2
+  cat "$reports"/* >&2
+  exit 1
+fi
+echo "all tests passed (normal and sanitizer builds)"

@@ -1,0 +1,453 @@
+// The steering program in the kernel, driven through lbd::Steering alone: no lbd processes.
+//
+// Each test loads a fresh program (fresh maps, counters and round-robin cursor), builds a
+// SO_REUSEPORT group of listeners on one ephemeral loopback port, puts listener i in slot i and
+// sets the slot states by hand. Clients connect without anyone accepting: the kernel completes
+// each handshake into the accept queue of the listener the program chose, and the test finds out
+// which by accepting on every listener. That is the real selection path (BPF_PROG_TEST_RUN cannot
+// run sk_reuseport programs), including migration when a listener shuts down.
+//
+// Needs root (or CAP_BPF + CAP_NET_ADMIN); skips otherwise.
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "net/address.h"
+#include "net/listener.h"
+#include "steering/slot_table.h"
+#include "steering/steering.h"
+
+namespace lbd {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// How long any expected kernel event may take before the test fails (loopback: microseconds).
+constexpr auto kPatience = 5s;
+
+uint64_t monotonic_coarse_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // the clock bpf_ktime_get_coarse_ns() reads
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+int remaining_ms(Clock::time_point deadline) {
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left <= 0 ? 0 : static_cast<int>(left);
+}
+
+// One reuseport group of listeners, listener i in slot i.
+struct Group {
+  net::Address address;
+  uint32_t row = 0;  // the group's row in the sockarray
+  std::vector<UniqueFd> listeners;
+};
+
+class SteeringTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: loads a BPF sk_reuseport steering program";
+  }
+
+  // Loads a fresh program. `stale_after` is long by default so that a heartbeat stamped at the
+  // start of a test keeps a slot live however slowly the machine runs it.
+  void load(Policy policy, std::chrono::milliseconds stale_after = std::chrono::hours(1)) {
+    groups_.clear();
+    clients_.clear();
+    accepted_.clear();
+    steering_.reset();
+    SteeringOptions options;
+    options.policy = policy;
+    options.stale_after = stale_after;
+    auto loaded = Steering::load(options);
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    steering_.emplace(std::move(*loaded));
+  }
+
+  // `n` listeners on one ephemeral port of `host`, in slots 0..n-1 of a new group. Every slot
+  // starts EMPTY; the slot count is set to n.
+  //
+  // Like the supervisor, it turns port 0 into a free port first and binds every listener to that
+  // explicit port: a socket that bound port 0 forgets its port when it stops listening, and the
+  // program could then not find the group of a queue that is migrating.
+  Group& add_group(uint32_t n, const char* host = "127.0.0.1:0") {
+    Group& g = groups_.emplace_back();
+    auto reserved = net::reserve_port(net::Address::parse(host));
+    EXPECT_TRUE(reserved) << reserved.error().message();
+    if (!reserved) return g;
+    g.address = *reserved;
+    for (uint32_t i = 0; i < n; i++) {
+      auto listener = listen_on(g.address);
+      EXPECT_TRUE(listener) << listener.error().message();
+      if (!listener) return g;
+      g.listeners.push_back(std::move(*listener));
+    }
+    auto row = steering_->add_group(g.address);
+    EXPECT_TRUE(row) << row.error().message();
+    if (!row) return g;
+    g.row = *row;
+    for (uint32_t i = 0; i < n; i++) {
+      auto attached = steering_->attach(g.listeners[i].get());
+      EXPECT_TRUE(attached) << attached.error().message();
+      auto put = steering_->set_socket(g.row, i, g.listeners[i].get());
+      EXPECT_TRUE(put) << put.error().message();
+    }
+    steering_->set_slot_count(n);
+    return g;
+  }
+
+  static Result<UniqueFd> listen_on(const net::Address& address) {
+    net::ListenerOptions options;
+    options.backlog = 256;
+    options.nonblocking = true;
+    return net::listen_tcp(address, options);
+  }
+
+  // Loads a program and builds one group of `n` slots, all ACTIVE and live.
+  void start(uint32_t n, Policy policy) {
+    ASSERT_NO_FATAL_FAILURE(load(policy));
+    ASSERT_NO_FATAL_FAILURE(add_group(n));
+    for (uint32_t i = 0; i < n; i++) set_state(i, LBD_SLOT_ACTIVE);
+  }
+
+  lbd_slot& slot(uint32_t i) { return steering_->table().slot(i); }
+  // Sets the state as the supervisor does, and stamps a heartbeat as a live worker does.
+  void set_state(uint32_t i, uint32_t state, uint64_t heartbeat_ns = monotonic_coarse_ns()) {
+    store_field(slot(i).heartbeat_ns, heartbeat_ns);
+    store_field(slot(i).state, state);
+  }
+
+  // `count` clients connect to `address` without waiting; the handshakes complete in the kernel.
+  void connect_clients(const net::Address& address, int count) {
+    for (int i = 0; i < count; i++) {
+      UniqueFd fd(socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      ASSERT_TRUE(fd) << strerror(errno);
+      int rc = connect(fd.get(), address.sockaddr_ptr(), address.length());
+      ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << "connect: " << strerror(errno);
+      clients_.push_back(std::move(fd));
+    }
+  }
+
+  // Accepts on every listener of `g` until `expected` connections in all have been accepted (or
+  // the patience runs out) and returns how many each listener had.
+  std::vector<int> accept_all(Group& g, int expected) {
+    std::vector<int> counts(g.listeners.size(), 0);
+    int total = 0;
+    auto deadline = Clock::now() + kPatience;
+    while (total < expected) {
+      std::vector<pollfd> fds;
+      for (auto& l : g.listeners) fds.push_back({l.get(), POLLIN, 0});
+      int ready = poll(fds.data(), fds.size(), remaining_ms(deadline));
+      if (ready <= 0) break;
+      for (size_t i = 0; i < fds.size(); i++) {
+        if (!(fds[i].revents & POLLIN)) continue;
+        while (true) {
+          int fd = accept4(g.listeners[i].get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          if (fd < 0) break;
+          accepted_.emplace_back(fd);
+          counts[i]++;
+          total++;
+        }
+      }
+    }
+    EXPECT_EQ(total, expected) << "connections that reached some accept queue";
+    return counts;
+  }
+
+  // Connects `count` clients to group `g` and returns where they landed.
+  std::vector<int> distribute(Group& g, int count) {
+    connect_clients(g.address, count);
+    return accept_all(g, count);
+  }
+
+  // Waits until the accept queues of `g` hold `expected` connections in all.
+  bool wait_queued(Group& g, uint32_t expected) {
+    auto deadline = Clock::now() + kPatience;
+    while (true) {
+      uint32_t queued = 0;
+      for (auto& l : g.listeners) {
+        auto q = net::accept_queue(l.get());
+        if (q) queued += q->queued;
+      }
+      if (queued >= expected) return queued == expected;
+      if (Clock::now() >= deadline) return false;
+      poll(nullptr, 0, 1);
+    }
+  }
+
+  uint32_t queued_on(int listener_fd) {
+    auto q = net::accept_queue(listener_fd);
+    EXPECT_TRUE(q) << q.error().message();
+    return q ? q->queued : 0;
+  }
+
+  std::optional<Steering> steering_;
+  std::deque<Group> groups_;  // a deque: add_group() hands out references that must stay valid
+  std::vector<UniqueFd> clients_;
+  std::vector<UniqueFd> accepted_;
+};
+
+// --- selection ------------------------------------------------------------------------------
+
+TEST_F(SteeringTest, RoundRobinSendsExactlyTheSameNumberToEveryActiveSlot) {
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kRoundRobin));
+  auto counts = distribute(groups_[0], 30);
+  EXPECT_EQ(counts, (std::vector<int>{10, 10, 10}));
+}
+
+TEST_F(SteeringTest, RoundRobinSkipsTheGapsBetweenActiveSlots) {
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kRoundRobin));
+  Group& g = add_group(5);
+  set_state(0, LBD_SLOT_ACTIVE);
+  set_state(2, LBD_SLOT_ACTIVE);
+  set_state(4, LBD_SLOT_ACTIVE);
+  EXPECT_EQ(distribute(g, 24), (std::vector<int>{8, 0, 8, 0, 8}));
+}
+
+TEST_F(SteeringTest, SelectedCountersAddUpToTheConnectionsMade) {
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kRoundRobin));
+  auto counts = distribute(groups_[0], 21);
+  uint64_t selected = 0;
+  for (uint32_t i = 0; i < 3; i++) {
+    SlotCounters c = steering_->counters(i);
+    EXPECT_EQ(c.selected, static_cast<uint64_t>(counts[i])) << "slot " << i;
+    EXPECT_EQ(c.migrated, 0u) << "slot " << i;
+    EXPECT_EQ(c.select_failed, 0u) << "slot " << i;
+    selected += c.selected;
+  }
+  EXPECT_EQ(selected, 21u);
+  EXPECT_EQ(steering_->fallbacks(), 0u);
+}
+
+TEST_F(SteeringTest, EverySelectionIsCountedAgainstTheSlotsLoad) {
+  // `steered` is the program's half of the load formula (steered - accepted + open).
+  ASSERT_NO_FATAL_FAILURE(start(2, Policy::kRoundRobin));
+  auto counts = distribute(groups_[0], 8);
+  EXPECT_EQ(load_field(slot(0).steered), static_cast<uint64_t>(counts[0]));
+  EXPECT_EQ(load_field(slot(1).steered), static_cast<uint64_t>(counts[1]));
+}
+
+TEST_F(SteeringTest, ASlotThatIsNotActiveGetsNothingWhileAnotherIsActive) {
+  struct Case {
+    const char* description;
+    uint32_t state;
+    Policy policy;
+  };
+  const Case cases[] = {
+      {"empty, rr", LBD_SLOT_EMPTY, Policy::kRoundRobin},
+      {"starting, rr", LBD_SLOT_STARTING, Policy::kRoundRobin},
+      {"draining, rr", LBD_SLOT_DRAINING, Policy::kRoundRobin},
+      {"empty, least", LBD_SLOT_EMPTY, Policy::kLeast},
+      {"draining, least", LBD_SLOT_DRAINING, Policy::kLeast},
+      {"empty, hash", LBD_SLOT_EMPTY, Policy::kHash},
+      {"draining, hash", LBD_SLOT_DRAINING, Policy::kHash},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.description);
+    ASSERT_NO_FATAL_FAILURE(load(c.policy));
+    Group& g = add_group(3);
+    set_state(0, LBD_SLOT_ACTIVE);
+    set_state(1, c.state);  // its socket stays in the sockarray: only the state protects it
+    set_state(2, LBD_SLOT_ACTIVE);
+    auto counts = distribute(g, 20);
+    EXPECT_EQ(counts[1], 0);
+    EXPECT_EQ(counts[0] + counts[2], 20);
+    EXPECT_EQ(steering_->fallbacks(), 0u);
+  }
+}
+
+TEST_F(SteeringTest, LeastPrefersTheSlotWithTheLowestPublishedLoad) {
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kLeast));
+  store_field(slot(0).open, 100u);
+  store_field(slot(2).open, 100u);
+  EXPECT_EQ(distribute(groups_[0], 20), (std::vector<int>{0, 20, 0}));
+}
+
+TEST_F(SteeringTest, LeastCountsConnectionsStillInTheQueue) {
+  // Nobody accepts, so each connection sent to a slot stays steered-but-not-accepted and makes
+  // that slot busier: two idle slots share the connections evenly.
+  ASSERT_NO_FATAL_FAILURE(start(2, Policy::kLeast));
+  EXPECT_EQ(distribute(groups_[0], 20), (std::vector<int>{10, 10}));
+}
+
+TEST_F(SteeringTest, LeastAvoidsASlotWhoseHeartbeatIsStale) {
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kLeast, 20ms));
+  Group& g = add_group(2);
+  set_state(0, LBD_SLOT_ACTIVE, /*heartbeat_ns=*/0);  // never beat: stalled, and idle-looking
+  // A stamp from the future counts as live; it keeps slot 1 live however long the test takes.
+  set_state(1, LBD_SLOT_ACTIVE, monotonic_coarse_ns() + 3600ull * 1'000'000'000);
+  store_field(slot(1).open, 50u);
+  EXPECT_EQ(distribute(g, 10), (std::vector<int>{0, 10}));
+}
+
+TEST_F(SteeringTest, LeastStillSteersWhenEverySlotIsStalled) {
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kLeast, 20ms));
+  Group& g = add_group(2);
+  set_state(0, LBD_SLOT_ACTIVE, 0);
+  set_state(1, LBD_SLOT_ACTIVE, 0);
+  auto counts = distribute(g, 10);
+  EXPECT_EQ(counts[0] + counts[1], 10);
+  EXPECT_EQ(steering_->counters(0).selected + steering_->counters(1).selected, 10u);
+  EXPECT_EQ(steering_->fallbacks(), 0u);
+}
+
+TEST_F(SteeringTest, PolicyChangesAtRunTimeWithoutReattaching) {
+  ASSERT_NO_FATAL_FAILURE(start(2, Policy::kRoundRobin));
+  store_field(slot(0).open, 1000u);
+  EXPECT_EQ(distribute(groups_[0], 10), (std::vector<int>{5, 5})) << "rr ignores load";
+
+  steering_->set_policy(Policy::kLeast);
+  EXPECT_EQ(steering_->policy(), Policy::kLeast);
+  EXPECT_EQ(distribute(groups_[0], 10), (std::vector<int>{0, 10})) << "least avoids the loaded slot";
+
+  steering_->set_policy(Policy::kRoundRobin);
+  auto counts = distribute(groups_[0], 10);
+  EXPECT_EQ(counts, (std::vector<int>{5, 5})) << "and back to rr";
+}
+
+TEST_F(SteeringTest, SlotsBeyondTheSlotCountAreNotChosen) {
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kRoundRobin));
+  steering_->set_slot_count(2);  // scale-down: slot 2 is out of the program's view
+  EXPECT_EQ(distribute(groups_[0], 10), (std::vector<int>{5, 5, 0}));
+}
+
+TEST_F(SteeringTest, AnActiveSlotWithoutASocketIsSkippedNotLeftToTheKernelHash) {
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kRoundRobin));
+  auto cleared = steering_->clear_socket(groups_[0].row, 1);
+  ASSERT_TRUE(cleared) << cleared.error().message();
+  auto counts = distribute(groups_[0], 12);
+  EXPECT_EQ(counts[1], 0);
+  EXPECT_EQ(counts[0] + counts[2], 12);
+  EXPECT_EQ(steering_->fallbacks(), 0u);
+  EXPECT_GT(steering_->counters(1).select_failed, 0u);
+}
+
+TEST_F(SteeringTest, SetSocketSwapsTheListenerBehindASlot) {
+  // A reload puts the new worker's listener into the old one's slot.
+  ASSERT_NO_FATAL_FAILURE(start(2, Policy::kRoundRobin));
+  Group& g = groups_[0];
+  auto replacement = listen_on(g.address);
+  ASSERT_TRUE(replacement) << replacement.error().message();
+  ASSERT_TRUE(steering_->attach(replacement->get()));
+  auto put = steering_->set_socket(g.row, 0, replacement->get());
+  ASSERT_TRUE(put) << put.error().message();
+  g.listeners.push_back(std::move(*replacement));  // index 2: slot 0's new listener
+
+  EXPECT_EQ(distribute(g, 10), (std::vector<int>{0, 5, 5}));
+}
+
+TEST_F(SteeringTest, NoActiveSlotFallsBackToTheKernelAndStillConnects) {
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kRoundRobin));
+  Group& g = add_group(2);
+  set_state(0, LBD_SLOT_DRAINING);
+  set_state(1, LBD_SLOT_EMPTY);
+  auto counts = distribute(g, 10);
+  EXPECT_EQ(counts[0] + counts[1], 10) << "every connection reached some listener";
+  EXPECT_EQ(steering_->fallbacks(), 10u);
+  EXPECT_EQ(steering_->counters(0).selected + steering_->counters(1).selected, 0u);
+}
+
+TEST_F(SteeringTest, EachListenAddressIsSteeredAsItsOwnGroup) {
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kRoundRobin));
+  Group& v4 = add_group(2, "127.0.0.1:0");
+  if (auto v6_loopback = net::reserve_port(net::Address::parse("[::1]:0")); !v6_loopback) {
+    GTEST_SKIP() << "no IPv6 loopback here: " << v6_loopback.error().message();
+  }
+  Group& v6 = add_group(2, "[::1]:0");
+  set_state(0, LBD_SLOT_ACTIVE);
+  set_state(1, LBD_SLOT_ACTIVE);
+  ASSERT_NE(v4.row, v6.row);
+
+  EXPECT_EQ(distribute(v4, 10), (std::vector<int>{5, 5}));
+  EXPECT_EQ(distribute(v6, 10), (std::vector<int>{5, 5}));
+  EXPECT_EQ(steering_->counters(0).selected, 10u);
+  EXPECT_EQ(steering_->counters(1).selected, 10u);
+  EXPECT_EQ(steering_->fallbacks(), 0u) << "the program found both groups";
+}
+
+// --- migration (DESIGN.md invariant 1) -------------------------------------------------------
+
+// Two active slots under rr with kPerSlot connections queued on each listener; then listener 0
+// stops and its queue must reappear, intact, on listener 1.
+class SteeringMigrationTest : public SteeringTest {
+ protected:
+  static constexpr int kPerSlot = 10;
+
+  void queue_on_both() {
+    ASSERT_NO_FATAL_FAILURE(start(2, Policy::kRoundRobin));
+    connect_clients(groups_[0].address, 2 * kPerSlot);
+    ASSERT_TRUE(wait_queued(groups_[0], 2 * kPerSlot));
+    ASSERT_EQ(queued_on(groups_[0].listeners[0].get()), static_cast<uint32_t>(kPerSlot));
+  }
+
+  void expect_migrated_to_slot_1() {
+    Group& g = groups_[0];
+    auto stopped = net::stop_listening(g.listeners[0].get());
+    ASSERT_TRUE(stopped) << stopped.error().message();
+
+    // Migration happens inside shutdown(): listener 1 now holds every connection.
+    EXPECT_EQ(queued_on(g.listeners[1].get()), static_cast<uint32_t>(2 * kPerSlot));
+    EXPECT_EQ(steering_->counters(1).migrated, static_cast<uint64_t>(kPerSlot));
+    EXPECT_EQ(steering_->counters(0).migrated, 0u);
+
+    EXPECT_EQ(accept4(g.listeners[0].get(), nullptr, nullptr, SOCK_NONBLOCK), -1)
+        << "listener 0 no longer listens";
+    Group only_slot_1;
+    only_slot_1.listeners.push_back(UniqueFd(dup(g.listeners[1].get())));
+    EXPECT_EQ(accept_all(only_slot_1, 2 * kPerSlot), (std::vector<int>{2 * kPerSlot}));
+
+    // Nobody was reset: every client is still connected with nothing to read yet.
+    for (size_t i = 0; i < clients_.size(); i++) {
+      int error = 0;
+      socklen_t len = sizeof(error);
+      ASSERT_EQ(getsockopt(clients_[i].get(), SOL_SOCKET, SO_ERROR, &error, &len), 0);
+      EXPECT_EQ(error, 0) << "client " << i << ": " << strerror(error);
+      char byte;
+      EXPECT_EQ(recv(clients_[i].get(), &byte, 1, MSG_DONTWAIT), -1) << "client " << i;
+      EXPECT_EQ(errno, EAGAIN) << "client " << i << ": " << strerror(errno);
+    }
+  }
+};
+
+TEST_F(SteeringMigrationTest, DrainedListenersQueueMovesToTheActiveSlot) {
+  // The supervisor's drain: mark the slot draining, then stop its listener.
+  ASSERT_NO_FATAL_FAILURE(queue_on_both());
+  set_state(0, LBD_SLOT_DRAINING);
+  ASSERT_NO_FATAL_FAILURE(expect_migrated_to_slot_1());
+}
+
+TEST_F(SteeringMigrationTest, QueueMovesEvenBeforeTheSlotIsMarked) {
+  // A crash: the listener goes away while its slot still says ACTIVE. The program finds the
+  // slot's socket gone and offers the connections to the next active slot.
+  ASSERT_NO_FATAL_FAILURE(queue_on_both());
+  ASSERT_NO_FATAL_FAILURE(expect_migrated_to_slot_1());
+  EXPECT_GT(steering_->counters(0).select_failed, 0u) << "rr offered slot 0 first about half the time";
+}
+
+TEST_F(SteeringMigrationTest, ClosingTheLastFdMigratesLikeShutdown) {
+  ASSERT_NO_FATAL_FAILURE(queue_on_both());
+  set_state(0, LBD_SLOT_DRAINING);
+  Group& g = groups_[0];
+  g.listeners[0].reset();  // the only fd: the socket closes
+  EXPECT_EQ(queued_on(g.listeners[1].get()), static_cast<uint32_t>(2 * kPerSlot));
+  EXPECT_EQ(steering_->counters(1).migrated, static_cast<uint64_t>(kPerSlot));
+}
+
+}  // namespace
+}  // namespace lbd

@@ -1,0 +1,388 @@
+// The steering policy (bpf/steer_policy.h) compiled on the host: the same C the BPF program runs,
+// driven over an array of slots the way the program drives it with bpf_loop(). What it pins down
+// is DESIGN.md invariant 2 (a slot that is not ACTIVE is never chosen) and the meaning of each
+// policy: rr is exactly even, least follows load and liveness, hash is the flow hash over the
+// active slots, and the retry order offers every other active slot once.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "steer_policy.h"
+
+namespace {
+
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kNow = 1'000'000 * kMs;  // an arbitrary "now" well past zero
+constexpr uint64_t kStaleAfter = 50 * kMs;
+
+// A slot table as the program sees it. Slots are EMPTY unless made otherwise.
+struct Table {
+  std::array<lbd_slot, LBD_MAX_SLOTS> slots{};
+
+  lbd_slot& active(uint32_t i) {
+    slots[i].state = LBD_SLOT_ACTIVE;
+    slots[i].heartbeat_ns = kNow;  // live
+    return slots[i];
+  }
+  lbd_slot& with_state(uint32_t i, uint32_t state) {
+    slots[i].state = state;
+    slots[i].heartbeat_ns = kNow;
+    return slots[i];
+  }
+};
+
+lbd_pick_args args_for(uint32_t policy, uint32_t nr_slots, uint32_t cursor = 0, uint32_t hash = 0) {
+  lbd_pick_args a{};
+  a.policy = policy;
+  a.nr_slots = nr_slots;
+  a.cursor = cursor;
+  a.hash = hash;
+  a.now_ns = kNow;
+  a.stale_after_ns = kStaleAfter;
+  return a;
+}
+
+// One decision, exactly as steer.bpf.c makes it: init, visit [0, nr_slots), then choices.
+lbd_scan scan(const Table& table, const lbd_pick_args& a) {
+  lbd_scan s;
+  lbd_scan_init(&s, &a);
+  for (uint32_t i = 0; i < s.args.nr_slots; i++) lbd_scan_visit(&s, i, &table.slots[i]);
+  return s;
+}
+
+uint32_t pick(const Table& table, const lbd_pick_args& a) {
+  lbd_scan s = scan(table, a);
+  return lbd_scan_choice(&s, 0);
+}
+
+// Every choice the program would try, in order, until LBD_NO_SLOT.
+std::vector<uint32_t> choices(const Table& table, const lbd_pick_args& a) {
+  lbd_scan s = scan(table, a);
+  std::vector<uint32_t> out;
+  for (uint32_t attempt = 0; attempt <= LBD_MAX_SLOTS; attempt++) {
+    uint32_t slot = lbd_scan_choice(&s, attempt);
+    if (slot == LBD_NO_SLOT) break;
+    out.push_back(slot);
+  }
+  return out;
+}
+
+const uint32_t kAllPolicies[] = {LBD_POLICY_RR, LBD_POLICY_LEAST, LBD_POLICY_HASH};
+
+std::string policy_label(uint32_t policy) {
+  switch (policy) {
+    case LBD_POLICY_RR: return "rr";
+    case LBD_POLICY_LEAST: return "least";
+    case LBD_POLICY_HASH: return "hash";
+  }
+  return "policy " + std::to_string(policy);
+}
+
+// --- every policy -----------------------------------------------------------------------------
+
+TEST(SteerPolicy, NeverChoosesASlotThatIsNotActive) {
+  // Active slots 3 and 6 carry a heavy load; the idle slots around them are empty, starting or
+  // draining. However tempting the idle ones look, only 3 and 6 may come out, on every attempt.
+  Table table;
+  table.with_state(0, LBD_SLOT_EMPTY);
+  table.with_state(1, LBD_SLOT_STARTING);
+  table.with_state(2, LBD_SLOT_DRAINING);
+  table.active(3).open = 1000;
+  table.with_state(4, LBD_SLOT_DRAINING);
+  table.with_state(5, LBD_SLOT_STARTING);
+  table.active(6).open = 900;
+  table.with_state(7, LBD_SLOT_EMPTY);
+
+  for (uint32_t policy : kAllPolicies) {
+    for (uint32_t ticket = 0; ticket < 64; ticket++) {
+      auto tried = choices(table, args_for(policy, 8, ticket, ticket * 2654435761u));
+      ASSERT_EQ(tried.size(), 2u) << policy_label(policy) << " ticket " << ticket;
+      for (uint32_t slot : tried) {
+        EXPECT_TRUE(slot == 3 || slot == 6)
+            << policy_label(policy) << " ticket " << ticket << " chose slot " << slot;
+      }
+    }
+  }
+}
+
+TEST(SteerPolicy, ReturnsNoSlotWhenNoSlotIsActive) {
+  struct Case {
+    const char* description;
+    std::vector<uint32_t> states;
+  };
+  const Case cases[] = {
+      {"no slots at all", {}},
+      {"all empty", {LBD_SLOT_EMPTY, LBD_SLOT_EMPTY, LBD_SLOT_EMPTY}},
+      {"starting and draining only", {LBD_SLOT_STARTING, LBD_SLOT_DRAINING, LBD_SLOT_STARTING}},
+      {"an unknown state is not active", {7, 0xFFFFFFFFu}},
+  };
+  for (const Case& c : cases) {
+    Table table;
+    for (uint32_t i = 0; i < c.states.size(); i++) table.with_state(i, c.states[i]);
+    for (uint32_t policy : kAllPolicies) {
+      auto a = args_for(policy, static_cast<uint32_t>(c.states.size()), 5, 77);
+      EXPECT_EQ(pick(table, a), static_cast<uint32_t>(LBD_NO_SLOT))
+          << c.description << ", " << policy_label(policy);
+    }
+  }
+}
+
+TEST(SteerPolicy, SlotsAtOrBeyondTheSlotCountAreNotConsidered) {
+  Table table;
+  table.active(0);
+  table.active(5);  // outside nr_slots = 4
+  for (uint32_t policy : kAllPolicies) {
+    for (uint32_t ticket = 0; ticket < 16; ticket++) {
+      EXPECT_EQ(choices(table, args_for(policy, 4, ticket, ticket)), std::vector<uint32_t>{0})
+          << policy_label(policy);
+    }
+  }
+}
+
+TEST(SteerPolicy, SlotCountAboveTheMaximumIsClampedToLbdMaxSlots) {
+  lbd_pick_args a = args_for(LBD_POLICY_RR, LBD_MAX_SLOTS + 1000, LBD_MAX_SLOTS + 5);
+  lbd_scan s;
+  lbd_scan_init(&s, &a);
+  EXPECT_EQ(s.args.nr_slots, static_cast<uint32_t>(LBD_MAX_SLOTS));
+
+  // A visit past the table (the program would never make one, the header still refuses it).
+  Table table;
+  for (uint32_t i = 0; i < LBD_MAX_SLOTS; i++) table.active(i);
+  for (uint32_t i = 0; i < s.args.nr_slots; i++) lbd_scan_visit(&s, i, &table.slots[i]);
+  lbd_slot extra{};
+  extra.state = LBD_SLOT_ACTIVE;
+  lbd_scan_visit(&s, LBD_MAX_SLOTS, &extra);
+  EXPECT_EQ(s.count, static_cast<uint32_t>(LBD_MAX_SLOTS));
+  EXPECT_EQ(lbd_scan_choice(&s, 0), 5u);  // ticket 69 over 64 active slots
+}
+
+TEST(SteerPolicy, AMissingSlotEntryIsSkipped) {
+  // The program passes NULL when a map lookup fails; that slot simply does not count.
+  lbd_pick_args a = args_for(LBD_POLICY_RR, 2);
+  lbd_scan s;
+  lbd_scan_init(&s, &a);
+  lbd_slot live{};
+  live.state = LBD_SLOT_ACTIVE;
+  lbd_scan_visit(&s, 0, nullptr);
+  lbd_scan_visit(&s, 1, &live);
+  EXPECT_EQ(lbd_scan_choice(&s, 0), 1u);
+  EXPECT_EQ(lbd_scan_choice(&s, 1), static_cast<uint32_t>(LBD_NO_SLOT));
+}
+
+TEST(SteerPolicy, RetriesOfferEveryOtherActiveSlotOnceThenGiveUp) {
+  // After the pick, attempts 1.. walk the rest of the active list in order, wrapping around.
+  Table table;
+  table.active(1).open = 9;
+  table.active(2).open = 0;  // least's pick
+  table.with_state(3, LBD_SLOT_DRAINING);
+  table.active(4).open = 5;
+  table.active(7).open = 3;
+
+  struct Case {
+    const char* description;
+    lbd_pick_args args;
+    std::vector<uint32_t> expected;
+  };
+  const Case cases[] = {
+      {"rr ticket 0", args_for(LBD_POLICY_RR, 8, 0), {1, 2, 4, 7}},
+      {"rr ticket 2", args_for(LBD_POLICY_RR, 8, 2), {4, 7, 1, 2}},
+      {"rr ticket 7", args_for(LBD_POLICY_RR, 8, 7), {7, 1, 2, 4}},
+      {"least", args_for(LBD_POLICY_LEAST, 8, 0), {2, 4, 7, 1}},
+      {"hash 5", args_for(LBD_POLICY_HASH, 8, 0, 5), {2, 4, 7, 1}},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(choices(table, c.args), c.expected) << c.description;
+  }
+}
+
+// --- rr -------------------------------------------------------------------------------------
+
+TEST(SteerPolicyRoundRobin, IsExactlyEvenOverActiveSlotsWithGaps) {
+  Table table;
+  table.active(0);
+  table.active(2);
+  table.active(5);
+  table.with_state(6, LBD_SLOT_DRAINING);
+
+  std::array<int, LBD_MAX_SLOTS + 1> hits{};
+  for (uint32_t ticket = 0; ticket < 300; ticket++) {
+    hits[pick(table, args_for(LBD_POLICY_RR, 8, ticket))]++;
+  }
+  EXPECT_EQ(hits[0], 100);
+  EXPECT_EQ(hits[2], 100);
+  EXPECT_EQ(hits[5], 100);
+  EXPECT_EQ(hits[0] + hits[2] + hits[5], 300) << "some decisions went elsewhere";
+}
+
+TEST(SteerPolicyRoundRobin, ConsecutiveTicketsVisitTheActiveSlotsInTurn) {
+  Table table;
+  table.active(1);
+  table.active(3);
+  table.active(4);
+  std::vector<uint32_t> order;
+  for (uint32_t ticket = 0; ticket < 6; ticket++) order.push_back(pick(table, args_for(LBD_POLICY_RR, 6, ticket)));
+  EXPECT_EQ(order, (std::vector<uint32_t>{1, 3, 4, 1, 3, 4}));
+}
+
+TEST(SteerPolicyRoundRobin, IgnoresLoad) {
+  Table table;
+  table.active(0).open = 1'000'000;
+  table.active(1);
+  EXPECT_EQ(pick(table, args_for(LBD_POLICY_RR, 2, 0)), 0u);
+  EXPECT_EQ(pick(table, args_for(LBD_POLICY_RR, 2, 1)), 1u);
+}
+
+// --- least ----------------------------------------------------------------------------------
+
+struct SlotSpec {
+  uint32_t state = LBD_SLOT_ACTIVE;
+  uint64_t steered = 0;
+  uint64_t accepted = 0;
+  uint32_t open = 0;
+  uint64_t heartbeat_ns = kNow;
+};
+
+TEST(SteerPolicyLeast, ChoosesTheLowestLoad) {
+  const uint64_t stale = kNow - kStaleAfter - 1;
+  const uint64_t future = kNow + 5 * kMs;
+  struct Case {
+    const char* description;
+    std::vector<SlotSpec> slots;
+    uint32_t expected;
+  };
+  const Case cases[] = {
+      {"open connections count",
+       {{.open = 4}, {.open = 2}, {.open = 3}}, 1},
+      {"steered but not yet accepted counts (a stalled accept queue)",
+       {{.steered = 10, .accepted = 2}, {.open = 5}, {.steered = 7, .accepted = 0}}, 1},
+      {"load is queued plus open",
+       {{.steered = 3, .accepted = 1, .open = 1}, {.steered = 0, .accepted = 0, .open = 2},
+        {.steered = 5, .accepted = 5, .open = 1}}, 2},
+      {"accepted past steered (reconciliation) counts as an empty queue, not a negative one",
+       {{.steered = 3, .accepted = 10, .open = 2}, {.open = 1}}, 1},
+      {"accepted past steered does not wrap into a huge load",
+       {{.steered = 0, .accepted = 1, .open = 0}, {.open = 1}}, 0},
+      {"a non-active slot with no load is passed over",
+       {{.state = LBD_SLOT_DRAINING}, {.open = 8}, {.state = LBD_SLOT_STARTING}, {.open = 9}}, 1},
+      {"a stalled slot is avoided while a live one exists",
+       {{.open = 0, .heartbeat_ns = stale}, {.open = 50}}, 1},
+      {"a slot that never beat is stalled",
+       {{.open = 0, .heartbeat_ns = 0}, {.open = 50}}, 1},
+      {"a heartbeat exactly stale_after old is still live",
+       {{.open = 0, .heartbeat_ns = kNow - kStaleAfter}, {.open = 50}}, 0},
+      {"a heartbeat from the future counts as live",
+       {{.open = 50}, {.open = 0, .heartbeat_ns = future}}, 1},
+      {"when every slot is stalled the least loaded stalled one is chosen",
+       {{.open = 5, .heartbeat_ns = stale}, {.open = 2, .heartbeat_ns = stale},
+        {.open = 7, .heartbeat_ns = 0}}, 1},
+  };
+  for (const Case& c : cases) {
+    Table table;
+    for (uint32_t i = 0; i < c.slots.size(); i++) {
+      lbd_slot& s = table.slots[i];
+      s.state = c.slots[i].state;
+      s.steered = c.slots[i].steered;
+      s.accepted = c.slots[i].accepted;
+      s.open = c.slots[i].open;
+      s.heartbeat_ns = c.slots[i].heartbeat_ns;
+    }
+    auto a = args_for(LBD_POLICY_LEAST, static_cast<uint32_t>(c.slots.size()), 0);
+    EXPECT_EQ(pick(table, a), c.expected) << c.description;
+  }
+}
+
+TEST(SteerPolicyLeast, SlotLoadIsQueuedPlusOpenWithNegativeQueueAsZero) {
+  lbd_slot s{};
+  s.steered = 10;
+  s.accepted = 4;
+  s.open = 3;
+  EXPECT_EQ(lbd_slot_load(&s), 9u);
+  s.accepted = 25;  // the worker's reconciliation ran ahead of the program
+  EXPECT_EQ(lbd_slot_load(&s), 3u);
+}
+
+TEST(SteerPolicyLeast, TiesRotateWithTheCursor) {
+  // Four idle slots: consecutive tickets hand out each slot in turn, like rr.
+  Table table;
+  for (uint32_t i = 0; i < 4; i++) table.active(i);
+  std::vector<uint32_t> order;
+  for (uint32_t ticket = 0; ticket < 8; ticket++) {
+    order.push_back(pick(table, args_for(LBD_POLICY_LEAST, 4, ticket)));
+  }
+  EXPECT_EQ(order, (std::vector<uint32_t>{0, 1, 2, 3, 0, 1, 2, 3}));
+}
+
+TEST(SteerPolicyLeast, TiesAreSharedAmongTheLeastLoadedSlotsOnly) {
+  // Slots 1 and 4 tie at load 2; slot 2 is busier, slot 3 is draining, slot 0 busier still.
+  Table table;
+  table.active(0).open = 6;
+  table.active(1).open = 2;
+  table.active(2).open = 3;
+  table.with_state(3, LBD_SLOT_DRAINING);
+  table.active(4).open = 2;
+  std::set<uint32_t> chosen;
+  for (uint32_t ticket = 0; ticket < 10; ticket++) {
+    uint32_t slot = pick(table, args_for(LBD_POLICY_LEAST, 5, ticket));
+    EXPECT_TRUE(slot == 1 || slot == 4) << "ticket " << ticket << " chose slot " << slot;
+    chosen.insert(slot);
+  }
+  EXPECT_EQ(chosen, (std::set<uint32_t>{1, 4})) << "both tied slots get a turn";
+}
+
+TEST(SteerPolicyLeast, SharesTiesEvenlyWhenActiveSlotsHaveGaps) {
+  // steer_abi.h promises "ties broken round-robin". On an idle server every decision is a tie
+  // (each connection is accepted and finished before the next arrives), so the tie-break *is*
+  // the distribution. With slot 1 restarting (EMPTY) among four, the three idle active slots
+  // should still share the connections evenly.
+  Table table;
+  table.active(0);
+  table.with_state(1, LBD_SLOT_EMPTY);
+  table.active(2);
+  table.active(3);
+  std::array<int, LBD_MAX_SLOTS + 1> hits{};
+  for (uint32_t ticket = 0; ticket < 1200; ticket++) {
+    hits[pick(table, args_for(LBD_POLICY_LEAST, 4, ticket))]++;
+  }
+  EXPECT_EQ(hits[0], 400);
+  EXPECT_EQ(hits[2], 400) << "the slot after the gap takes the gap's share too";
+  EXPECT_EQ(hits[3], 400);
+}
+
+TEST(SteerPolicyLeast, StalenessCheckIsOffWhenStaleAfterIsZero) {
+  Table table;
+  table.active(0).heartbeat_ns = 0;
+  table.active(1).open = 1;
+  auto a = args_for(LBD_POLICY_LEAST, 2);
+  a.stale_after_ns = 0;
+  EXPECT_EQ(pick(table, a), 0u);
+}
+
+// --- hash -----------------------------------------------------------------------------------
+
+TEST(SteerPolicyHash, MapsTheHashModuloTheActiveCountOntoTheActiveSlots) {
+  Table table;
+  table.active(1);
+  table.with_state(2, LBD_SLOT_DRAINING);
+  table.active(4);
+  table.active(6);
+  const uint32_t active[] = {1, 4, 6};
+  for (uint32_t hash : {0u, 1u, 2u, 3u, 4u, 5u, 1000u, 0xFFFFFFFFu, 2654435761u}) {
+    EXPECT_EQ(pick(table, args_for(LBD_POLICY_HASH, 8, 0, hash)), active[hash % 3]) << "hash " << hash;
+  }
+}
+
+TEST(SteerPolicyHash, SameHashSameSlotWhateverTheCursor) {
+  Table table;
+  table.active(0);
+  table.active(1);
+  table.active(2);
+  for (uint32_t ticket = 0; ticket < 10; ticket++) {
+    EXPECT_EQ(pick(table, args_for(LBD_POLICY_HASH, 3, ticket, 7)), 1u);
+  }
+}
+
+}  // namespace
