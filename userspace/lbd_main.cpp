@@ -50,8 +50,7 @@ int run_supervisor(int argc, char** argv) {
     if (!parsed.options) return 0;  // --help or --version
     options = std::move(*parsed.options);
   } catch (const ConfigError& e) {
-    fprintf(stderr, "lbd: %s\n", e.what());
-    fprintf(stderr, "Run 'lbd --help' for the options.\n");
+    fprintf(stderr, "lbd: %s (see lbd --help)\n", e.what());
     return 2;
   }
   init_logging("lbd", options.log_level);

@@ -91,7 +91,7 @@ class SteeringTest : public ::testing::Test {
     auto reserved = net::reserve_port(net::Address::parse(host));
     EXPECT_TRUE(reserved) << reserved.error().message();
     if (!reserved) return g;
-    g.address = *reserved;
+    g.address = reserved->address;  // the hold is released at the end of this function
     for (uint32_t i = 0; i < n; i++) {
       auto listener = listen_on(g.address);
       EXPECT_TRUE(listener) << listener.error().message();

@@ -46,7 +46,7 @@ Result<Address> local_address(int fd) {
   return Address::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), len);
 }
 
-Result<Address> reserve_port(const Address& address) {
+Result<ReservedAddress> reserve_port(const Address& address) {
   UniqueFd probe(socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
   if (!probe) return Error::from_errno("socket");
   // SO_REUSEADDR so that connections lingering in TIME_WAIT from a previous run do not count.
@@ -57,7 +57,11 @@ Result<Address> reserve_port(const Address& address) {
   if (bind(probe.get(), address.sockaddr_ptr(), address.length()) != 0) {
     return Error::from_errno("cannot listen on " + address.to_string());
   }
-  return local_address(probe.get());
+  // Only now, so that the bind above conflicts with any socket already there.
+  LBD_TRY(set_int_option(probe.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"));
+  auto bound = local_address(probe.get());
+  if (!bound) return bound.error();
+  return ReservedAddress{*bound, std::move(probe)};
 }
 
 Result<AcceptQueue> accept_queue(int listener_fd) {

@@ -32,7 +32,14 @@ Result<Address> local_address(int fd);
 // Every listener then binds that explicit port. (A socket bound to port 0 forgets its port when
 // it stops listening, before the kernel migrates its queue, and the steering program would no
 // longer recognize its group.)
-Result<Address> reserve_port(const Address& address);
+//
+// The probe stays bound (with SO_REUSEPORT, so our own listeners can join it) until `hold` is
+// closed: until then nobody else can take the port.
+struct ReservedAddress {
+  Address address;
+  UniqueFd hold;
+};
+Result<ReservedAddress> reserve_port(const Address& address);
 
 // The accept queue of a listening socket, from TCP_INFO: queued connections in tcpi_unacked and
 // the backlog limit in tcpi_sacked (the kernel reuses those fields for listeners).

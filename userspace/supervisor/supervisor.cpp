@@ -141,10 +141,12 @@ Result<void> Supervisor::set_up() {
 
   // Refuse a port someone else holds before anything is created, and turn port 0 into a real
   // port every listener of the address then binds.
+  std::vector<UniqueFd> port_holds;  // released once our own listeners own the ports
   for (const auto& address : options_.listen) {
     auto reserved = net::reserve_port(address);
     if (!reserved) return reserved.error();
-    bound_.push_back(*reserved);
+    bound_.push_back(reserved->address);
+    port_holds.push_back(std::move(reserved->hold));
   }
 
   if (options_.mode == Mode::kBpf) {
@@ -159,6 +161,7 @@ Result<void> Supervisor::set_up() {
   }
 
   if (options_.mode == Mode::kShared || options_.mode == Mode::kHandoff) {
+    port_holds.clear();  // a single plain listener cannot bind beside the reuseport hold
     LBD_TRY(open_shared_listeners());
   }
 

@@ -54,6 +54,7 @@ struct Connection {
   bool linger_after_send = false;  // ...but shut down writes and drain reads first (error answers)
   bool lingering = false;          // discarding input until the peer closes or the linger ends
   bool waiting = false;            // a handler answers later (respond_after)
+  bool output_blocked = false;     // too many unsent answers: not reading until they drain
 
   uint64_t last_activity_ns = 0;
   uint32_t live_position = 0;      // where this connection sits in Worker::live_

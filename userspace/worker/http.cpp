@@ -5,6 +5,7 @@
 #include <cctype>
 #include <charconv>
 #include <ctime>
+#include <utility>
 
 namespace lbd {
 
@@ -82,6 +83,7 @@ void RequestParser::reset() {
   llhttp_init(&parser_, HTTP_REQUEST, &settings());
   parser_.data = this;
   in_request_ = false;
+  continue_pending_ = false;
   paused_ = false;
   keep_alive_ = true;
   error_status_ = 400;
@@ -90,6 +92,7 @@ void RequestParser::reset() {
 int RequestParser::on_message_begin(llhttp_t* p) {
   RequestParser& r = self(p);
   r.in_request_ = true;
+  r.error_status_ = 400;  // unless a callback names a more precise one (413, 431)
   r.head_.clear();
   r.header_spans_.clear();
   r.body_.clear();
@@ -98,6 +101,8 @@ int RequestParser::on_message_begin(llhttp_t* p) {
   r.header_bytes_ = 0;
   return 0;
 }
+
+bool RequestParser::take_continue() { return std::exchange(continue_pending_, false); }
 
 bool RequestParser::count_header_bytes(size_t len) {
   header_bytes_ += len;
@@ -149,8 +154,23 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
   return 0;
 }
 
+// An HTTP/1.1 client that sent `Expect: 100-continue` waits for our go-ahead before the body
+// (curl waits a second for it). A body we would refuse anyway is refused now, before it is sent.
 int RequestParser::on_headers_complete(llhttp_t* p) {
-  (void)p;
+  RequestParser& r = self(p);
+  r.continue_pending_ = false;
+  if (p->http_major != 1 || p->http_minor < 1) return 0;
+  for (const HeaderSpan& span : r.header_spans_) {
+    std::string_view name(r.head_.data() + span.name_at, span.name_len);
+    std::string_view value(r.head_.data() + span.value_at, span.value_len);
+    if (!iequals(name, "Expect") || !iequals(value, "100-continue")) continue;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > r.limits_.max_body_bytes) {
+      r.error_status_ = 413;
+      llhttp_set_error_reason(p, "request body too large");
+      return -1;
+    }
+    r.continue_pending_ = true;
+  }
   return 0;
 }
 
@@ -170,6 +190,7 @@ int RequestParser::on_body(llhttp_t* p, const char* at, size_t len) {
 int RequestParser::on_message_complete(llhttp_t* p) {
   RequestParser& r = self(p);
   r.in_request_ = false;
+  r.continue_pending_ = false;  // the body is here: no go-ahead needed
   r.keep_alive_ = llhttp_should_keep_alive(p) && !p->upgrade;
   r.build_request();
   return HPE_PAUSED;
@@ -206,7 +227,6 @@ RequestParser::Step RequestParser::parse(std::string_view data) {
     keep_alive_ = false;
     return {Status::kRequest, consumed};
   }
-  if (err != HPE_USER) error_status_ = 400;
   return {Status::kError, consumed};
 }
 

@@ -53,6 +53,9 @@ class RequestParser {
   const char* error_reason() const;
   // True from the first byte of a request until it is complete.
   bool in_request() const { return in_request_; }
+  // True once after the headers of a request that asked `Expect: 100-continue` and whose body
+  // has not arrived: the caller sends "100 Continue".
+  bool take_continue();
   // Done with the current request: parse the next one.
   void next();
 
@@ -85,6 +88,7 @@ class RequestParser {
   std::string body_;
   size_t header_bytes_ = 0;
   bool in_request_ = false;
+  bool continue_pending_ = false;
   bool keep_alive_ = true;
   bool paused_ = false;
   int error_status_ = 400;

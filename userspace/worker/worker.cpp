@@ -25,6 +25,10 @@ constexpr unsigned kBufferCount = 1024;  // power of two (buffer ring requiremen
 constexpr unsigned kBufferSize = 4096;
 // Input a client may pipeline behind a request that is still being answered.
 constexpr size_t kMaxBufferedInput = 256 * 1024;
+// Answers waiting to be sent on one connection. Past this the worker stops reading from the
+// client until the backlog halves, so a client that sends and never reads cannot make the
+// worker buffer without bound.
+constexpr size_t kMaxPendingOutput = 1024 * 1024;
 // The loop wakes at least this often, to stamp the heartbeat when idle.
 constexpr int64_t kTickNs = 10'000'000;
 constexpr int64_t kHousekeepingNs = 100'000'000;
@@ -39,6 +43,10 @@ uint64_t monotonic_coarse_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+size_t unsent_bytes(const Connection& c) {
+  return c.out_pending.size() + (c.out_sending.size() - c.out_sent);
 }
 
 uint64_t to_ns(std::chrono::milliseconds ms) { return static_cast<uint64_t>(ms.count()) * 1'000'000ull; }
@@ -387,7 +395,7 @@ void Worker::open_connection(uint32_t index) {
   c.in_use = true;
   c.recv_armed = c.send_inflight = c.timer_armed = false;
   c.closing = c.close_submitted = c.close_after_send = false;
-  c.linger_after_send = c.lingering = c.waiting = false;
+  c.linger_after_send = c.lingering = c.waiting = c.output_blocked = false;
   c.last_activity_ns = now_ns_;
   c.out_sent = 0;
   c.parser.reset();
@@ -410,13 +418,14 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
   if (res > 0 && has_buffer) {
     on_data(*c, std::string_view(buffers_->data(buffer_id), static_cast<size_t>(res)));
     buffers_->recycle(buffer_id);
-    if (!c->recv_armed && !c->closing) arm_recv(*c);
+    if (!c->recv_armed && !c->closing && !c->output_blocked) arm_recv(*c);
   } else {
     if (has_buffer) buffers_->recycle(buffer_id);
     if (res == 0) {
       on_peer_closed(*c);
     } else if (res == -ENOBUFS) {
-      if (!c->closing) arm_recv(*c);  // every buffer was in use this turn; they are back now
+      // Every buffer was in use this turn; they are back now.
+      if (!c->closing && !c->output_blocked) arm_recv(*c);
     } else if (res != -ECANCELED) {
       begin_close(*c);  // reset by the peer, or another socket error
     }
@@ -427,8 +436,9 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
 void Worker::on_data(Connection& c, std::string_view data) {
   c.last_activity_ns = now_ns_;
   if (c.closing || c.lingering || c.close_after_send) return;  // nothing more is read
-  if (c.waiting) {
-    // Pipelined behind a request still being answered; parsed once it is.
+  if (c.waiting || c.output_blocked) {
+    // Pipelined behind a request still being answered, or behind answers the client has not
+    // read yet; parsed once those are done.
     if (c.input.size() + data.size() > kMaxBufferedInput) {
       begin_close(c);
       return;
@@ -444,7 +454,10 @@ void Worker::process(Connection& c, std::string_view data) {
   while (true) {
     RequestParser::Step step = c.parser.parse(data);
     data.remove_prefix(step.consumed);
-    if (step.status == RequestParser::Status::kNeedMore) return;
+    if (step.status == RequestParser::Status::kNeedMore) {
+      if (c.parser.take_continue()) c.out_pending.append("HTTP/1.1 100 Continue\r\n\r\n");
+      return;
+    }
     if (step.status == RequestParser::Status::kError) {
       spdlog::debug("bad request on connection {}: {} ({})", c.index, c.parser.error_status(),
                     c.parser.error_reason());
@@ -458,7 +471,25 @@ void Worker::process(Connection& c, std::string_view data) {
     }
     c.parser.next();
     if (c.close_after_send || data.empty()) return;
+    if (unsent_bytes(c) > kMaxPendingOutput) {
+      // Stop reading until the client catches up (resumed in on_send).
+      c.output_blocked = true;
+      c.input.assign(data);
+      if (c.recv_armed) cancel(pack_user_data(Op::kRecv, c.index, c.generation));
+      return;
+    }
   }
+}
+
+// Parses what was held back while an answer was pending, then reads from the client again.
+void Worker::resume_input(Connection& c) {
+  if (!c.close_after_send && !c.input.empty()) {
+    std::string pending = std::move(c.input);
+    c.input.clear();
+    process(c, pending);
+  }
+  flush(c);
+  if (!c.recv_armed && !c.closing && !c.output_blocked && !c.waiting) arm_recv(c);
 }
 
 void Worker::answer(Connection& c) {
@@ -533,6 +564,11 @@ void Worker::on_send(Connection& c, int result) {
     return;
   }
   c.out_sending.clear();
+  if (c.output_blocked && unsent_bytes(c) <= kMaxPendingOutput / 2) {
+    c.output_blocked = false;
+    resume_input(c);
+    return;
+  }
   if (!c.out_pending.empty()) {
     flush(c);
     return;
@@ -562,12 +598,7 @@ void Worker::on_timer(Connection& c, int result) {
   if (then) then(c.exchange);
   if (!c.exchange.responded_) c.exchange.respond(500, "the handler did not answer\n", "text/plain");
   c.parser.next();
-  if (!c.close_after_send && !c.input.empty()) {
-    std::string pending = std::move(c.input);
-    c.input.clear();
-    process(c, pending);
-  }
-  flush(c);
+  resume_input(c);
   if (!c.send_inflight && c.out_pending.empty()) after_last_send(c);
 }
 

@@ -70,6 +70,7 @@ class Worker {
   void open_connection(uint32_t index);
   void on_data(Connection& c, std::string_view data);
   void process(Connection& c, std::string_view data);
+  void resume_input(Connection& c);
   void answer(Connection& c);
   void respond(Connection& c, int status, std::string_view body, std::string_view content_type,
                std::string_view extra_headers);

@@ -1,0 +1,240 @@
+// HTTP/1.1 as a client sees it through a real lbd: one worker (--mode reuseport, no root), real
+// sockets on loopback. Each test is one thing a client relies on.
+#include <gtest/gtest.h>
+
+#include "support/lbd_test.h"
+
+namespace lbd::test {
+namespace {
+
+class Http : public LbdTest {
+ protected:
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags("reuseport", 1, extra_flags_))); }
+
+  HttpConnection connect() {
+    HttpResult failure;
+    HttpConnection c = HttpConnection::open(address(), after(2s), &failure);
+    EXPECT_TRUE(c.valid()) << failure.describe();
+    return c;
+  }
+
+  std::vector<std::string> extra_flags_;
+};
+
+TEST_F(Http, KeepAliveServesSeveralRequestsOnOneConnection) {
+  HttpConnection c = connect();
+  for (int i = 0; i < 5; i++) {
+    HttpResult r = c.request(http_get("/"), after(2s));
+    ASSERT_TRUE(r.ok()) << "request " << i << ": " << r.describe();
+    EXPECT_EQ(r.response.status, 200);
+    EXPECT_EQ(r.response.body, "hello, world\n");
+    EXPECT_EQ(r.response.worker(), 0);
+    EXPECT_FALSE(r.response.closes()) << "request " << i << " was answered with Connection: close";
+  }
+}
+
+TEST_F(Http, PipelinedRequestsAreAnsweredInOrder) {
+  HttpConnection c = connect();
+  // A slow one first: the answers must still come back in request order.
+  ASSERT_EQ(c.send(http_get("/sleep?ms=100") + http_get("/") + http_post("/echo", "third"), after(2s)),
+            Outcome::kOk);
+  HttpResult first = c.read_response(after(3s));
+  HttpResult second = c.read_response(after(3s));
+  HttpResult third = c.read_response(after(3s));
+  ASSERT_TRUE(first.ok() && second.ok() && third.ok())
+      << first.describe() << " / " << second.describe() << " / " << third.describe();
+  EXPECT_EQ(first.response.body, "slept 100 ms\n");
+  EXPECT_EQ(second.response.body, "hello, world\n");
+  EXPECT_EQ(third.response.body, "third");
+}
+
+TEST_F(Http, PostEchoReturnsAContentLengthBody) {
+  // The largest body lbd takes (1 MiB): its answer needs many sends.
+  std::string body(1024 * 1024, '\0');
+  for (size_t i = 0; i < body.size(); i++) body[i] = static_cast<char>('a' + i % 26);
+  HttpResult r = fetch(address(), http_post("/echo", body), after(3s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  EXPECT_EQ(r.response.body, body);
+}
+
+TEST_F(Http, ManyPipelinedRequestsAcrossReceiveBuffersAreAnsweredInOrder) {
+  // 100 requests of growing size in one write (about 40 KB): they straddle the worker's 4 KiB
+  // receive buffers at every possible place.
+  std::string batch;
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 100; i++) {
+    bodies.push_back("request " + std::to_string(i) + " " + std::string(static_cast<size_t>(i) * 7, 'x'));
+    batch += http_post("/echo", bodies.back());
+  }
+  HttpConnection c = connect();
+  ASSERT_EQ(c.send(batch, after(2s)), Outcome::kOk);
+  for (int i = 0; i < 100; i++) {
+    HttpResult r = c.read_response(after(3s));
+    ASSERT_TRUE(r.ok()) << "answer " << i << ": " << r.describe();
+    EXPECT_EQ(r.response.body, bodies[static_cast<size_t>(i)]) << "answer " << i;
+  }
+}
+
+TEST_F(Http, RequestArrivingByteByByteIsAnswered) {
+  HttpConnection c = connect();
+  const std::string request = http_post("/echo", "slowly");
+  for (char byte : request) {
+    ASSERT_EQ(c.send(std::string_view(&byte, 1), after(2s)), Outcome::kOk);
+    std::this_thread::sleep_for(1ms);  // the client's pace: one segment per byte
+  }
+  HttpResult r = c.read_response(after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.body, "slowly");
+}
+
+TEST_F(Http, ConnectionCloseIsHonoured) {
+  HttpConnection c = connect();
+  HttpResult r = c.request(http_get("/", /*close=*/true), after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  EXPECT_TRUE(r.response.closes());
+  EXPECT_EQ(c.wait_for_close(after(2s)), PeerEnd::kClosed);
+}
+
+TEST_F(Http, Http10ClientIsAnsweredThenClosed) {
+  HttpConnection c = connect();
+  HttpResult r = c.request("GET / HTTP/1.0\r\n\r\n", after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  EXPECT_EQ(r.response.body, "hello, world\n");
+  EXPECT_EQ(c.wait_for_close(after(2s)), PeerEnd::kClosed);
+}
+
+TEST_F(Http, Http10KeepAliveIsHonoured) {
+  HttpConnection c = connect();
+  for (int i = 0; i < 3; i++) {
+    HttpResult r = c.request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", after(2s));
+    ASSERT_TRUE(r.ok()) << "request " << i << ": " << r.describe();
+    EXPECT_EQ(r.response.status, 200);
+    EXPECT_EQ(r.response.header("Connection"), "keep-alive");
+  }
+}
+
+// RFC 9110 section 10.1.1: a server that gets "Expect: 100-continue" MUST answer at once, with
+// 100 (Continue) or a final status. Clients wait for it before sending the body: curl waits 1 s
+// (and sends the header itself for bodies over 1 MiB), so every such upload would stall.
+TEST_F(Http, ExpectContinueGets100BeforeTheBody) {
+  HttpConnection c = connect();
+  ASSERT_EQ(c.send("POST /echo HTTP/1.1\r\nHost: lbd-test\r\nContent-Length: 5\r\n"
+                   "Expect: 100-continue\r\n\r\n",
+                   after(2s)),
+            Outcome::kOk);
+  HttpResult interim = c.read_response(after(500ms));
+  ASSERT_TRUE(interim.ok()) << "no 100 Continue: " << interim.describe();
+  EXPECT_EQ(interim.response.status, 100);
+  ASSERT_EQ(c.send("hello", after(2s)), Outcome::kOk);
+  HttpResult r = c.read_response(after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  EXPECT_EQ(r.response.body, "hello");
+}
+
+TEST_F(Http, PostEchoReturnsAChunkedBodyDechunked) {
+  const std::string body = "a chunked body that arrives in pieces of seven bytes";
+  HttpResult r = fetch(address(), http_post_chunked("/echo", body, 7), after(3s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  EXPECT_EQ(r.response.body, body);
+}
+
+TEST_F(Http, HeadHasHeadersButNoBody) {
+  HttpConnection c = connect();
+  HttpResult head = c.request(http_head("/"), after(2s));
+  ASSERT_TRUE(head.ok()) << head.describe();
+  EXPECT_EQ(head.response.status, 200);
+  EXPECT_EQ(head.response.header("Content-Length"), "13");  // what GET would send
+  // Had any body bytes followed, they would now be read as the start of the next response.
+  HttpResult get = c.request(http_get("/"), after(2s));
+  ASSERT_TRUE(get.ok()) << get.describe();
+  EXPECT_EQ(get.response.status, 200);
+  EXPECT_EQ(get.response.body, "hello, world\n");
+}
+
+TEST_F(Http, UnknownPathIs404) {
+  HttpResult r = fetch(address(), http_get("/no/such/thing"), after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 404);
+  EXPECT_EQ(r.response.worker(), 0);
+}
+
+TEST_F(Http, MalformedRequestLineGets400ThenClose) {
+  HttpConnection c = connect();
+  HttpResult r = c.request("GET\x01/ HTTP/1.1\r\nHost: x\r\n\r\n", after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 400);
+  EXPECT_TRUE(r.response.closes());
+  // The server closes after the answer (an orderly close, so the client did see the 400).
+  EXPECT_EQ(c.wait_for_close(after(5s)), PeerEnd::kClosed);
+}
+
+TEST_F(Http, OversizedHeadersGet431) {
+  std::string request = "GET / HTTP/1.1\r\nHost: lbd-test\r\n";
+  const std::string pad(1000, 'p');
+  for (int i = 0; request.size() < 64 * 1024; i++) request += "X-Pad-" + std::to_string(i) + ": " + pad + "\r\n";
+  request += "\r\n";
+  HttpConnection c = connect();
+  HttpResult r = c.request(request, after(3s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 431);
+  EXPECT_EQ(c.wait_for_close(after(5s)), PeerEnd::kClosed);
+}
+
+TEST_F(Http, SlowRequestDoesNotDelayAnotherConnectionOnTheSameWorker) {
+  // --workers 1: both connections are served by the same event loop.
+  HttpConnection slow = connect();
+  const auto sent = Clock::now();
+  ASSERT_EQ(slow.send(http_get("/sleep?ms=1000"), after(2s)), Outcome::kOk);
+
+  HttpResult quick = fetch(address(), http_get("/"), after(2s));
+  ASSERT_TRUE(quick.ok()) << quick.describe();
+  EXPECT_EQ(quick.response.status, 200);
+  EXPECT_LT(quick.elapsed, 500ms) << "GET / waited for the other connection's /sleep";
+  EXPECT_TRUE(slow.nothing_received()) << "the slow answer came before the quick one";
+
+  HttpResult slept = slow.read_response(after(5s));
+  ASSERT_TRUE(slept.ok()) << slept.describe();
+  EXPECT_EQ(slept.response.status, 200);
+  EXPECT_GE(Clock::now() - sent, 1000ms);
+}
+
+class HttpIdleTimeout : public Http {
+ protected:
+  HttpIdleTimeout() { extra_flags_ = {"--idle-timeout", "0.5"}; }
+};
+
+TEST_F(HttpIdleTimeout, IdleKeepAliveConnectionIsClosedByTheServer) {
+  HttpConnection busy = connect();
+  HttpConnection idle = connect();
+  ASSERT_TRUE(idle.request(http_get("/"), after(2s)).ok());
+  const auto idle_since = Clock::now();
+
+  // One connection keeps asking at the client's pace, the other says nothing. Watch for the
+  // idle one to be closed, for at most 3 s.
+  std::optional<Clock::duration> closed_after;
+  while (Clock::now() < idle_since + 3s) {
+    HttpResult r = busy.request(http_get("/"), after(2s));
+    ASSERT_TRUE(r.ok()) << "the busy connection: " << r.describe();
+    if (!idle.nothing_received()) {
+      closed_after = Clock::now() - idle_since;
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(closed_after) << "the idle connection is still open after 3 s";
+  EXPECT_EQ(idle.wait_for_close(after(1s)), PeerEnd::kClosed);
+  EXPECT_GE(*closed_after, 500ms);
+  EXPECT_LT(*closed_after, 2s);
+  // The busy connection was never idle for 0.5 s: still open.
+  HttpResult r = busy.request(http_get("/"), after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+}
+
+}  // namespace
+}  // namespace lbd::test
