@@ -13,8 +13,9 @@ namespace {
 static_assert(unpack_user_data(pack_user_data(Op::kRecv, 7, 9)).index == 7,
               "packing is usable at compile time");
 
-const Op kAllOps[] = {Op::kAccept, Op::kRecv,     Op::kSend,      Op::kClose,       Op::kTimer,
-                      Op::kCancel, Op::kShutdown, Op::kSignal,    Op::kHandoffPoll, Op::kInstall};
+const Op kAllOps[] = {Op::kAccept,  Op::kRecv,   Op::kSend,      Op::kClose,
+                      Op::kTimer,   Op::kCancel, Op::kShutdown,  Op::kSignal,
+                      Op::kInboxPoll, Op::kInstall, Op::kStatusPoll, Op::kExport};
 
 TEST(UserData, RoundTripsEveryOpIndexAndGeneration) {
   const uint32_t indexes[] = {0, 1, 4095, 0x7FFFFFFFu, 0xFFFFFFFFu};

@@ -16,6 +16,7 @@ void expect_same(const WorkerSpec& a, const WorkerSpec& b) {
   EXPECT_EQ(a.accept_mode, b.accept_mode);
   EXPECT_EQ(a.listener_fds, b.listener_fds);
   EXPECT_EQ(a.handoff_fd, b.handoff_fd);
+  EXPECT_EQ(a.handover_in_fd, b.handover_in_fd);
   EXPECT_EQ(a.slot_table_fd, b.slot_table_fd);
   EXPECT_EQ(a.status_fd, b.status_fd);
   EXPECT_EQ(a.reconcile_queue, b.reconcile_queue);
@@ -53,6 +54,7 @@ TEST(WorkerSpec, EveryFieldRoundTrips) {
   handoff.slot = 2;
   handoff.accept_mode = AcceptMode::kHandoff;
   handoff.handoff_fd = 6;
+  handoff.handover_in_fd = 7;
   handoff.listener_fds = {};
   expect_same(decode_worker_spec(encode_worker_spec(handoff)), handoff);
 }

@@ -8,49 +8,66 @@ namespace lbd::net {
 
 namespace {
 
-// One byte of payload and room for one SCM_RIGHTS descriptor: the message both sides use.
-struct FdMessage {
-  char byte = 'c';
-  iovec iov{&byte, 1};
+constexpr size_t kMaxText = 256;
+
+// Room for the text and one SCM_RIGHTS descriptor: the layout both sides use.
+struct Envelope {
+  char text[kMaxText];
+  iovec iov{text, kMaxText};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
 
-  FdMessage() {
+  Envelope() {
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
   }
-  FdMessage(const FdMessage&) = delete;
-  FdMessage& operator=(const FdMessage&) = delete;
+  Envelope(const Envelope&) = delete;
+  Envelope& operator=(const Envelope&) = delete;
 };
 
 }  // namespace
 
-Result<void> send_fd(int unix_socket, int fd) {
-  FdMessage m;
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&m.msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-  if (sendmsg(unix_socket, &m.msg, MSG_NOSIGNAL) != 1) return Error::from_errno("send fd");
+Result<void> send_message(int unix_socket, std::string_view text, int fd) {
+  if (text.empty() || text.size() > kMaxText) return Error::from_errno(EMSGSIZE, "send message");
+  Envelope e;
+  std::memcpy(e.text, text.data(), text.size());
+  e.iov.iov_len = text.size();
+  if (fd >= 0) {
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&e.msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  } else {
+    e.msg.msg_control = nullptr;
+    e.msg.msg_controllen = 0;
+  }
+  ssize_t n = sendmsg(unix_socket, &e.msg, MSG_NOSIGNAL);
+  if (n < 0) return Error::from_errno("send message");
+  if (static_cast<size_t>(n) != text.size()) return Error::from_errno(EMSGSIZE, "send message");
   return {};
 }
 
-Result<UniqueFd> receive_fd(int unix_socket) {
-  FdMessage m;
-  ssize_t n = recvmsg(unix_socket, &m.msg, MSG_CMSG_CLOEXEC);
-  if (n < 0) return Error::from_errno("receive fd");
-  if (n == 0) return UniqueFd();
-  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&m.msg); cmsg; cmsg = CMSG_NXTHDR(&m.msg, cmsg)) {
+Result<Message> receive_message(int unix_socket) {
+  Envelope e;
+  ssize_t n = recvmsg(unix_socket, &e.msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return Error::from_errno("receive message");
+  Message message;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&e.msg); cmsg; cmsg = CMSG_NXTHDR(&e.msg, cmsg)) {
     if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
       int fd = -1;
       std::memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
-      return UniqueFd(fd);
+      message.fd.reset(fd);
     }
   }
-  return Error::from_errno(EPROTO, "receive fd: message carried no descriptor");
+  if (n == 0 && !message.fd) {
+    message.end = true;  // SOCK_SEQPACKET: a zero-length read is the peer's close
+    return message;
+  }
+  message.text.assign(e.text, static_cast<size_t>(n));
+  return message;
 }
 
 }  // namespace lbd::net

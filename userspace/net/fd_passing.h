@@ -1,17 +1,31 @@
-// Passing file descriptors between processes over a Unix socket (SCM_RIGHTS). Used by
-// `--mode handoff`, where the supervisor accepts and hands each connection to a worker.
+// Short messages between lbd's processes over SOCK_SEQPACKET Unix sockets, optionally carrying
+// one file descriptor (SCM_RIGHTS). Used for
+//   - the status channel: a worker says "READY=1"; the supervisor says "DRAIN ..." and may pass
+//     the socket on which to hand idle connections to the worker's successor;
+//   - fd inboxes: connections passed to a worker (--mode handoff, or idle keep-alive
+//     connections handed over by the worker it replaces during a reload).
 #pragma once
+
+#include <string>
+#include <string_view>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
 
 namespace lbd::net {
 
-// Sends `fd` as one message. Non-blocking if the socket is: EAGAIN is returned as an error the
-// caller can test with `error().code() == std::errc::resource_unavailable_try_again`.
-Result<void> send_fd(int unix_socket, int fd);
+struct Message {
+  std::string text;
+  UniqueFd fd;       // the descriptor it carried, if any
+  bool end = false;  // the peer closed its end; nothing else is set
+};
 
-// Receives one fd sent by send_fd(). An orderly shutdown of the peer yields an invalid UniqueFd.
-Result<UniqueFd> receive_fd(int unix_socket);
+// Sends `text` (at most 256 bytes, not empty) and, if `fd` >= 0, a copy of `fd`. On a
+// non-blocking socket a full buffer is an error whose code is
+// std::errc::resource_unavailable_try_again.
+Result<void> send_message(int unix_socket, std::string_view text, int fd = -1);
+
+// Receives one message. On a non-blocking socket, no message is the error above.
+Result<Message> receive_message(int unix_socket);
 
 }  // namespace lbd::net

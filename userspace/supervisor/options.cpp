@@ -99,6 +99,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   int backlog = 4096;
   unsigned stale_after_ms = 50;
   std::string log_level = "info";
+  std::string control_path;
 
   app.add_option("-w,--workers", workers_text, "Worker processes: a number, or 'auto' for one per CPU")
       ->capture_default_str();
@@ -129,6 +130,8 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
                  "Policy least skips a worker whose loop has not run for this long (ms)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--control", control_path,
+                 "Control socket for lbctl (default /run/lbd/lbd.sock; 'none' for no socket)");
 
   try {
     app.parse(argc, argv);
@@ -190,6 +193,10 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (!levels.count(log_level)) throw ConfigError("--log-level: unknown level '" + log_level + "'");
   options.log_level = log_level;
+  if (!control_path.empty()) {
+    options.control_path = control_path == "none" ? std::string() : control_path;
+    options.control_path_given = true;
+  }
   return {std::move(options)};
 }
 

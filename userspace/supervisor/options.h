@@ -39,6 +39,8 @@ struct SupervisorOptions {
   unsigned max_connections = 16384;      // per worker
   int backlog = 4096;
   std::string log_level = "info";
+  std::string control_path = "/run/lbd/lbd.sock";
+  bool control_path_given = false;  // --control was set: failing to create it is an error
 };
 
 // What main() should do after parsing.

@@ -1,26 +1,50 @@
 // The supervisor: lbd's main process. It creates every listener (sockets join one reuseport
-// group only if one uid created them), loads the steering program, starts one worker per slot,
-// marks slots active as workers report ready, restarts crashed workers with backoff, and stops
-// gracefully on SIGTERM/SIGINT.
+// group only if one uid created them), loads the steering program, runs one worker per slot,
+// and changes the set of workers while serving: restarts crashed workers with backoff, drains,
+// reloads slot by slot, scales, and stops gracefully. Operators reach it with signals (nginx's:
+// HUP reload, TERM/INT graceful stop, QUIT immediate stop) or with lbctl over the control socket.
 //
-// It runs one epoll loop over a signalfd, the workers' status sockets and, in --mode handoff, the
-// listeners it accepts on. It never waits on a worker: every exchange with one is a non-blocking
-// message or a signal (DESIGN.md invariant 5).
+// A slot is a worker's stable place (its index is what X-Worker says and what the steering
+// program chooses). A slot holds at most one *serving* process (the one steered to), at most one
+// *replacement* starting to take its place, and any number of *retiring* processes finishing
+// their connections. Replacing is always: start the new process, wait until it reports ready,
+// swap its listener into the slot (one map update), then retire the old one — so there are never
+// fewer serving workers than before (DESIGN.md invariant 3).
+//
+// Retiring a process: take it out of steering, shut its listener down (the kernel migrates the
+// queued and half-open connections, the program sends them to active slots), and tell it to
+// drain. Nothing that reached a worker is reset (invariant 1).
+//
+// One epoll loop; every exchange with a worker is a non-blocking message or a signal, so the
+// supervisor never waits on one (invariant 5).
+//
+// The code is split by role: supervisor.cpp (set-up, loop, signals, stop), slot_lifecycle.cpp
+// (starting, readiness, swapping, retiring, exits and crashes), operations.cpp (what lbctl and
+// SIGHUP ask for: drain, undrain, reload, restart, scale, policy, status).
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/result.h"
 #include "common/unique_fd.h"
+#include "control/protocol.h"
 #include "net/address.h"
 #include "steering/slot_table.h"
 #include "steering/steering.h"
+#include "supervisor/control_server.h"
 #include "supervisor/options.h"
+#include "supervisor/poller.h"
+#include "supervisor/process_stats.h"
 #include "supervisor/restart_policy.h"
 
 namespace lbd {
@@ -36,69 +60,125 @@ class Supervisor {
 
  private:
   using Clock = std::chrono::steady_clock;
+  using ClientId = ControlServer::ClientId;
 
-  enum class SlotPhase {
-    kEmpty,     // no process (before the first start, or waiting for a restart)
-    kStarting,  // process started, not ready
-    kActive,    // serving
-    kDraining,  // told to finish and exit
-    kFailed,    // crashed too often; left down
+  enum class Role { kStarting, kServing, kRetiring };
+
+  // What a retiring worker does with idle keep-alive connections (see worker/worker.h).
+  enum class Retire { kStop, kDrain, kHandover };
+
+  struct WorkerProcess {
+    uint32_t id = 0;  // unique within this lbd; tags the status channel in the poller
+    pid_t pid = 0;
+    uint32_t slot = 0;
+    Role role = Role::kStarting;
+    std::vector<UniqueFd> listeners;  // our copies of its listeners (bpf, reuseport)
+    UniqueFd status;                  // our end of its status channel
+    UniqueFd handoff;                 // --mode handoff: our end of its connection inbox
+    UniqueFd handover_sender;         // a replacement: the end its predecessor hands over on
+    Clock::time_point started_at;
+    std::optional<Clock::time_point> ready_by;  // starting: killed if not ready by then
+    std::optional<Clock::time_point> kill_at;   // retiring: killed if still running by then
+    uint32_t reported_open = 0;       // retiring: connections it still holds ("OPEN=n")
+    CpuMeter cpu;
   };
 
   struct Slot {
     uint32_t index = 0;
     int cpu = -1;
-    SlotPhase phase = SlotPhase::kEmpty;
-    pid_t pid = 0;
-    std::vector<UniqueFd> listeners;  // our copies of the worker's listeners (bpf, reuseport)
-    UniqueFd status;                  // our end of the worker's status socket
-    UniqueFd handoff;                 // our end of the worker's handoff socket (handoff mode)
+    bool wanted = true;   // false: drained by the operator, or scaled away
+    bool failed = false;  // crashed too often; left down until undrain/reload
+    bool removing = false;  // scaled away: the slot goes once its processes have exited
+    std::unique_ptr<WorkerProcess> serving;
+    std::unique_ptr<WorkerProcess> replacement;
+    std::vector<std::unique_ptr<WorkerProcess>> retiring;
     RestartPolicy restarts;
     std::optional<Clock::time_point> restart_at;
     unsigned restart_count = 0;
   };
 
+  // A long request (reload, restart, drain --wait, undrain, scale) in progress. One at a time.
+  struct Operation {
+    control::Verb verb = control::Verb::kReload;
+    std::optional<ClientId> client;  // none when started by SIGHUP
+    std::deque<uint32_t> pending;    // reload: slots still to replace, in order
+    std::set<uint32_t> active;       // slots being replaced, started, or drained
+    uint32_t parallel = 1;
+    std::chrono::milliseconds timeout{30'000};
+    unsigned succeeded = 0;
+    std::string failure;             // the first failure; non-empty means the operation failed
+    Clock::time_point started_at;
+  };
+
+  // --- supervisor.cpp
   Result<void> set_up();
   Result<void> open_shared_listeners();
-  Result<void> open_slot_listeners(Slot& slot);
-  Result<void> start_worker(Slot& slot);
-  void set_state(Slot& slot, uint32_t state);
-  void retire_listeners(Slot& slot);
-  void drain(Slot& slot);
-
   void on_signal();
-  void on_status(Slot& slot);
-  void on_ready(Slot& slot);
-  void reap_children();
-  void on_exit(Slot& slot, int wait_status);
+  void accept_for_handoff(uint32_t listener);
   void begin_stop(bool graceful);
   void run_timers();
-  void accept_for_handoff(uint32_t listener);
-  void check_all_ready();
+  int poll_timeout_ms() const;
   bool any_process() const;
-  int epoll_timeout_ms() const;
-  Result<void> watch(int fd, uint64_t tag);
-  void unwatch(int fd);
-
   SlotTable& table();
   std::string listen_summary() const;
 
+  // --- slot_lifecycle.cpp
+  Slot& add_slot();
+  Result<std::unique_ptr<WorkerProcess>> spawn(Slot& slot, bool with_handover_inbox);
+  Result<void> start_serving(Slot& slot);
+  Result<void> start_replacement(Slot& slot, std::chrono::milliseconds ready_timeout);
+  void on_status(uint32_t process_id);
+  void on_ready(Slot& slot, WorkerProcess& process);
+  void retire(Slot& slot, std::unique_ptr<WorkerProcess> process, Retire how,
+              std::chrono::milliseconds timeout);
+  void tell_to_drain(WorkerProcess& process, Retire how, std::chrono::milliseconds timeout,
+                     int successor_inbox);
+  void stop_listening(WorkerProcess& process);
+  void check_all_ready();
+  void reap_children();
+  void on_exit(Slot& slot, WorkerProcess& process, int wait_status);
+  void on_crash(Slot& slot, pid_t pid, bool was_ready, int wait_status);
+  void update_state(Slot& slot);
+  void remove_scaled_away_slots();
+  bool has_process(const Slot& slot) const;
+  WorkerProcess* find_process(uint32_t id, Slot** slot_out);
+  std::optional<Slot*> slot_at(uint32_t index);
+
+  // --- operations.cpp
+  void on_request(ClientId client, const control::Request& request);
+  nlohmann::json status();
+  void start_reload(std::optional<ClientId> client, control::Verb verb, std::deque<uint32_t> slots,
+                    uint32_t parallel, std::chrono::milliseconds timeout);
+  void drain_slots(const std::vector<uint32_t>& slots, std::chrono::milliseconds timeout);
+  void advance_operation();
+  void operation_progress(const std::string& message);
+  void operation_slot_failed(uint32_t slot, const std::string& why);
+  void finish_operation();
+  bool operation_involves(uint32_t slot) const;
+  std::chrono::milliseconds drain_timeout(const control::Request& request) const;
+
   SupervisorOptions options_;
   std::string binary_;
-  std::optional<Steering> steering_;    // --mode bpf
-  std::optional<SlotTable> plain_table_;  // other modes
-  std::vector<net::Address> bound_;     // listen addresses with their real ports
-  std::vector<uint32_t> groups_;        // sockarray row per address (bpf)
+  std::optional<Steering> steering_;        // --mode bpf
+  std::optional<SlotTable> plain_table_;    // other modes
+  std::vector<net::Address> bound_;         // listen addresses with their real ports
+  std::vector<uint32_t> groups_;            // sockarray row per address (bpf)
   std::vector<UniqueFd> shared_listeners_;  // --mode shared and handoff: one per address
-  std::vector<Slot> slots_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  uint32_t next_process_id_ = 1;
   uint32_t handoff_next_ = 0;
   uint64_t handoff_dropped_ = 0;
+  uint64_t reloads_ = 0;
 
-  UniqueFd epoll_;
+  std::optional<Poller> poller_;
   UniqueFd signal_fd_;
+  std::optional<ControlServer> control_;
+  std::optional<Operation> op_;
   bool stopping_ = false;
   bool announced_ready_ = false;
+  Clock::time_point started_at_;
   Clock::time_point stop_deadline_;
+  Clock::time_point next_control_sweep_;
   int exit_code_ = 0;
 };
 

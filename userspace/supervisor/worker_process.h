@@ -23,6 +23,7 @@ struct WorkerLaunch {
   int status_fd = -1;
   int slot_table_fd = -1;
   int handoff_fd = -1;
+  int handover_in_fd = -1;
   std::vector<int> listener_fds;
   WorkerSpec spec;     // everything else the worker needs
 };

@@ -55,6 +55,7 @@ struct Connection {
   bool lingering = false;          // discarding input until the peer closes or the linger ends
   bool waiting = false;            // a handler answers later (respond_after)
   bool output_blocked = false;     // too many unsent answers: not reading until they drain
+  bool handing_over = false;       // idle; its recv is being cancelled so it can be handed over
 
   uint64_t last_activity_ns = 0;
   uint32_t live_position = 0;      // where this connection sits in Worker::live_

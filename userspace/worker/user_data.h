@@ -20,8 +20,10 @@ enum class Op : uint8_t {
   kCancel,        // cancellation of another request; completion ignored
   kShutdown,      // shutdown(SHUT_WR) before a lingering close; completion ignored
   kSignal,        // read on the signalfd
-  kHandoffPoll,   // POLLIN on the handoff socket
-  kInstall,       // a handed-off fd being installed as fixed file; `index` = install entry
+  kInboxPoll,     // POLLIN on fd inbox `index` (handoff from the supervisor, or handover)
+  kInstall,       // a received fd being installed as fixed file; `index` = install entry
+  kStatusPoll,    // POLLIN on the status channel: a command from the supervisor
+  kExport,        // connection `index`'s fixed file installed as a regular fd, to hand over
 };
 
 struct UserData {

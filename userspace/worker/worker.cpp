@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/log.h"
@@ -35,8 +36,9 @@ constexpr int64_t kHousekeepingNs = 100'000'000;
 // After an error answer: how long to keep reading (and discarding) before closing, so the
 // client sees the answer instead of a reset.
 constexpr uint64_t kLingerNs = 2'000'000'000;
-// While draining, a keep-alive connection with nothing in flight is closed after this long.
-constexpr uint64_t kDrainIdleNs = 1'000'000'000;
+// io_uring opcode that installs a fixed file as a regular fd (Linux 6.8, uapi value 54);
+// liburing 2.3 predates it. Used to hand idle connections to a successor worker.
+constexpr uint8_t kOpFixedFdInstall = 54;
 
 uint64_t monotonic_coarse_ns() {
   // CLOCK_MONOTONIC_COARSE is what the steering program's bpf_ktime_get_coarse_ns() reads.
@@ -47,6 +49,20 @@ uint64_t monotonic_coarse_ns() {
 
 size_t unsent_bytes(const Connection& c) {
   return c.out_pending.size() + (c.out_sending.size() - c.out_sent);
+}
+
+bool kernel_supports_op(io_uring* ring, int op) {
+  io_uring_probe* probe = io_uring_get_probe_ring(ring);
+  if (!probe) return false;
+  bool supported = io_uring_opcode_supported(probe, op);
+  io_uring_free_probe(probe);
+  return supported;
+}
+
+Result<void> set_nonblocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return Error::from_errno("O_NONBLOCK");
+  return {};
 }
 
 uint64_t to_ns(std::chrono::milliseconds ms) { return static_cast<uint64_t>(ms.count()) * 1'000'000ull; }
@@ -99,6 +115,7 @@ Worker::Worker(const WorkerSpec& spec, Handler handler, SlotTable table, Ring ri
       handler_(std::move(handler)),
       table_(std::move(table)),
       my_slot_(&table_.slot(spec.slot)),
+      pid_(static_cast<uint32_t>(getpid())),
       ring_(std::move(ring)) {}
 
 Worker::~Worker() = default;
@@ -130,7 +147,8 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   }
   w->live_.reserve(w->connection_capacity_);
   w->accept_armed_.assign(spec.listener_fds.size(), false);
-  for (uint32_t i = 0; i < kInstallEntries; i++) w->free_install_entries_.push_back(kInstallEntries - 1 - i);
+  for (uint32_t i = 0; i < kInstallEntries; i++) w->free_installs_.push_back(kInstallEntries - 1 - i);
+  w->can_export_fds_ = kernel_supports_op(w->ring_.get(), kOpFixedFdInstall);
 
   // SIGTERM arrives as a completion, not as an interruption of the loop.
   sigset_t mask;
@@ -140,42 +158,40 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   w->signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC));
   if (!w->signal_fd_) return Error::from_errno("signalfd");
 
-  if (spec.handoff_fd >= 0) {
-    int flags = fcntl(spec.handoff_fd, F_GETFL);
-    if (flags < 0 || fcntl(spec.handoff_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-      return Error::from_errno("handoff socket O_NONBLOCK");
-    }
+  for (auto [fd, counts_as_accept] : {std::pair{spec.handoff_fd, true}, {spec.handover_in_fd, false}}) {
+    if (fd < 0) continue;
+    if (auto ok = set_nonblocking(fd); !ok) return ok.error().wrap("fd inbox");
+    w->inboxes_.push_back(Inbox{fd, counts_as_accept, true});
+  }
+  if (spec.status_fd >= 0) {
+    if (auto ok = set_nonblocking(spec.status_fd); !ok) return ok.error().wrap("status channel");
   }
 
   // A fresh worker in this slot: nothing of ours is queued or open yet. Counting `steered` as
   // already accepted starts the slot's load at zero whatever its previous worker left behind.
-  w->refresh_clock();
   w->accepted_ = load_field(w->my_slot_->steered);
-  store_field(w->my_slot_->accepted, w->accepted_);
-  store_field(w->my_slot_->open, 0u);
-  store_field(w->my_slot_->inflight, 0u);
-  store_field(w->my_slot_->requests, uint64_t{0});
-  store_field(w->my_slot_->pid, static_cast<uint32_t>(getpid()));
-  spdlog::info("serving with io_uring ({}), {} connection slots", w->ring_.mode(),
-               w->connection_capacity_);
+  w->refresh_clock();
+  w->publish();
+  spdlog::info("serving with io_uring ({}), {} connection slots{}", w->ring_.mode(),
+               w->connection_capacity_,
+               w->can_export_fds_ ? "" : "; no IORING_OP_FIXED_FD_INSTALL: no keep-alive handover");
   return w;
 }
 
 // --- the loop -------------------------------------------------------------------------------
 
 Result<void> Worker::run() {
-  if (spec_.accept_mode == AcceptMode::kHandoff) {
-    arm_handoff_poll();
-  } else {
+  if (spec_.accept_mode == AcceptMode::kSteered) {
     for (uint32_t i = 0; i < spec_.listener_fds.size(); i++) arm_accept(i);
   }
+  for (uint32_t i = 0; i < inboxes_.size(); i++) arm_poll(inboxes_[i].fd, Op::kInboxPoll, i);
+  if (spec_.status_fd >= 0) arm_poll(spec_.status_fd, Op::kStatusPoll, 0);
   arm_signal_read();
   io_uring_submit(ring_.get());
 
   if (spec_.status_fd >= 0) {
-    static constexpr char kReady[] = "READY=1";
-    if (send(spec_.status_fd, kReady, sizeof(kReady) - 1, MSG_NOSIGNAL) < 0) {
-      return Error::from_errno("tell the supervisor we are ready");
+    if (auto ok = net::send_message(spec_.status_fd, "READY=1"); !ok) {
+      return ok.error().wrap("tell the supervisor we are ready");
     }
   }
 
@@ -191,25 +207,40 @@ Result<void> Worker::run() {
     io_uring_for_each_cqe(ring_.get(), head, cqe) {
       refresh_clock();
       dispatch(cqe);
+      publish();
       seen++;
     }
     io_uring_cq_advance(ring_.get(), seen);
 
     refresh_clock();
     if (now_ns_ >= next_housekeeping_ns_) housekeeping();
+    publish();
     if (draining_ && live_.empty()) break;
     if (draining_ && now_ns_ >= drain_deadline_ns_ + kLingerNs) {
       spdlog::warn("drain: {} connections still closing at the deadline; exiting", live_.size());
       break;
     }
   }
-  spdlog::info("drained: {} requests served", requests_);
+  if (handed_over_) {
+    spdlog::info("drained: {} requests served, {} idle connections handed over", requests_, handed_over_);
+  } else {
+    spdlog::info("drained: {} requests served", requests_);
+  }
   return {};
 }
 
-void Worker::refresh_clock() {
-  now_ns_ = monotonic_coarse_ns();
+void Worker::refresh_clock() { now_ns_ = monotonic_coarse_ns(); }
+
+// Our entry in the slot table: a handful of relaxed stores to one cache line, after every
+// completion. Once a successor owns the entry (handover), we leave it alone.
+void Worker::publish() {
+  if (!publishing_) return;
   store_field(my_slot_->heartbeat_ns, now_ns_);
+  store_field(my_slot_->accepted, accepted_);
+  store_field(my_slot_->open, open_);
+  store_field(my_slot_->inflight, inflight_);
+  store_field(my_slot_->requests, requests_);
+  store_field(my_slot_->pid, pid_);
 }
 
 void Worker::housekeeping() {
@@ -227,6 +258,11 @@ void Worker::housekeeping() {
   }
   expire_idle_connections();
   if (spec_.reconcile_queue) reconcile_queue();
+  if (draining_ && spec_.status_fd >= 0 && live_.size() != reported_open_) {
+    // Our slot-table entry may belong to a successor now: say how many we hold this way.
+    reported_open_ = live_.size();
+    (void)net::send_message(spec_.status_fd, "OPEN=" + std::to_string(reported_open_));
+  }
   if (draining_ && !drain_forced_ && now_ns_ >= drain_deadline_ns_) {
     drain_forced_ = true;
     spdlog::warn("drain timeout: closing {} connections", live_.size());
@@ -234,17 +270,18 @@ void Worker::housekeeping() {
   }
 }
 
+// Between requests: nothing received that is not answered, nothing left to send.
 bool Worker::idle(const Connection& c) const {
-  return !c.waiting && !c.send_inflight && c.out_pending.empty() && !c.parser.in_request();
+  return !c.waiting && !c.send_inflight && c.out_pending.empty() && !c.parser.in_request() &&
+         c.input.empty() && !c.close_after_send && !c.lingering && !c.output_blocked;
 }
 
 void Worker::expire_idle_connections() {
   const uint64_t idle_ns = to_ns(spec_.idle_timeout);
   for (uint32_t index : live_) {
     Connection& c = connections_[index];
-    if (c.closing || c.waiting) continue;  // a deferred answer is ours to give, not a stall
+    if (c.closing || c.waiting || c.handing_over) continue;  // a deferred answer is ours to give
     uint64_t limit = c.lingering ? kLingerNs : idle_ns;
-    if (draining_ && idle(c)) limit = std::min(limit, kDrainIdleNs);
     if (now_ns_ - c.last_activity_ns >= limit) begin_close(c);
   }
 }
@@ -265,26 +302,101 @@ void Worker::reconcile_queue() {
   int64_t excess = static_cast<int64_t>(load_field(my_slot_->steered) - accepted_ - queued);
   if (excess > 0 && previous_excess_ > 0) {
     accepted_ += static_cast<uint64_t>(std::min(excess, previous_excess_));
-    store_field(my_slot_->accepted, accepted_);
     excess = 0;
   }
   previous_excess_ = excess;
 }
 
-void Worker::start_drain() {
+void Worker::start_drain(DrainMode mode, std::chrono::milliseconds timeout, UniqueFd successor) {
   if (draining_) {
-    // A second SIGTERM: stop waiting for clients.
-    drain_deadline_ns_ = now_ns_;
+    // Asked again (a second SIGTERM, or a stop during a drain): stop waiting for clients.
+    drain_deadline_ns_ = std::min(drain_deadline_ns_, now_ns_ + to_ns(timeout));
     next_housekeeping_ns_ = now_ns_;
+    if (mode == DrainMode::kStop) {
+      drain_mode_ = mode;
+      for (uint32_t index : live_) dismiss_idle(connections_[index]);
+    }
     return;
   }
   draining_ = true;
-  drain_deadline_ns_ = now_ns_ + to_ns(spec_.drain_timeout);
+  drain_mode_ = mode;
+  drain_deadline_ns_ = now_ns_ + to_ns(timeout);
   next_housekeeping_ns_ = now_ns_;
-  spdlog::info("draining: {} connections open", live_.size());
+  if (mode == DrainMode::kHandover) {
+    // The successor serves this slot now and publishes its load in our entry.
+    publishing_ = false;
+    if (successor && can_export_fds_) {
+      successor_ = std::move(successor);
+    } else {
+      drain_mode_ = DrainMode::kDrain;
+    }
+  }
+  static constexpr const char* kNames[] = {"stop", "drain", "handover"};
+  spdlog::info("draining ({}): {} connections open", kNames[static_cast<int>(drain_mode_)], live_.size());
   for (uint32_t i = 0; i < accept_armed_.size(); i++) {
     if (accept_armed_[i]) cancel(pack_user_data(Op::kAccept, i, 0));
   }
+  // Collect copies: dismissing may release connections and reorder live_.
+  std::vector<uint32_t> open(live_.begin(), live_.end());
+  for (uint32_t index : open) dismiss_idle(connections_[index]);
+}
+
+// What draining does with a connection that sits between requests.
+void Worker::dismiss_idle(Connection& c) {
+  if (!c.in_use || c.closing || c.handing_over || !idle(c)) return;
+  switch (drain_mode_) {
+    case DrainMode::kStop:
+      begin_close(c);
+      return;
+    case DrainMode::kDrain:
+      return;  // its next request is answered with "Connection: close", or the timeout ends it
+    case DrainMode::kHandover:
+      begin_handover(c);
+      return;
+  }
+}
+
+// Handing over an idle connection: first stop reading it. If a request arrives before the recv
+// is cancelled, it is in our buffer and we answer it (and close); otherwise it stays in the
+// socket for the successor to read. Either way no byte is lost.
+void Worker::begin_handover(Connection& c) {
+  c.handing_over = true;
+  if (c.recv_armed) {
+    cancel(pack_user_data(Op::kRecv, c.index, c.generation));
+  } else {
+    finish_handover(c);
+  }
+}
+
+// The recv is gone: export the socket as a regular fd and pass it on.
+void Worker::finish_handover(Connection& c) {
+  if (!c.handing_over || c.closing) return;
+  if (!idle(c)) {
+    // A request came in while we were cancelling: answer it ourselves (with Connection: close).
+    c.handing_over = false;
+    if (!c.recv_armed) arm_recv(c);
+    return;
+  }
+  io_uring_sqe* sqe = ring_.next_sqe();
+  io_uring_prep_rw(kOpFixedFdInstall, sqe, static_cast<int>(c.index), nullptr, 0, 0);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kExport, c.index, c.generation));
+}
+
+void Worker::on_exported(Connection& c, int result) {
+  if (result >= 0) {
+    UniqueFd fd(result);
+    if (auto sent = net::send_message(successor_.get(), "C", fd.get()); sent) {
+      handed_over_++;
+    } else {
+      spdlog::debug("handover: {}; closing the connection instead", sent.error().message());
+    }
+  } else {
+    spdlog::debug("handover: cannot export connection: {}", strerror(-result));
+  }
+  // Our fixed file goes; the successor's copy keeps the connection open (no FIN is sent).
+  c.handing_over = false;
+  begin_close(c);
 }
 
 // --- submissions ----------------------------------------------------------------------------
@@ -311,10 +423,10 @@ void Worker::arm_signal_read() {
   io_uring_sqe_set_data64(sqe, pack_user_data(Op::kSignal, 0, 0));
 }
 
-void Worker::arm_handoff_poll() {
+void Worker::arm_poll(int fd, Op op, uint32_t index) {
   io_uring_sqe* sqe = ring_.next_sqe();
-  io_uring_prep_poll_add(sqe, spec_.handoff_fd, POLLIN);
-  io_uring_sqe_set_data64(sqe, pack_user_data(Op::kHandoffPoll, 0, 0));
+  io_uring_prep_poll_add(sqe, fd, POLLIN);
+  io_uring_sqe_set_data64(sqe, pack_user_data(op, index, 0));
 }
 
 void Worker::cancel(uint64_t user_data) {
@@ -346,11 +458,17 @@ void Worker::dispatch(const io_uring_cqe* cqe) {
     case Op::kSignal:
       on_signal(cqe->res);
       return;
-    case Op::kHandoffPoll:
-      on_handoff_ready(cqe->res);
+    case Op::kInboxPoll:
+      on_inbox_ready(ud.index, cqe->res);
       return;
     case Op::kInstall:
       on_installed(ud.index, cqe->res);
+      return;
+    case Op::kStatusPoll:
+      on_status(cqe->res);
+      return;
+    case Op::kExport:
+      if (Connection* c = lookup(ud)) on_exported(*c, cqe->res);
       return;
     case Op::kCancel:
     case Op::kShutdown:
@@ -369,7 +487,6 @@ void Worker::on_accept(uint32_t listener, const io_uring_cqe* cqe) {
   if (!(cqe->flags & IORING_CQE_F_MORE)) accept_armed_[listener] = false;
   if (cqe->res >= 0) {
     accepted_++;
-    store_field(my_slot_->accepted, accepted_);
     open_connection(static_cast<uint32_t>(cqe->res));
   } else if (cqe->res == -ECANCELED || cqe->res == -EINVAL || cqe->res == -EBADF) {
     // Drained (our cancel) or the supervisor stopped the listener: accept no more.
@@ -395,11 +512,11 @@ void Worker::open_connection(uint32_t index) {
   c.in_use = true;
   c.recv_armed = c.send_inflight = c.timer_armed = false;
   c.closing = c.close_submitted = c.close_after_send = false;
-  c.linger_after_send = c.lingering = c.waiting = c.output_blocked = false;
+  c.linger_after_send = c.lingering = c.waiting = c.output_blocked = c.handing_over = false;
   c.last_activity_ns = now_ns_;
   c.out_sent = 0;
   c.parser.reset();
-  c.token = LoadToken(my_slot_);
+  c.token = LoadToken(&open_);
   c.live_position = static_cast<uint32_t>(live_.size());
   live_.push_back(index);
   arm_recv(c);
@@ -418,7 +535,10 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
   if (res > 0 && has_buffer) {
     on_data(*c, std::string_view(buffers_->data(buffer_id), static_cast<size_t>(res)));
     buffers_->recycle(buffer_id);
-    if (!c->recv_armed && !c->closing && !c->output_blocked) arm_recv(*c);
+    if (!c->recv_armed && !c->closing && !c->output_blocked && !c->handing_over) arm_recv(*c);
+  } else if (c->handing_over && res == -ECANCELED) {
+    if (has_buffer) buffers_->recycle(buffer_id);
+    finish_handover(*c);
   } else {
     if (has_buffer) buffers_->recycle(buffer_id);
     if (res == 0) {
@@ -435,6 +555,11 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
 
 void Worker::on_data(Connection& c, std::string_view data) {
   c.last_activity_ns = now_ns_;
+  if (c.handing_over) {
+    // A request raced the handover: it is ours now. finish_handover() sees the connection busy
+    // and keeps it; the answer says "Connection: close".
+    c.handing_over = false;
+  }
   if (c.closing || c.lingering || c.close_after_send) return;  // nothing more is read
   if (c.waiting || c.output_blocked) {
     // Pipelined behind a request still being answered, or behind answers the client has not
@@ -496,7 +621,7 @@ void Worker::answer(Connection& c) {
   ConnectionExchange& ex = c.exchange;
   ex.responded_ = false;
   ex.extra_headers_.clear();
-  store_field(my_slot_->inflight, ++inflight_);
+  ++inflight_;
   handler_(ex);
   if (!ex.responded_ && !c.waiting) ex.respond(500, "the handler did not answer\n", "text/plain");
 }
@@ -514,8 +639,8 @@ void Worker::respond(Connection& c, int status, std::string_view body,
   head.omit_body = c.parser.request().method() == "HEAD";
   append_response(c.out_pending, head, body);
   if (!head.keep_alive) c.close_after_send = true;
-  store_field(my_slot_->requests, ++requests_);
-  if (inflight_ > 0) store_field(my_slot_->inflight, --inflight_);
+  ++requests_;
+  if (inflight_ > 0) --inflight_;
 }
 
 void Worker::respond_error(Connection& c, int status) {
@@ -649,7 +774,7 @@ void Worker::maybe_finish_close(Connection& c) {
 void Worker::on_close(Connection& c) { release(c); }
 
 void Worker::release(Connection& c) {
-  if (c.waiting && inflight_ > 0) store_field(my_slot_->inflight, --inflight_);
+  if (c.waiting && inflight_ > 0) --inflight_;
   c.in_use = false;
   c.generation++;
   c.token.release();
@@ -671,58 +796,97 @@ void Worker::release(Connection& c) {
 }
 
 void Worker::on_signal(int result) {
-  if (result == static_cast<int>(sizeof(signal_info_))) start_drain();
+  if (result == static_cast<int>(sizeof(signal_info_))) {
+    start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
+  }
   arm_signal_read();
 }
 
-// --- --mode handoff ---------------------------------------------------------------------------
-
-void Worker::on_handoff_ready(int result) {
-  if (result < 0 && result != -EINTR) {
-    spdlog::error("handoff socket: {}", strerror(-result));
-    start_drain();
+// Commands from the supervisor: "DRAIN <stop|drain|handover> <timeout_ms>", the handover one
+// carrying the successor's inbox. The channel closing means the supervisor is gone: stop.
+void Worker::on_status(int result) {
+  if (result < 0) {
+    spdlog::error("status channel: {}", strerror(-result));
+    start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
     return;
   }
   while (true) {
-    auto fd = net::receive_fd(spec_.handoff_fd);
-    if (!fd) {
-      if (fd.error().code() != std::errc::resource_unavailable_try_again) {
-        spdlog::error("{}", fd.error().message());
-        start_drain();
-        return;
-      }
-      break;
-    }
-    if (!fd->valid()) {  // the supervisor closed its end: it is going away
-      start_drain();
+    auto message = net::receive_message(spec_.status_fd);
+    if (!message) {
+      if (message.error().code() == std::errc::resource_unavailable_try_again) break;
+      spdlog::error("{}", message.error().message());
+      start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
       return;
     }
-    if (free_install_entries_.empty()) {
-      spdlog::warn("handoff: {} connections waiting to be installed; dropping one", kInstallEntries);
+    if (message->end) {
+      spdlog::warn("the supervisor went away; stopping");
+      start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
+      return;
+    }
+    char mode[16] = {};
+    long long timeout_ms = 0;
+    if (sscanf(message->text.c_str(), "DRAIN %15s %lld", mode, &timeout_ms) == 2 && timeout_ms >= 0) {
+      DrainMode drain = std::string_view(mode) == "handover" ? DrainMode::kHandover
+                        : std::string_view(mode) == "drain"  ? DrainMode::kDrain
+                                                             : DrainMode::kStop;
+      start_drain(drain, std::chrono::milliseconds(timeout_ms), std::move(message->fd));
+    } else {
+      spdlog::warn("unknown command from the supervisor: '{}'", message->text);
+    }
+  }
+  arm_poll(spec_.status_fd, Op::kStatusPoll, 0);
+}
+
+// --- fd inboxes: --mode handoff, and connections handed over by the worker we replace ----------
+
+void Worker::on_inbox_ready(uint32_t inbox_index, int result) {
+  Inbox& inbox = inboxes_[inbox_index];
+  if (result < 0) {
+    spdlog::error("fd inbox: {}", strerror(-result));
+    inbox.open = false;
+    return;
+  }
+  while (true) {
+    auto message = net::receive_message(inbox.fd);
+    if (!message) {
+      if (message.error().code() == std::errc::resource_unavailable_try_again) break;
+      spdlog::error("fd inbox: {}", message.error().message());
+      inbox.open = false;
+      return;
+    }
+    if (message->end) {  // the sender is done (a drained predecessor, or a stopping supervisor)
+      inbox.open = false;
+      return;
+    }
+    if (!message->fd) continue;
+    if (free_installs_.empty()) {
+      spdlog::warn("fd inbox: {} connections waiting to be installed; dropping one", kInstallEntries);
       continue;  // the UniqueFd closes it
     }
-    uint32_t entry = free_install_entries_.back();
-    free_install_entries_.pop_back();
-    install_fd_[entry] = fd->release();
-    install_slot_[entry] = install_fd_[entry];
-    // The kernel allocates a free fixed-file slot and writes its index back into install_slot_.
+    uint32_t entry = free_installs_.back();
+    free_installs_.pop_back();
+    Install& install = installs_[entry];
+    install.fd = message->fd.release();
+    install.slot = install.fd;
+    install.counts_as_accept = inbox.counts_as_accept;
+    // The kernel picks a free fixed-file slot and writes its index back into install.slot.
     io_uring_sqe* sqe = ring_.next_sqe();
-    io_uring_prep_files_update(sqe, &install_slot_[entry], 1, IORING_FILE_INDEX_ALLOC);
+    io_uring_prep_files_update(sqe, &install.slot, 1, IORING_FILE_INDEX_ALLOC);
     io_uring_sqe_set_data64(sqe, pack_user_data(Op::kInstall, entry, 0));
   }
-  if (!draining_) arm_handoff_poll();
+  arm_poll(inbox.fd, Op::kInboxPoll, inbox_index);
 }
 
 void Worker::on_installed(uint32_t entry, int result) {
-  ::close(install_fd_[entry]);  // the fixed-file table holds its own reference now
-  free_install_entries_.push_back(entry);
+  Install& install = installs_[entry];
+  ::close(install.fd);  // the fixed-file table holds its own reference now
+  free_installs_.push_back(entry);
   if (result < 0) {
-    spdlog::warn("handoff: cannot install connection: {}", strerror(-result));
+    spdlog::warn("fd inbox: cannot install connection: {}", strerror(-result));
     return;
   }
-  accepted_++;
-  store_field(my_slot_->accepted, accepted_);
-  open_connection(static_cast<uint32_t>(install_slot_[entry]));
+  if (install.counts_as_accept) accepted_++;
+  open_connection(static_cast<uint32_t>(install.slot));
 }
 
 }  // namespace lbd

@@ -5,13 +5,19 @@
 // responses batched into one send per turn of the loop. The loop never blocks: slow answers use
 // io_uring timeouts (Exchange::respond_after).
 //
-// Load is published into this worker's entry of the shared slot table with plain atomic stores:
-// open connections (one LoadToken per connection), accepted count, a heartbeat stamped on every
-// loop turn (at least every 10 ms when idle) so the steering program can tell a stalled worker
-// from an idle one.
+// Load is published into this worker's entry of the shared slot table with plain atomic stores
+// after every completion: open connections (one LoadToken per connection), accepted count, and a
+// heartbeat (also stamped every 10 ms when idle) so the steering program can tell a stalled
+// worker from an idle one.
 //
-// SIGTERM drains: stop accepting, answer what is in flight with "Connection: close", close idle
-// keep-alive connections, exit when none is left or at the drain timeout.
+// Draining. The supervisor sends "DRAIN <mode> <timeout_ms>" on the status channel (SIGTERM, or
+// the supervisor going away, means "DRAIN stop" with the spec's timeout). In every mode the
+// worker stops accepting, answers what is in flight with "Connection: close", and exits when it
+// holds no connection or at the timeout. The modes differ only in idle keep-alive connections:
+//   stop      closed at once (lbd is going away; nobody would serve their next request)
+//   drain     kept until their next request, answered with "Connection: close", or the timeout
+//   handover  passed, still open, to the worker that replaces this one in its slot (the socket
+//             comes with the command); the client never notices. Falls back to `drain`.
 #pragma once
 
 #include <sys/signalfd.h>
@@ -33,6 +39,8 @@
 
 namespace lbd {
 
+enum class DrainMode { kStop, kDrain, kHandover };
+
 class Worker {
  public:
   // Maps the slot table, sets up the ring, buffers and signal handling. Does not accept yet.
@@ -45,13 +53,20 @@ class Worker {
  private:
   friend class ConnectionExchange;
 
+  // A socket on which other processes pass us connections.
+  struct Inbox {
+    int fd = -1;
+    bool counts_as_accept = false;  // handoff: these are new connections, not handed-over ones
+    bool open = true;
+  };
+
   Worker(const WorkerSpec& spec, Handler handler, SlotTable table, Ring ring);
 
   // Submission helpers.
   void arm_accept(uint32_t listener);
   void arm_recv(Connection& c);
   void arm_signal_read();
-  void arm_handoff_poll();
+  void arm_poll(int fd, Op op, uint32_t index);
   void cancel(uint64_t user_data);
 
   // Completion handlers, one per Op.
@@ -62,8 +77,10 @@ class Worker {
   void on_timer(Connection& c, int result);
   void on_close(Connection& c);
   void on_signal(int result);
-  void on_handoff_ready(int result);
+  void on_status(int result);
+  void on_inbox_ready(uint32_t inbox, int result);
   void on_installed(uint32_t entry, int result);
+  void on_exported(Connection& c, int result);
 
   // Connection lifecycle.
   Connection* lookup(const UserData& ud);
@@ -84,37 +101,53 @@ class Worker {
   void maybe_finish_close(Connection& c);
   void release(Connection& c);
 
+  // Draining and handing over.
+  void start_drain(DrainMode mode, std::chrono::milliseconds timeout, UniqueFd successor);
+  void dismiss_idle(Connection& c);
+  void begin_handover(Connection& c);
+  void finish_handover(Connection& c);
+
   // Loop housekeeping.
   void refresh_clock();
+  void publish();
   void housekeeping();
   void expire_idle_connections();
   void reconcile_queue();
-  void start_drain();
   bool idle(const Connection& c) const;
 
   WorkerSpec spec_;
   Handler handler_;
   SlotTable table_;
   lbd_slot* my_slot_;
+  uint32_t pid_;
   Ring ring_;                         // declared before the buffers: destroyed after them
   std::optional<BufferRing> buffers_;
   std::unique_ptr<Connection[]> connections_;
   uint32_t connection_capacity_ = 0;
   std::vector<uint32_t> live_;        // indices of open connections, for the timeout scan
+  bool can_export_fds_ = false;       // IORING_OP_FIXED_FD_INSTALL (Linux 6.8): handover works
 
   UniqueFd signal_fd_;
   signalfd_siginfo signal_info_{};
 
-  // --mode handoff: fds received from the supervisor, waiting to become fixed files.
+  std::vector<Inbox> inboxes_;
+  // Received fds waiting to become fixed files.
   static constexpr uint32_t kInstallEntries = 1024;
-  std::array<int, kInstallEntries> install_slot_{};  // in: the fd; out: the fixed-file index
-  std::array<int, kInstallEntries> install_fd_{};    // the received fd, closed once installed
-  std::vector<uint32_t> free_install_entries_;
+  struct Install {
+    int slot = -1;  // in: the fd; out: the fixed-file index the kernel chose
+    int fd = -1;    // the received fd, closed once installed
+    bool counts_as_accept = false;
+  };
+  std::array<Install, kInstallEntries> installs_{};
+  std::vector<uint32_t> free_installs_;
 
   std::vector<bool> accept_armed_;
   bool accept_retry_ = false;  // a multishot accept ended with a transient error
   bool draining_ = false;
   bool drain_forced_ = false;
+  DrainMode drain_mode_ = DrainMode::kStop;
+  UniqueFd successor_;         // kHandover: where idle connections go
+  bool publishing_ = true;     // false once a successor owns our slot-table entry
   uint64_t drain_deadline_ns_ = 0;
   uint64_t now_ns_ = 0;
   uint64_t next_housekeeping_ns_ = 0;
@@ -123,7 +156,10 @@ class Worker {
 
   uint64_t accepted_ = 0;
   uint64_t requests_ = 0;
+  uint32_t open_ = 0;
   uint32_t inflight_ = 0;
+  uint64_t handed_over_ = 0;
+  size_t reported_open_ = SIZE_MAX;  // draining: the count last sent as OPEN=n
 
   std::string date_;
   int64_t date_second_ = -1;

@@ -13,6 +13,7 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"accept_mode", spec.accept_mode == AcceptMode::kHandoff ? "handoff" : "steered"},
       {"listener_fds", spec.listener_fds},
       {"handoff_fd", spec.handoff_fd},
+      {"handover_in_fd", spec.handover_in_fd},
       {"slot_table_fd", spec.slot_table_fd},
       {"status_fd", spec.status_fd},
       {"reconcile_queue", spec.reconcile_queue},
@@ -36,6 +37,7 @@ WorkerSpec decode_worker_spec(const std::string& text) {
         j.at("accept_mode").get<std::string>() == "handoff" ? AcceptMode::kHandoff : AcceptMode::kSteered;
     spec.listener_fds = j.at("listener_fds").get<std::vector<int>>();
     spec.handoff_fd = j.at("handoff_fd").get<int>();
+    spec.handover_in_fd = j.at("handover_in_fd").get<int>();
     spec.slot_table_fd = j.at("slot_table_fd").get<int>();
     spec.status_fd = j.at("status_fd").get<int>();
     spec.reconcile_queue = j.at("reconcile_queue").get<bool>();

@@ -27,8 +27,10 @@ struct WorkerSpec {
   AcceptMode accept_mode = AcceptMode::kSteered;
   std::vector<int> listener_fds;  // one per listen address (kSteered)
   int handoff_fd = -1;            // kHandoff: SOCK_SEQPACKET carrying one fd per message
+  int handover_in_fd = -1;        // idle keep-alive connections from the worker this one replaces
   int slot_table_fd = -1;         // the shared slot table (BPF map or memfd)
-  int status_fd = -1;             // SOCK_SEQPACKET to the supervisor: "READY=1" when serving
+  int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: we send "READY=1",
+                                  // it sends "DRAIN <mode> <timeout_ms>" (see worker.h)
   bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};

@@ -1,0 +1,77 @@
+// lbd's end of the control socket (protocol: control/protocol.h). A Unix stream socket, mode
+// 0600; each connecting peer's credentials (SO_PEERCRED) are checked: only root or lbd's own
+// uid may act, anyone else gets a refusal. One request per connection; the answer (progress
+// lines, then one final line) may come much later, from a long operation.
+//
+// Never blocks: every socket is non-blocking and driven by the supervisor's poller. A client
+// that sends garbage, a line over 64 KiB, or nothing for 10 s is answered or dropped, and
+// nothing else is affected (DESIGN.md invariant 4).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "control/protocol.h"
+#include "supervisor/poller.h"
+
+namespace lbd {
+
+class ControlServer {
+ public:
+  using ClientId = uint32_t;
+  using RequestHandler = std::function<void(ClientId, const control::Request&)>;
+
+  // Binds `path` (creating its directory, replacing a stale socket file, refusing if another
+  // lbd answers there) and starts watching it.
+  static Result<ControlServer> open(const std::string& path, Poller& poller, RequestHandler handler);
+
+  ControlServer(ControlServer&&) noexcept;
+  ControlServer& operator=(ControlServer&&) = delete;
+  ~ControlServer();  // removes the socket file
+
+  const std::string& path() const { return path_; }
+
+  // Poller events.
+  void on_listener_ready();
+  void on_client_event(ClientId id, uint32_t events);
+  // Drops clients that connected and said nothing for too long.
+  void expire_silent_clients();
+
+  // Replies to a request. `final` ends the exchange: the connection closes once it is written.
+  // A client that has gone away is skipped silently.
+  void progress(ClientId id, const std::string& message);
+  void finish_ok(ClientId id, const nlohmann::json& result = nlohmann::json::object());
+  void finish_error(ClientId id, const std::string& message);
+  bool connected(ClientId id) const { return clients_.count(id) != 0; }
+
+ private:
+  struct Client {
+    UniqueFd fd;
+    std::string in;
+    std::string out;
+    bool asked = false;    // its request has been handed to the supervisor
+    bool closing = false;  // close once `out` is written
+    std::chrono::steady_clock::time_point connected_at;
+  };
+
+  ControlServer(std::string path, UniqueFd fd, Poller& poller, RequestHandler handler);
+  void write(ClientId id, const std::string& line, bool final);
+  void flush(ClientId id);
+  void drop(ClientId id);
+
+  std::string path_;
+  UniqueFd listener_;
+  Poller* poller_;
+  RequestHandler handler_;
+  std::map<ClientId, Client> clients_;
+  ClientId next_id_ = 1;
+};
+
+}  // namespace lbd

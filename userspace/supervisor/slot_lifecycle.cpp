@@ -1,0 +1,410 @@
+// A slot's processes over their life: started, ready, swapped in, retired, exited or crashed.
+// See supervisor.h for the model.
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "net/fd_passing.h"
+#include "net/listener.h"
+#include "supervisor/notify.h"
+#include "supervisor/supervisor.h"
+#include "supervisor/worker_process.h"
+
+namespace lbd {
+
+namespace {
+
+// How long a worker may take from exec to "READY=1" when it is not part of a reload (which has
+// its own timeout).
+constexpr std::chrono::seconds kStartTimeout{30};
+// A retiring worker is killed this long after its drain timeout if it has not exited by then.
+constexpr std::chrono::seconds kKillGrace{2};
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const char* name = sigabbrev_np(WTERMSIG(status));
+    return "was killed by signal " + std::to_string(WTERMSIG(status)) +
+           (name ? std::string(" (SIG") + name + ")" : std::string());
+  }
+  return "ended (status " + std::to_string(status) + ")";
+}
+
+Result<std::pair<UniqueFd, UniqueFd>> seqpacket_pair() {
+  int pair[2];
+  // Non-blocking both ways: the supervisor never waits on a worker, and the worker drives its
+  // end from its ring.
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) {
+    return Error::from_errno("socketpair");
+  }
+  return std::pair{UniqueFd(pair[0]), UniqueFd(pair[1])};
+}
+
+}  // namespace
+
+Supervisor::Slot& Supervisor::add_slot() {
+  const auto index = static_cast<uint32_t>(slots_.size());
+  auto slot = std::make_unique<Slot>(Slot{
+      index, options_.pin ? options_.cpus[index % options_.cpus.size()] : -1, true, false, false,
+      nullptr, nullptr, {}, RestartPolicy(options_.max_restarts, options_.restart_window), {}, 0});
+  store_field(table().slot(index).cpu, slot->cpu >= 0 ? static_cast<uint32_t>(slot->cpu) : ~0u);
+  slots_.push_back(std::move(slot));
+  update_state(*slots_.back());
+  if (steering_) steering_->set_slot_count(static_cast<uint32_t>(slots_.size()));
+  return *slots_.back();
+}
+
+std::optional<Supervisor::Slot*> Supervisor::slot_at(uint32_t index) {
+  if (index >= slots_.size()) return std::nullopt;
+  return slots_[index].get();
+}
+
+bool Supervisor::has_process(const Slot& slot) const {
+  return slot.serving || slot.replacement || !slot.retiring.empty();
+}
+
+Supervisor::WorkerProcess* Supervisor::find_process(uint32_t id, Slot** slot_out) {
+  for (auto& slot : slots_) {
+    for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
+      if (p && p->id == id) {
+        *slot_out = slot.get();
+        return p;
+      }
+    }
+    for (auto& p : slot->retiring) {
+      if (p->id == id) {
+        *slot_out = slot.get();
+        return p.get();
+      }
+    }
+  }
+  return nullptr;
+}
+
+// --- starting -------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Supervisor::WorkerProcess>> Supervisor::spawn(Slot& slot, bool with_handover_inbox) {
+  auto p = std::make_unique<WorkerProcess>();
+  p->id = next_process_id_++;
+  p->slot = slot.index;
+
+  WorkerLaunch launch;
+  launch.binary = binary_;
+  launch.title = "lbd: worker " + std::to_string(slot.index);
+  launch.cpu = slot.cpu;
+  launch.spec.slot = slot.index;
+  launch.spec.cpu = slot.cpu;
+  launch.spec.http = options_.http;
+  launch.spec.idle_timeout = options_.idle_timeout;
+  launch.spec.drain_timeout = options_.shutdown_timeout;
+  launch.spec.max_connections = options_.max_connections;
+  launch.spec.log_level = options_.log_level;
+  launch.spec.reconcile_queue = options_.mode == Mode::kBpf;
+  launch.slot_table_fd = table().fd();
+
+  auto status = seqpacket_pair();
+  if (!status) return status.error().wrap("status channel");
+  launch.status_fd = status->second.get();
+
+  std::optional<std::pair<UniqueFd, UniqueFd>> handoff, handover;
+  switch (options_.mode) {
+    case Mode::kBpf:
+    case Mode::kReuseport:
+      // One listener per address, in the address's reuseport group. In --mode bpf it enters the
+      // sockarray only when the worker is ready (on_ready).
+      for (const auto& address : bound_) {
+        net::ListenerOptions listener_options;
+        listener_options.backlog = options_.backlog;
+        auto fd = net::listen_tcp(address, listener_options);
+        if (!fd) return fd.error();
+        if (steering_) LBD_TRY(steering_->attach(fd->get()));
+        launch.listener_fds.push_back(fd->get());
+        p->listeners.push_back(std::move(*fd));
+      }
+      break;
+    case Mode::kShared:
+      for (const auto& fd : shared_listeners_) launch.listener_fds.push_back(fd.get());
+      break;
+    case Mode::kHandoff: {
+      launch.spec.accept_mode = AcceptMode::kHandoff;
+      auto pair = seqpacket_pair();
+      if (!pair) return pair.error().wrap("handoff channel");
+      handoff.emplace(std::move(*pair));
+      launch.handoff_fd = handoff->second.get();
+      break;
+    }
+  }
+  if (with_handover_inbox) {
+    auto pair = seqpacket_pair();
+    if (!pair) return pair.error().wrap("handover channel");
+    handover.emplace(std::move(*pair));
+    launch.handover_in_fd = handover->second.get();
+  }
+
+  auto pid = spawn_worker(launch);
+  if (!pid) return pid.error();
+  p->pid = *pid;
+  p->status = std::move(status->first);
+  if (handoff) p->handoff = std::move(handoff->first);
+  if (handover) p->handover_sender = std::move(handover->first);
+  p->started_at = Clock::now();
+  p->ready_by = p->started_at + kStartTimeout;
+  LBD_TRY(poller_->watch(p->status.get(), Source::kStatus, p->id));
+  spdlog::debug("worker {}: started pid {}", slot.index, p->pid);
+  return p;
+}
+
+Result<void> Supervisor::start_serving(Slot& slot) {
+  auto p = spawn(slot, false);
+  if (!p) return p.error();
+  slot.serving = std::move(*p);
+  update_state(slot);
+  return {};
+}
+
+Result<void> Supervisor::start_replacement(Slot& slot, std::chrono::milliseconds ready_timeout) {
+  auto p = spawn(slot, true);
+  if (!p) return p.error();
+  (*p)->ready_by = (*p)->started_at + ready_timeout;
+  slot.replacement = std::move(*p);
+  return {};
+}
+
+// --- messages from workers --------------------------------------------------------------------
+
+void Supervisor::on_status(uint32_t process_id) {
+  Slot* slot = nullptr;
+  WorkerProcess* p = find_process(process_id, &slot);
+  if (!p || !p->status) return;
+  while (true) {
+    auto message = net::receive_message(p->status.get());
+    if (!message) {
+      if (message.error().code() == std::errc::resource_unavailable_try_again) return;
+    }
+    if (!message || message->end) {  // the worker exited; SIGCHLD says how
+      poller_->unwatch(p->status.get());
+      p->status.reset();
+      return;
+    }
+    const std::string& text = message->text;
+    if (text == "READY=1") {
+      on_ready(*slot, *p);
+      if (!find_process(process_id, &slot)) return;
+    } else if (text.starts_with("OPEN=")) {
+      p->reported_open = static_cast<uint32_t>(atoi(text.c_str() + 5));
+    } else if (text.starts_with("EXEC_FAILED=")) {
+      int err = atoi(text.c_str() + strlen("EXEC_FAILED="));
+      spdlog::error("worker {}: cannot execute {}: {}", slot->index, binary_, strerror(err));
+    }
+  }
+}
+
+void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
+  if (p.role != Role::kStarting) return;
+  p.role = Role::kServing;
+  p.ready_by.reset();
+  if (steering_) {
+    for (uint32_t g = 0; g < bound_.size(); g++) {
+      if (groups_.size() <= g) {
+        auto group = steering_->add_group(bound_[g]);
+        if (!group) {
+          spdlog::error("{}", group.error().message());
+          continue;
+        }
+        groups_.push_back(*group);
+      }
+      // Into the slot; for a replacement this is the swap: from now on the slot's connections
+      // go to the new worker.
+      if (auto ok = steering_->set_socket(groups_[g], slot.index, p.listeners[g].get()); !ok) {
+        spdlog::error("worker {}: {}", slot.index, ok.error().message());
+      }
+    }
+  }
+  const std::string cpu = slot.cpu >= 0 ? std::to_string(slot.cpu) : std::string("any");
+  if (&p == slot.replacement.get()) {
+    std::unique_ptr<WorkerProcess> old = std::move(slot.serving);
+    slot.serving = std::move(slot.replacement);
+    if (old) {
+      spdlog::info("worker {} ready: pid {}, cpu {}; replaces pid {}", slot.index, p.pid, cpu, old->pid);
+      retire(slot, std::move(old), Retire::kHandover, options_.shutdown_timeout);
+    } else {
+      spdlog::info("worker {} ready: pid {}, cpu {}", slot.index, p.pid, cpu);
+    }
+    p.handover_sender.reset();  // the old worker holds its own copy now
+  } else {
+    spdlog::info("worker {} ready: pid {}, cpu {}", slot.index, p.pid, cpu);
+  }
+  update_state(slot);
+  if (op_ && op_->active.count(slot.index) &&
+      (op_->verb == control::Verb::kReload || op_->verb == control::Verb::kRestart)) {
+    op_->active.erase(slot.index);
+    op_->succeeded++;
+    operation_progress("slot " + std::to_string(slot.index) + ": pid " + std::to_string(p.pid) + " serving");
+  }
+  check_all_ready();
+}
+
+void Supervisor::check_all_ready() {
+  if (announced_ready_) return;
+  for (const auto& slot : slots_) {
+    if (slot->failed) continue;
+    if (!slot->serving || slot->serving->role != Role::kServing) return;
+  }
+  announced_ready_ = true;
+  auto active = std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return !s->failed; });
+  spdlog::info("ready: {} workers serving {} (mode {}, policy {})", active, listen_summary(),
+               mode_name(options_.mode),
+               policy_name(steering_ ? steering_->policy() : options_.steering.policy));
+  notify_service_manager("READY=1");
+}
+
+// --- retiring ---------------------------------------------------------------------------------
+
+// Shuts the process's listeners down (its queued and half-open connections migrate to active
+// slots) and drops our copies.
+void Supervisor::stop_listening(WorkerProcess& p) {
+  for (UniqueFd& fd : p.listeners) {
+    if (auto ok = net::stop_listening(fd.get()); !ok) {
+      spdlog::warn("worker {}: {}", p.slot, ok.error().message());
+    }
+  }
+  p.listeners.clear();
+}
+
+void Supervisor::retire(Slot& slot, std::unique_ptr<WorkerProcess> p, Retire how,
+                        std::chrono::milliseconds timeout) {
+  if (!p) return;
+  p->role = Role::kRetiring;
+  p->ready_by.reset();
+  update_state(slot);  // out of steering before its listener goes
+  stop_listening(*p);
+  p->handoff.reset();  // --mode handoff: no new connections for it
+  const int successor = how == Retire::kHandover && slot.serving && slot.serving->handover_sender
+                            ? slot.serving->handover_sender.get()
+                            : -1;
+  tell_to_drain(*p, how, timeout, successor);
+  p->kill_at = Clock::now() + timeout + kKillGrace;
+  slot.retiring.push_back(std::move(p));
+  update_state(slot);
+}
+
+void Supervisor::tell_to_drain(WorkerProcess& p, Retire how, std::chrono::milliseconds timeout,
+                               int successor_inbox) {
+  const char* mode = how == Retire::kHandover ? "handover" : how == Retire::kDrain ? "drain" : "stop";
+  const std::string command = fmt::format("DRAIN {} {}", mode, timeout.count());
+  if (!p.status || !net::send_message(p.status.get(), command, successor_inbox)) {
+    kill(p.pid, SIGTERM);  // no channel: the signal means the same, without a handover
+  }
+}
+
+// --- exits ------------------------------------------------------------------------------------
+
+void Supervisor::reap_children() {
+  while (true) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    for (auto& slot : slots_) {
+      WorkerProcess* found = nullptr;
+      for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
+        if (p && p->pid == pid) found = p;
+      }
+      for (auto& p : slot->retiring) {
+        if (p->pid == pid) found = p.get();
+      }
+      if (found) {
+        on_exit(*slot, *found, status);
+        break;
+      }
+    }
+  }
+  remove_scaled_away_slots();
+}
+
+void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status) {
+  const pid_t pid = p.pid;
+  if (p.status) poller_->unwatch(p.status.get());
+  stop_listening(p);  // a dead worker's queue moves on now, not when we get round to it
+
+  auto retiring = std::find_if(slot.retiring.begin(), slot.retiring.end(),
+                               [&](const auto& r) { return r.get() == &p; });
+  if (retiring != slot.retiring.end()) {
+    spdlog::info("worker {} (pid {}) {}", slot.index, pid, describe_exit(wait_status));
+    slot.retiring.erase(retiring);
+  } else if (&p == slot.replacement.get()) {
+    const std::string why = "new worker pid " + std::to_string(pid) + " " + describe_exit(wait_status) +
+                            " before it was ready; pid " +
+                            (slot.serving ? std::to_string(slot.serving->pid) : std::string("-")) +
+                            " keeps serving";
+    spdlog::error("worker {}: {}", slot.index, why);
+    slot.replacement.reset();
+    operation_slot_failed(slot.index, "slot " + std::to_string(slot.index) + ": " + why);
+  } else if (&p == slot.serving.get()) {
+    const bool was_ready = p.role == Role::kServing;
+    slot.serving.reset();
+    on_crash(slot, pid, was_ready, wait_status);
+  }
+  update_state(slot);
+}
+
+void Supervisor::on_crash(Slot& slot, pid_t pid, bool was_ready, int wait_status) {
+  const char* what = was_ready ? "crashed" : "failed to start";
+  if (stopping_) {
+    spdlog::info("worker {} (pid {}) {}", slot.index, pid, describe_exit(wait_status));
+    return;
+  }
+  if (slot.replacement) {
+    // A reload was replacing it anyway: the replacement takes the slot when it is ready.
+    spdlog::warn("worker {} (pid {}) {}: {}; its replacement pid {} takes over", slot.index, pid,
+                 what, describe_exit(wait_status), slot.replacement->pid);
+    slot.serving = std::move(slot.replacement);
+    slot.serving->handover_sender.reset();
+    return;
+  }
+  if (!slot.wanted) {
+    spdlog::warn("worker {} (pid {}) {}: {}", slot.index, pid, what, describe_exit(wait_status));
+    return;
+  }
+  auto delay = slot.restarts.on_crash(Clock::now());
+  if (!delay) {
+    slot.failed = true;
+    spdlog::error("worker {} (pid {}) {}: {}; it crashed {} times within {} s, not restarting it",
+                  slot.index, pid, what, describe_exit(wait_status), options_.max_restarts,
+                  options_.restart_window.count() / 1000.0);
+    check_all_ready();
+    return;
+  }
+  spdlog::warn("worker {} (pid {}) {}: {}; restarting in {} ms", slot.index, pid, what,
+               describe_exit(wait_status), delay->count());
+  slot.restart_at = Clock::now() + *delay;
+}
+
+// The slot's state in the shared table, derived from its processes: the steering program
+// chooses only ACTIVE slots.
+void Supervisor::update_state(Slot& slot) {
+  uint32_t state = LBD_SLOT_EMPTY;
+  if (!slot.wanted || stopping_) {
+    state = has_process(slot) ? LBD_SLOT_DRAINING : LBD_SLOT_EMPTY;
+  } else if (slot.serving && slot.serving->role == Role::kServing) {
+    state = LBD_SLOT_ACTIVE;
+  } else if (slot.serving) {
+    state = LBD_SLOT_STARTING;
+  }
+  store_field(table().slot(slot.index).state, state);
+}
+
+// Scaled-away slots leave once their last process has exited, from the end of the list (a
+// slot's index is its identity, so only the highest can go).
+void Supervisor::remove_scaled_away_slots() {
+  while (!slots_.empty() && slots_.back()->removing && !has_process(*slots_.back())) {
+    store_field(table().slot(slots_.back()->index).state, static_cast<uint32_t>(LBD_SLOT_EMPTY));
+    slots_.pop_back();
+  }
+  if (steering_) steering_->set_slot_count(static_cast<uint32_t>(slots_.size()));
+}
+
+}  // namespace lbd
