@@ -76,6 +76,35 @@ TEST_F(Http, ManyPipelinedRequestsAcrossReceiveBuffersAreAnsweredInOrder) {
   }
 }
 
+// A regression: after a large answer the worker once miscounted what it had left to send, took
+// the connection for a client that does not read, and stopped reading it for good.
+TEST_F(Http, PipelinedRequestsAfterALargerAnswerAreAnswered) {
+  HttpConnection c = connect();
+  HttpResult big = c.request(http_post("/echo", std::string(1000, 'x')), after(2s));
+  ASSERT_TRUE(big.ok()) << big.describe();
+  ASSERT_EQ(c.send(http_get("/") + http_get("/"), after(2s)), Outcome::kOk);
+  for (int i = 0; i < 2; i++) {
+    HttpResult r = c.read_response(after(2s));
+    ASSERT_TRUE(r.ok()) << "pipelined answer " << i << ": " << r.describe();
+    EXPECT_EQ(r.response.body, "hello, world\n");
+  }
+}
+
+// A client may send its requests, then shut down its sending side, and still read every answer
+// (curl --http1.1 with a file upload does this; so do scripts that pipe into nc).
+TEST_F(Http, HalfClosedClientGetsEveryPipelinedAnswer) {
+  HttpConnection c = connect();
+  ASSERT_EQ(c.send(http_get("/sleep?ms=100") + http_get("/") + http_get("/"), after(2s)), Outcome::kOk);
+  c.shutdown_write();
+  const char* expected[] = {"slept 100 ms\n", "hello, world\n", "hello, world\n"};
+  for (const char* body : expected) {
+    HttpResult r = c.read_response(after(3s));
+    ASSERT_TRUE(r.ok()) << r.describe();
+    EXPECT_EQ(r.response.body, body);
+  }
+  EXPECT_EQ(c.wait_for_close(after(3s)), PeerEnd::kClosed) << "the server closes once all is answered";
+}
+
 TEST_F(Http, RequestArrivingByteByByteIsAnswered) {
   HttpConnection c = connect();
   const std::string request = http_post("/echo", "slowly");

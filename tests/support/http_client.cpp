@@ -4,7 +4,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
@@ -394,9 +396,10 @@ uint64_t LoadReport::worker_count(int slot) const {
 }
 
 std::string LoadReport::summary() const {
-  char head[96];
-  snprintf(head, sizeof(head), "%llu requests in %.2f s:", static_cast<unsigned long long>(total()),
-           elapsed.count() / 1000.0);
+  char head[128];
+  snprintf(head, sizeof(head), "%llu requests in %.2f s on %llu connections:",
+           static_cast<unsigned long long>(total()), elapsed.count() / 1000.0,
+           static_cast<unsigned long long>(connections));
   std::string text = head;
   for (const auto& [outcome, n] : outcomes) {
     text += std::string(" ") + outcome_name(outcome) + " " + std::to_string(n);
@@ -405,6 +408,7 @@ std::string LoadReport::summary() const {
   for (const auto& [status, n] : statuses) text += " " + std::to_string(status) + "=" + std::to_string(n);
   text += "; workers";
   for (const auto& [slot, n] : workers) text += " " + std::to_string(slot) + "=" + std::to_string(n);
+  if (server_closes > 0) text += "; " + std::to_string(server_closes) + " answers said Connection: close";
   for (const auto& failure : failures) text += "\n  failure: " + failure;
   return text;
 }
@@ -416,6 +420,9 @@ void LoadReport::merge(const LoadReport& other) {
   for (const auto& f : other.failures) {
     if (failures.size() < kMaxFailuresKept) failures.push_back(f);
   }
+  connections += other.connections;
+  server_closes += other.server_closes;
+  samples.insert(samples.end(), other.samples.begin(), other.samples.end());
 }
 
 // --- LoadGenerator ----------------------------------------------------------------------------
@@ -438,20 +445,64 @@ bool LoadGenerator::keep_going() {
   return started_.fetch_add(1) < options_.max_requests;
 }
 
+void LoadGenerator::record(LoadReport& report, const HttpResult& r, Deadline connected_at,
+                           Deadline started) {
+  report.outcomes[r.outcome]++;
+  if (r.ok()) {
+    report.statuses[r.response.status]++;
+    report.workers[r.response.worker()]++;
+    if (r.response.closes()) report.server_closes++;
+  }
+  if ((!r.ok() || r.response.status != 200) && report.failures.size() < kMaxFailuresKept) {
+    report.failures.push_back(r.describe());
+  }
+  if (options_.record_samples) {
+    report.samples.push_back(Sample{connected_at, started, r.outcome, r.ok() ? r.response.status : 0,
+                                    r.ok() ? r.response.worker() : -1});
+  }
+}
+
 void LoadGenerator::client(unsigned index) {
+  if (options_.nice != 0) {
+    // Linux: a thread's own nice value (PRIO_PROCESS with a thread id).
+    setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), options_.nice);
+  }
+  if (options_.keep_alive) return keep_alive_client(index);
   LoadReport& report = reports_[index];
   while (keep_going()) {
     in_flight_++;
-    HttpResult r = fetch(options_.address, options_.request, after(options_.request_timeout));
+    const Deadline started = Clock::now();
+    HttpResult r = fetch(options_.address, options_.request, started + options_.request_timeout);
     in_flight_--;
-    report.outcomes[r.outcome]++;
-    if (r.ok()) {
-      report.statuses[r.response.status]++;
-      report.workers[r.response.worker()]++;
+    report.connections++;
+    record(report, r, started, started);
+    completed_++;
+  }
+}
+
+// One connection, requests back to back. Nothing is retried: a request that fails is counted,
+// and the connection it failed on is given up (the next request opens a new one).
+void LoadGenerator::keep_alive_client(unsigned index) {
+  LoadReport& report = reports_[index];
+  HttpConnection connection;
+  Deadline connected_at{};
+  while (keep_going()) {
+    in_flight_++;
+    const Deadline started = Clock::now();
+    const Deadline deadline = started + options_.request_timeout;
+    HttpResult r;
+    if (!connection.valid()) {
+      connected_at = started;
+      report.connections++;
+      connection = HttpConnection::open(options_.address, deadline, &r);
     }
-    if ((!r.ok() || r.response.status != 200) && report.failures.size() < kMaxFailuresKept) {
-      report.failures.push_back(r.describe());
+    if (connection.valid()) {
+      r = connection.request(options_.request, deadline);
+      r.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
     }
+    in_flight_--;
+    record(report, r, connected_at, started);
+    if (!r.ok() || r.response.closes()) connection.close();
     completed_++;
   }
 }

@@ -4,8 +4,9 @@
 //
 //   fetch(address, http_get("/"), after(2s))          one request on a new connection
 //   HttpConnection c = HttpConnection::open(...)       keep-alive: send raw bytes, read responses
-//   LoadGenerator / run_load(...)                      bounded load: N threads, a new connection
-//                                                      per request, counts per outcome and worker
+//   LoadGenerator / run_load(...)                      bounded load: N threads, each a new connection
+//                                                      per request or one keep-alive connection,
+//                                                      counts per outcome and worker
 #pragma once
 
 #include <atomic>
@@ -137,6 +138,26 @@ struct LoadOptions {
   std::chrono::milliseconds duration{2000};      // stop issuing requests after this long...
   uint64_t max_requests = 20'000;                // ...or after this many, whichever comes first
   std::chrono::milliseconds request_timeout{5000};
+  // Each client keeps one connection and sends its requests on it back to back, like wrk.
+  // A failed request is counted and never retried: the next request goes on a new connection.
+  // An answer with "Connection: close" is not a failure: the client opens a new connection for
+  // its next request. `request` must then be a keep-alive request, e.g. http_get("/").
+  bool keep_alive = false;
+  // Keep one Sample per request (for "which worker answered connections opened after T").
+  bool record_samples = false;
+  // Run the client threads at this nice value. The clients stand in for other machines: with
+  // many of them on a 2-CPU box, a positive value keeps them from starving lbd's own processes
+  // (a new worker starting up during a reload gets a fair share of the CPU, not 1/64th of it).
+  int nice = 0;
+};
+
+// One request as a load client saw it.
+struct Sample {
+  Deadline connected_at;  // when the client began opening the connection the request went on
+  Deadline started;       // when the request was sent
+  Outcome outcome = Outcome::kOtherError;
+  int status = 0;   // of a kOk answer
+  int worker = -1;  // X-Worker of a kOk answer
 };
 
 struct LoadReport {
@@ -145,6 +166,12 @@ struct LoadReport {
   std::map<int, uint64_t> workers;   // X-Worker of kOk answers
   std::vector<std::string> failures;  // the first few failures, described
   std::chrono::milliseconds elapsed{0};
+  uint64_t connections = 0;    // connections opened (or tried)
+  uint64_t server_closes = 0;  // answers that said "Connection: close" (keep-alive: not a failure)
+  std::vector<Sample> samples;  // when LoadOptions::record_samples
+
+  // Requests that did not end in a 200 (any failure kind, or another status).
+  uint64_t failed() const { return total() - status_count(200); }
 
   uint64_t total() const;
   uint64_t count(Outcome outcome) const;
@@ -152,7 +179,7 @@ struct LoadReport {
   uint64_t worker_count(int slot) const;
   // Every request got a 200.
   bool all_ok() const { return total() > 0 && status_count(200) == total(); }
-  // "812 requests in 1.00 s: ok 812 (200: 812); workers 0=400 1=412".
+  // "812 requests in 1.00 s on 812 connections: ok 812; statuses 200=812; workers 0=400 1=412".
   std::string summary() const;
   void merge(const LoadReport& other);
 };
@@ -175,6 +202,8 @@ class LoadGenerator {
 
  private:
   void client(unsigned index);
+  void keep_alive_client(unsigned index);
+  void record(LoadReport& report, const HttpResult& result, Deadline connected_at, Deadline started);
   bool keep_going();
   LoadReport join();
 
@@ -192,5 +221,11 @@ class LoadGenerator {
 };
 
 inline LoadReport run_load(LoadOptions options) { return LoadGenerator(std::move(options)).wait(); }
+
+// Waits until `more` requests have completed (any outcome) from now on; false at the deadline.
+inline bool wait_for_requests(const LoadGenerator& load, uint64_t more, Deadline deadline) {
+  const uint64_t target = load.completed() + more;
+  return eventually(deadline, [&] { return load.completed() >= target; }, std::chrono::milliseconds(5));
+}
 
 }  // namespace lbd::test

@@ -15,7 +15,8 @@ static_assert(unpack_user_data(pack_user_data(Op::kRecv, 7, 9)).index == 7,
 
 const Op kAllOps[] = {Op::kAccept,  Op::kRecv,   Op::kSend,      Op::kClose,
                       Op::kTimer,   Op::kCancel, Op::kShutdown,  Op::kSignal,
-                      Op::kInboxPoll, Op::kInstall, Op::kStatusPoll, Op::kExport};
+                      Op::kInboxPoll, Op::kInstall, Op::kStatusPoll, Op::kExport,
+                      Op::kHandoverWritable};
 
 TEST(UserData, RoundTripsEveryOpIndexAndGeneration) {
   const uint32_t indexes[] = {0, 1, 4095, 0x7FFFFFFFu, 0xFFFFFFFFu};

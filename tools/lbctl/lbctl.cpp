@@ -118,8 +118,10 @@ void print_status(const json& status) {
 json call_lbd(const std::string& path, const Request& request) {
   UniqueFd fd = connect_to(path);
   const std::string line = lbd::control::encode_request(request);
+  std::string send_error;
   if (send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
-    fail(std::string("cannot send the request: ") + strerror(errno));
+    // lbd may have answered and closed before reading (a refusal): its answer is still there.
+    send_error = std::string("cannot send the request: ") + strerror(errno);
   }
   std::string buffer;
   char chunk[4096];
@@ -145,7 +147,7 @@ json call_lbd(const std::string& path, const Request& request) {
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else {
-      fail("lbd closed the connection without an answer (did it stop?)");
+      fail(!send_error.empty() ? send_error : "lbd closed the connection without an answer (did it stop?)");
     }
   }
 }
@@ -198,7 +200,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int code = app.exit(e);  // prints help, or the usage error
+    return code == 0 ? 0 : 2;
   }
 
   if (*status) request.verb = Verb::kStatus;

@@ -49,7 +49,9 @@ Result<Request> parse_request(const std::string& line) {
 
   try {
     if (auto it = j.find("slot"); it != j.end()) {
-      if (!it->is_number_unsigned()) return bad("\"slot\" must be a slot number");
+      if (!it->is_number_unsigned() || it->get<uint64_t>() > UINT32_MAX) {
+        return bad("\"slot\" must be a slot number");
+      }
       request.slot = it->get<uint32_t>();
     }
     if (auto it = j.find("all"); it != j.end()) request.all = it->get<bool>();
@@ -60,11 +62,15 @@ Result<Request> parse_request(const std::string& line) {
       request.timeout_s = t;
     }
     if (auto it = j.find("parallel"); it != j.end()) {
-      if (!it->is_number_unsigned() || *it == 0) return bad("\"parallel\" must be at least 1");
+      if (!it->is_number_unsigned() || *it == 0 || it->get<uint64_t>() > UINT32_MAX) {
+        return bad("\"parallel\" must be at least 1");
+      }
       request.parallel = it->get<uint32_t>();
     }
     if (auto it = j.find("workers"); it != j.end()) {
-      if (!it->is_number_unsigned()) return bad("\"workers\" must be a number of workers");
+      if (!it->is_number_unsigned() || it->get<uint64_t>() > UINT32_MAX) {
+        return bad("\"workers\" must be a number of workers");
+      }
       request.workers = it->get<uint32_t>();
     }
     if (auto it = j.find("policy"); it != j.end()) request.policy = it->get<std::string>();

@@ -146,8 +146,9 @@ void Supervisor::on_request(ClientId client, const control::Request& request) {
         }
         targets.push_back(*request.slot);
       } else {
+        // Every slot, drained ones included: a reload brings them back.
         for (const auto& slot : slots_) {
-          if (slot->wanted && !slot->removing) targets.push_back(slot->index);
+          if (!slot->removing) targets.push_back(slot->index);
         }
       }
       start_reload(client, request.verb, std::move(targets), request.parallel,
@@ -242,16 +243,39 @@ void Supervisor::advance_operation() {
       while (op_->failure.empty() && op_->active.size() < op_->parallel && !op_->pending.empty()) {
         const uint32_t index = op_->pending.front();
         op_->pending.pop_front();
-        auto slot = slot_at(index);
-        if (!slot || !(*slot)->wanted || !(*slot)->serving || (*slot)->replacement) continue;
-        if (auto ok = start_replacement(**slot, op_->timeout); !ok) {
+        auto found = slot_at(index);
+        if (!found || (*found)->removing || (*found)->replacement) continue;
+        Slot& slot = **found;
+        if (slot.serving && slot.serving->role == Role::kStarting) {
+          // Already starting (a crash restart): it runs the binary on disk anyway.
+          operation_progress("slot " + std::to_string(index) + ": pid " + std::to_string(slot.serving->pid) +
+                             " is starting already; skipped");
+          continue;
+        }
+        if (!slot.serving) {
+          // Drained, failed, or waiting to restart: a reload brings the slot back.
+          slot.wanted = true;
+          slot.failed = false;
+          slot.restart_at.reset();
+          if (auto ok = start_serving(slot); !ok) {
+            op_->failure = "slot " + std::to_string(index) + ": " + ok.error().message();
+            break;
+          }
+          slot.serving->for_operation = true;
+          slot.serving->ready_by = slot.serving->started_at + op_->timeout;
+          op_->active.insert(index);
+          operation_progress("slot " + std::to_string(index) + ": starting pid " +
+                             std::to_string(slot.serving->pid) + " (the slot was down)");
+          continue;
+        }
+        if (auto ok = start_replacement(slot, op_->timeout); !ok) {
           op_->failure = "slot " + std::to_string(index) + ": " + ok.error().message();
           break;
         }
         op_->active.insert(index);
         operation_progress("slot " + std::to_string(index) + ": starting pid " +
-                           std::to_string((*slot)->replacement->pid) + " to replace pid " +
-                           std::to_string((*slot)->serving->pid));
+                           std::to_string(slot.replacement->pid) + " to replace pid " +
+                           std::to_string(slot.serving->pid));
       }
       if (op_->active.empty() && (op_->pending.empty() || !op_->failure.empty())) finish_operation();
       return;
@@ -364,7 +388,7 @@ json Supervisor::status() {
           !slot->wanted                               ? "draining"
           : slot->serving->role == Role::kServing     ? "active"
                                                       : "starting");
-    } else {
+    } else if (slot->retiring.empty()) {  // nothing runs here: say why
       json w = {{"slot", slot->index},
                 {"pid", nullptr},
                 {"cpu", slot->cpu},

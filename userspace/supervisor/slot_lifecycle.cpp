@@ -104,6 +104,7 @@ Result<std::unique_ptr<Supervisor::WorkerProcess>> Supervisor::spawn(Slot& slot,
   launch.spec.max_connections = options_.max_connections;
   launch.spec.log_level = options_.log_level;
   launch.spec.reconcile_queue = options_.mode == Mode::kBpf;
+  launch.spec.publish_at_start = !with_handover_inbox;  // a replacement waits for "SERVING"
   launch.slot_table_fd = table().fd();
 
   auto status = seqpacket_pair();
@@ -170,6 +171,7 @@ Result<void> Supervisor::start_replacement(Slot& slot, std::chrono::milliseconds
   auto p = spawn(slot, true);
   if (!p) return p.error();
   (*p)->ready_by = (*p)->started_at + ready_timeout;
+  (*p)->for_operation = true;
   slot.replacement = std::move(*p);
   return {};
 }
@@ -205,24 +207,29 @@ void Supervisor::on_status(uint32_t process_id) {
 
 void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
   if (p.role != Role::kStarting) return;
-  p.role = Role::kServing;
-  p.ready_by.reset();
   if (steering_) {
-    for (uint32_t g = 0; g < bound_.size(); g++) {
-      if (groups_.size() <= g) {
-        auto group = steering_->add_group(bound_[g]);
-        if (!group) {
-          spdlog::error("{}", group.error().message());
-          continue;
-        }
-        groups_.push_back(*group);
-      }
+    for (uint32_t g = 0; g < groups_.size(); g++) {
       // Into the slot; for a replacement this is the swap: from now on the slot's connections
       // go to the new worker.
       if (auto ok = steering_->set_socket(groups_[g], slot.index, p.listeners[g].get()); !ok) {
-        spdlog::error("worker {}: {}", slot.index, ok.error().message());
+        // A worker that cannot be steered to must not take the slot: put back what was
+        // swapped, and let it go (its exit is reported like a failure to start).
+        spdlog::error("worker {}: {}; stopping pid {}", slot.index, ok.error().message(), p.pid);
+        WorkerProcess* old = &p == slot.replacement.get() ? slot.serving.get() : nullptr;
+        for (uint32_t back = 0; old && back < g && back < old->listeners.size(); back++) {
+          (void)steering_->set_socket(groups_[back], slot.index, old->listeners[back].get());
+        }
+        kill(p.pid, SIGKILL);
+        return;
       }
     }
+  }
+  p.role = Role::kServing;
+  p.ready_by.reset();
+  // It owns the slot's load entry now (a replacement waited for this; the worker it replaces
+  // stops writing the entry when it is told to drain, just below).
+  if (!p.status || !net::send_message(p.status.get(), "SERVING")) {
+    spdlog::warn("worker {}: cannot tell pid {} that it serves", slot.index, p.pid);
   }
   const std::string cpu = slot.cpu >= 0 ? std::to_string(slot.cpu) : std::string("any");
   if (&p == slot.replacement.get()) {
@@ -239,7 +246,7 @@ void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
     spdlog::info("worker {} ready: pid {}, cpu {}", slot.index, p.pid, cpu);
   }
   update_state(slot);
-  if (op_ && op_->active.count(slot.index) &&
+  if (p.for_operation && op_ && op_->active.count(slot.index) &&
       (op_->verb == control::Verb::kReload || op_->verb == control::Verb::kRestart)) {
     op_->active.erase(slot.index);
     op_->succeeded++;
@@ -336,8 +343,12 @@ void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status) {
     spdlog::info("worker {} (pid {}) {}", slot.index, pid, describe_exit(wait_status));
     slot.retiring.erase(retiring);
   } else if (&p == slot.replacement.get()) {
-    const std::string why = "new worker pid " + std::to_string(pid) + " " + describe_exit(wait_status) +
-                            " before it was ready; pid " +
+    const std::string ended =
+        p.timed_out ? "was not ready within " +
+                          fmt::format("{:.1f}", std::chrono::duration<double>(Clock::now() - p.started_at).count()) +
+                          " s (killed)"
+                    : describe_exit(wait_status) + " before it was ready";
+    const std::string why = "new worker pid " + std::to_string(pid) + " " + ended + "; pid " +
                             (slot.serving ? std::to_string(slot.serving->pid) : std::string("-")) +
                             " keeps serving";
     spdlog::error("worker {}: {}", slot.index, why);
@@ -345,6 +356,12 @@ void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status) {
     operation_slot_failed(slot.index, "slot " + std::to_string(slot.index) + ": " + why);
   } else if (&p == slot.serving.get()) {
     const bool was_ready = p.role == Role::kServing;
+    if (p.for_operation && !was_ready) {
+      operation_slot_failed(slot.index, "slot " + std::to_string(slot.index) + ": new worker pid " +
+                                            std::to_string(pid) + " " +
+                                            (p.timed_out ? std::string("was not ready in time (killed)")
+                                                         : describe_exit(wait_status) + " before it was ready"));
+    }
     slot.serving.reset();
     on_crash(slot, pid, was_ready, wait_status);
   }

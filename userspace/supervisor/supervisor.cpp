@@ -148,6 +148,11 @@ Result<void> Supervisor::set_up() {
     if (!steering) return steering.error();
     steering_.emplace(std::move(*steering));
     steering_->set_slot_count(options_.workers);
+    for (const auto& address : bound_) {
+      auto group = steering_->add_group(address);
+      if (!group) return group.error();
+      groups_.push_back(*group);
+    }
   } else {
     auto memfd = SlotTable::create_memfd();
     if (!memfd) return memfd.error();
@@ -217,6 +222,7 @@ void Supervisor::run_timers() {
         spdlog::error("worker {}: pid {} not ready after {} s; killing it", slot.index, p->pid,
                       std::chrono::duration<double>(now - p->started_at).count());
         p->ready_by.reset();
+        p->timed_out = true;
         kill(p->pid, SIGKILL);
       }
     }

@@ -80,6 +80,8 @@ class Supervisor {
     std::optional<Clock::time_point> ready_by;  // starting: killed if not ready by then
     std::optional<Clock::time_point> kill_at;   // retiring: killed if still running by then
     uint32_t reported_open = 0;       // retiring: connections it still holds ("OPEN=n")
+    bool for_operation = false;       // started by a reload/restart: its readiness completes it
+    bool timed_out = false;           // killed for not being ready in time
     CpuMeter cpu;
   };
 

@@ -56,6 +56,7 @@ struct Connection {
   bool waiting = false;            // a handler answers later (respond_after)
   bool output_blocked = false;     // too many unsent answers: not reading until they drain
   bool handing_over = false;       // idle; its recv is being cancelled so it can be handed over
+  bool peer_closed = false;        // the client sent FIN: answer what it sent, then close
 
   uint64_t last_activity_ns = 0;
   uint32_t live_position = 0;      // where this connection sits in Worker::live_

@@ -24,6 +24,7 @@ enum class Op : uint8_t {
   kInstall,       // a received fd being installed as fixed file; `index` = install entry
   kStatusPoll,    // POLLIN on the status channel: a command from the supervisor
   kExport,        // connection `index`'s fixed file installed as a regular fd, to hand over
+  kHandoverWritable,  // POLLOUT on the successor's inbox: more handovers fit
 };
 
 struct UserData {

@@ -97,6 +97,7 @@ void ConnectionExchange::respond(int status, std::string_view body, std::string_
 void ConnectionExchange::respond_after(std::chrono::milliseconds delay,
                                        std::function<void(Exchange&)> then) {
   if (responded_ || connection_->waiting) return;
+  if (delay.count() < 0) delay = std::chrono::milliseconds(0);
   Connection& c = *connection_;
   c.waiting = true;
   c.deferred = std::move(then);
@@ -169,6 +170,7 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
 
   // A fresh worker in this slot: nothing of ours is queued or open yet. Counting `steered` as
   // already accepted starts the slot's load at zero whatever its previous worker left behind.
+  w->publishing_ = spec.publish_at_start;
   w->accepted_ = load_field(w->my_slot_->steered);
   w->refresh_clock();
   w->publish();
@@ -215,7 +217,7 @@ Result<void> Worker::run() {
     refresh_clock();
     if (now_ns_ >= next_housekeeping_ns_) housekeeping();
     publish();
-    if (draining_ && live_.empty()) break;
+    if (draining_ && live_.empty() && handover_queue_.empty()) break;
     if (draining_ && now_ns_ >= drain_deadline_ns_ + kLingerNs) {
       spdlog::warn("drain: {} connections still closing at the deadline; exiting", live_.size());
       break;
@@ -322,9 +324,11 @@ void Worker::start_drain(DrainMode mode, std::chrono::milliseconds timeout, Uniq
   drain_mode_ = mode;
   drain_deadline_ns_ = now_ns_ + to_ns(timeout);
   next_housekeeping_ns_ = now_ns_;
+  // Our slot-table entry is not ours any more: the slot is out of steering, and a successor may
+  // own the entry (a reload, or an undrain while we finish). What we still hold is reported to
+  // the supervisor as OPEN=n instead.
+  publishing_ = false;
   if (mode == DrainMode::kHandover) {
-    // The successor serves this slot now and publishes its load in our entry.
-    publishing_ = false;
     if (successor && can_export_fds_) {
       successor_ = std::move(successor);
     } else {
@@ -374,7 +378,7 @@ void Worker::finish_handover(Connection& c) {
   if (!idle(c)) {
     // A request came in while we were cancelling: answer it ourselves (with Connection: close).
     c.handing_over = false;
-    if (!c.recv_armed) arm_recv(c);
+    if (!c.recv_armed && !c.output_blocked && !c.peer_closed) arm_recv(c);
     return;
   }
   io_uring_sqe* sqe = ring_.next_sqe();
@@ -385,18 +389,41 @@ void Worker::finish_handover(Connection& c) {
 
 void Worker::on_exported(Connection& c, int result) {
   if (result >= 0) {
-    UniqueFd fd(result);
-    if (auto sent = net::send_message(successor_.get(), "C", fd.get()); sent) {
-      handed_over_++;
-    } else {
-      spdlog::debug("handover: {}; closing the connection instead", sent.error().message());
-    }
+    handover_queue_.emplace_back(result);
+    send_handovers();
   } else {
     spdlog::debug("handover: cannot export connection: {}", strerror(-result));
   }
-  // Our fixed file goes; the successor's copy keeps the connection open (no FIN is sent).
+  // Our fixed file goes; the exported fd (then the successor's copy) keeps the connection open,
+  // so no FIN is sent.
   c.handing_over = false;
   begin_close(c);
+}
+
+// Passes exported connections to the successor. Its inbox fills up when thousands are handed
+// over at once; the rest wait here until it has room (POLLOUT). Closing one of these fds would
+// close an idle client's connection, which is the fallback only if the successor is gone.
+void Worker::send_handovers() {
+  while (!handover_queue_.empty()) {
+    auto sent = net::send_message(successor_.get(), "C", handover_queue_.front().get());
+    if (!sent) {
+      if (sent.error().code() == std::errc::resource_unavailable_try_again) {
+        if (!handover_poll_armed_) {
+          io_uring_sqe* sqe = ring_.next_sqe();
+          io_uring_prep_poll_add(sqe, successor_.get(), POLLOUT);
+          io_uring_sqe_set_data64(sqe, pack_user_data(Op::kHandoverWritable, 0, 0));
+          handover_poll_armed_ = true;
+        }
+        return;
+      }
+      spdlog::warn("handover: {}; closing {} idle connections instead", sent.error().message(),
+                   handover_queue_.size());
+      handover_queue_.clear();
+      return;
+    }
+    handover_queue_.pop_front();
+    handed_over_++;
+  }
 }
 
 // --- submissions ----------------------------------------------------------------------------
@@ -470,6 +497,10 @@ void Worker::dispatch(const io_uring_cqe* cqe) {
     case Op::kExport:
       if (Connection* c = lookup(ud)) on_exported(*c, cqe->res);
       return;
+    case Op::kHandoverWritable:
+      handover_poll_armed_ = false;
+      send_handovers();
+      return;
     case Op::kCancel:
     case Op::kShutdown:
       return;
@@ -513,6 +544,7 @@ void Worker::open_connection(uint32_t index) {
   c.recv_armed = c.send_inflight = c.timer_armed = false;
   c.closing = c.close_submitted = c.close_after_send = false;
   c.linger_after_send = c.lingering = c.waiting = c.output_blocked = c.handing_over = false;
+  c.peer_closed = false;
   c.last_activity_ns = now_ns_;
   c.out_sent = 0;
   c.parser.reset();
@@ -535,32 +567,34 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
   if (res > 0 && has_buffer) {
     on_data(*c, std::string_view(buffers_->data(buffer_id), static_cast<size_t>(res)));
     buffers_->recycle(buffer_id);
-    if (!c->recv_armed && !c->closing && !c->output_blocked && !c->handing_over) arm_recv(*c);
-  } else if (c->handing_over && res == -ECANCELED) {
-    if (has_buffer) buffers_->recycle(buffer_id);
-    finish_handover(*c);
   } else {
     if (has_buffer) buffers_->recycle(buffer_id);
     if (res == 0) {
       on_peer_closed(*c);
-    } else if (res == -ENOBUFS) {
-      // Every buffer was in use this turn; they are back now.
-      if (!c->closing && !c->output_blocked) arm_recv(*c);
-    } else if (res != -ECANCELED) {
+    } else if (res != -ECANCELED && res != -ENOBUFS) {
       begin_close(*c);  // reset by the peer, or another socket error
+    }
+  }
+  // The recv ended (our cancel, -ENOBUFS when every buffer was in use this turn, or the kernel
+  // ending a multishot): decide again whether this connection is read. Whatever raced the end,
+  // this runs after it.
+  if (!c->recv_armed && !c->closing && res != 0) {
+    if (c->handing_over) {
+      finish_handover(*c);
+    } else if (!c->output_blocked && !c->peer_closed) {
+      arm_recv(*c);
     }
   }
   maybe_finish_close(*c);
 }
 
 void Worker::on_data(Connection& c, std::string_view data) {
+  // A lingering connection is not kept alive by what it sends: the linger has a fixed length.
+  if (c.closing || c.lingering) return;
   c.last_activity_ns = now_ns_;
-  if (c.handing_over) {
-    // A request raced the handover: it is ours now. finish_handover() sees the connection busy
-    // and keeps it; the answer says "Connection: close".
-    c.handing_over = false;
-  }
-  if (c.closing || c.lingering || c.close_after_send) return;  // nothing more is read
+  // During a handover, a request that raced it is ours: it is answered here (with
+  // "Connection: close"), and finish_handover() then finds the connection busy and keeps it.
+  if (c.close_after_send) return;  // nothing more is read
   if (c.waiting || c.output_blocked) {
     // Pipelined behind a request still being answered, or behind answers the client has not
     // read yet; parsed once those are done.
@@ -614,7 +648,11 @@ void Worker::resume_input(Connection& c) {
     process(c, pending);
   }
   flush(c);
-  if (!c.recv_armed && !c.closing && !c.output_blocked && !c.waiting) arm_recv(c);
+  if (!c.recv_armed && !c.closing && !c.output_blocked && !c.waiting && !c.peer_closed &&
+      !c.handing_over) {
+    arm_recv(c);
+  }
+  if (!c.send_inflight && c.out_pending.empty()) after_last_send(c);
 }
 
 void Worker::answer(Connection& c) {
@@ -689,6 +727,7 @@ void Worker::on_send(Connection& c, int result) {
     return;
   }
   c.out_sending.clear();
+  c.out_sent = 0;
   if (c.output_blocked && unsent_bytes(c) <= kMaxPendingOutput / 2) {
     c.output_blocked = false;
     resume_input(c);
@@ -701,13 +740,24 @@ void Worker::on_send(Connection& c, int result) {
   after_last_send(c);
 }
 
+// Everything answered so far is sent: close if that was the last answer, or if the client has
+// finished sending and nothing it sent is left; otherwise, while draining, see whether the
+// connection can go now.
 void Worker::after_last_send(Connection& c) {
-  if (!c.close_after_send || c.waiting) return;
-  if (c.linger_after_send) {
-    start_linger(c);
-  } else {
-    begin_close(c);
+  if (c.waiting || c.closing) return;
+  if (c.close_after_send) {
+    if (c.linger_after_send) {
+      start_linger(c);
+    } else {
+      begin_close(c);
+    }
+    return;
   }
+  if (c.peer_closed && c.input.empty() && !c.output_blocked) {
+    begin_close(c);
+    return;
+  }
+  if (draining_) dismiss_idle(c);
 }
 
 void Worker::on_timer(Connection& c, int result) {
@@ -716,27 +766,25 @@ void Worker::on_timer(Connection& c, int result) {
     maybe_finish_close(c);
     return;
   }
-  if (result != -ETIME) return;  // removed: the connection is closing
+  if (result == -ECANCELED) return;  // removed: the connection is closing
   auto then = std::move(c.deferred);
   c.deferred = nullptr;
   c.waiting = false;
   if (then) then(c.exchange);
+  if (c.waiting) return;  // it deferred again
   if (!c.exchange.responded_) c.exchange.respond(500, "the handler did not answer\n", "text/plain");
   c.parser.next();
   resume_input(c);
-  if (!c.send_inflight && c.out_pending.empty()) after_last_send(c);
 }
 
 void Worker::on_peer_closed(Connection& c) {
-  // The client finished sending. Whatever it asked for before is still answered (a half-closed
-  // client can read), then the connection closes.
-  if (c.lingering || c.closing) {
-    begin_close(c);
-  } else if (c.waiting || c.send_inflight || !c.out_pending.empty()) {
-    c.close_after_send = true;
-  } else {
-    begin_close(c);
-  }
+  // The client finished sending. Whatever it asked for before, pipelined requests included, is
+  // still answered (a half-closed client can read), then the connection closes
+  // (after_last_send). A request it left unfinished is dropped with it.
+  c.peer_closed = true;
+  const bool work_left = c.waiting || c.send_inflight || !c.out_pending.empty() ||
+                         !c.input.empty() || c.output_blocked;
+  if (c.lingering || c.closing || !work_left) begin_close(c);
 }
 
 void Worker::start_linger(Connection& c) {
@@ -802,8 +850,9 @@ void Worker::on_signal(int result) {
   arm_signal_read();
 }
 
-// Commands from the supervisor: "DRAIN <stop|drain|handover> <timeout_ms>", the handover one
-// carrying the successor's inbox. The channel closing means the supervisor is gone: stop.
+// Commands from the supervisor: "SERVING" (a replacement now owns the slot), and
+// "DRAIN <stop|drain|handover> <timeout_ms>", the handover one carrying the successor's inbox.
+// The channel closing means the supervisor is gone: stop.
 void Worker::on_status(int result) {
   if (result < 0) {
     spdlog::error("status channel: {}", strerror(-result));
@@ -822,6 +871,13 @@ void Worker::on_status(int result) {
       spdlog::warn("the supervisor went away; stopping");
       start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
       return;
+    }
+    if (message->text == "SERVING") {
+      // We replace another worker and the slot is ours now: take over its entry, starting
+      // from the connections steered here so far.
+      publishing_ = true;
+      accepted_ = load_field(my_slot_->steered);
+      continue;
     }
     char mode[16] = {};
     long long timeout_ms = 0;

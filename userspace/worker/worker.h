@@ -23,6 +23,7 @@
 #include <sys/signalfd.h>
 
 #include <array>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -106,6 +107,7 @@ class Worker {
   void dismiss_idle(Connection& c);
   void begin_handover(Connection& c);
   void finish_handover(Connection& c);
+  void send_handovers();
 
   // Loop housekeeping.
   void refresh_clock();
@@ -147,6 +149,8 @@ class Worker {
   bool drain_forced_ = false;
   DrainMode drain_mode_ = DrainMode::kStop;
   UniqueFd successor_;         // kHandover: where idle connections go
+  std::deque<UniqueFd> handover_queue_;  // exported, waiting for room in the successor's inbox
+  bool handover_poll_armed_ = false;
   bool publishing_ = true;     // false once a successor owns our slot-table entry
   uint64_t drain_deadline_ns_ = 0;
   uint64_t now_ns_ = 0;

@@ -17,6 +17,7 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"slot_table_fd", spec.slot_table_fd},
       {"status_fd", spec.status_fd},
       {"reconcile_queue", spec.reconcile_queue},
+      {"publish_at_start", spec.publish_at_start},
       {"max_header_bytes", spec.http.max_header_bytes},
       {"max_body_bytes", spec.http.max_body_bytes},
       {"idle_timeout_ms", spec.idle_timeout.count()},
@@ -41,6 +42,7 @@ WorkerSpec decode_worker_spec(const std::string& text) {
     spec.slot_table_fd = j.at("slot_table_fd").get<int>();
     spec.status_fd = j.at("status_fd").get<int>();
     spec.reconcile_queue = j.at("reconcile_queue").get<bool>();
+    spec.publish_at_start = j.at("publish_at_start").get<bool>();
     spec.http.max_header_bytes = j.at("max_header_bytes").get<size_t>();
     spec.http.max_body_bytes = j.at("max_body_bytes").get<size_t>();
     spec.idle_timeout = std::chrono::milliseconds(j.at("idle_timeout_ms").get<int64_t>());

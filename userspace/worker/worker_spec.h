@@ -32,6 +32,9 @@ struct WorkerSpec {
   int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: we send "READY=1",
                                   // it sends "DRAIN <mode> <timeout_ms>" (see worker.h)
   bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
+  // A worker started to replace another writes its slot-table entry only once the supervisor
+  // says "SERVING" (after the swap); until then the entry is its predecessor's.
+  bool publish_at_start = true;
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{10'000};
