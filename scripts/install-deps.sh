@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything lbd needs to build, test and benchmark, from Debian 12's own packages.
-# Usage: sudo scripts/install-deps.sh
+# Usage: sudo scripts/install-deps.sh           build and test
+#        sudo scripts/install-deps.sh --bench   also the peers bench/compare runs lbd against
 set -euo pipefail
 
 packages=(
@@ -13,6 +14,12 @@ packages=(
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2
 )
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(nginx-light gnuplot-nox python3)
+  # Node.js for the Node cluster and PM2 peers (PM2 itself comes from npm, into a scratch folder).
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -132,6 +132,8 @@ Result<void> Steering::clear_socket(uint32_t group, uint32_t slot) {
   return {};
 }
 
+int Steering::program_fd() const { return bpf_program__fd(skeleton_->progs.lbd_steer); }
+
 void Steering::set_policy(Policy policy) {
   store_field(const_cast<uint32_t&>(skeleton_->data->policy), static_cast<uint32_t>(policy));
 }

@@ -64,6 +64,8 @@ class Steering {
   void set_slot_count(uint32_t count);
 
   SlotTable& table() { return table_; }
+  // The loaded program, for reading the kernel's run-time statistics (bench/micro).
+  int program_fd() const;
   // Summed over CPUs.
   SlotCounters counters(uint32_t slot) const;
   uint64_t fallbacks() const;

@@ -294,6 +294,14 @@ void append_response(std::string& out, const ResponseHead& head, std::string_vie
   if (!head.omit_body) out.append(body);
 }
 
+ResponseHead response_head_for(const RequestParser& parser, bool may_keep_alive) {
+  ResponseHead head;
+  head.keep_alive = parser.keep_alive() && may_keep_alive;
+  head.http10 = parser.request().http_minor() == 0;
+  head.omit_body = parser.request().method() == "HEAD";
+  return head;
+}
+
 std::string http_date_now() {
   char text[64];
   time_t now = time(nullptr);

@@ -108,6 +108,12 @@ struct ResponseHead {
 };
 void append_response(std::string& out, const ResponseHead& head, std::string_view body);
 
+// The parts of the head that follow from the request `parser` has just completed: kept alive
+// only if the client asked for it and `may_keep_alive` (the worker is not draining, the
+// connection is not closing), an explicit keep-alive for HTTP/1.0, no body for HEAD. The caller
+// fills in the rest. Shared by the worker and bench/micro, so the benchmark answers as it does.
+ResponseHead response_head_for(const RequestParser& parser, bool may_keep_alive);
+
 const char* status_reason(int status);
 
 // "Sun, 06 Nov 1994 08:49:37 GMT" for the current second.

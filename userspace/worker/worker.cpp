@@ -233,16 +233,12 @@ Result<void> Worker::run() {
 
 void Worker::refresh_clock() { now_ns_ = monotonic_coarse_ns(); }
 
-// Our entry in the slot table: a handful of relaxed stores to one cache line, after every
-// completion. Once a successor owns the entry (handover), we leave it alone.
+// Our entry in the slot table, after every completion. Once a successor owns the entry
+// (handover), we leave it alone.
 void Worker::publish() {
   if (!publishing_) return;
-  store_field(my_slot_->heartbeat_ns, now_ns_);
-  store_field(my_slot_->accepted, accepted_);
-  store_field(my_slot_->open, open_);
-  store_field(my_slot_->inflight, inflight_);
-  store_field(my_slot_->requests, requests_);
-  store_field(my_slot_->pid, pid_);
+  publish_load(*my_slot_, {.heartbeat_ns = now_ns_, .accepted = accepted_, .open = open_,
+                           .inflight = inflight_, .requests = requests_, .pid = pid_});
 }
 
 void Worker::housekeeping() {
@@ -666,15 +662,12 @@ void Worker::answer(Connection& c) {
 
 void Worker::respond(Connection& c, int status, std::string_view body,
                      std::string_view content_type, std::string_view extra_headers) {
-  ResponseHead head;
+  ResponseHead head = response_head_for(c.parser, !draining_ && !c.close_after_send);
   head.status = status;
   head.content_type = content_type;
   head.extra_headers = extra_headers;
-  head.keep_alive = c.parser.keep_alive() && !draining_ && !c.close_after_send;
-  head.http10 = c.parser.request().http_minor() == 0;
   head.worker_slot = spec_.slot;
   head.date = date_;
-  head.omit_body = c.parser.request().method() == "HEAD";
   append_response(c.out_pending, head, body);
   if (!head.keep_alive) c.close_after_send = true;
   ++requests_;
