@@ -13,9 +13,10 @@ packages=(
   # tests and benchmarks
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2
+  python3                # bench/compare and its smoke test
 )
 if [ "${1:-}" = "--bench" ]; then
-  packages+=(nginx-light gnuplot-nox python3)
+  packages+=(nginx-light gnuplot-nox)
   # Node.js for the Node cluster and PM2 peers (PM2 itself comes from npm, into a scratch folder).
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
