@@ -7,25 +7,9 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "common/ring_setup.h"
+
 namespace lbd {
-
-namespace {
-
-struct SetupAttempt {
-  unsigned flags;
-  const char* name;
-};
-
-// Fastest first. SUBMIT_ALL keeps submitting after one bad entry, so one failed request cannot
-// strand the rest of a batch.
-constexpr SetupAttempt kAttempts[] = {
-    {IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-     "single-issuer+defer-taskrun"},
-    {IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
-    {0, "plain"},
-};
-
-}  // namespace
 
 void Ring::Deleter::operator()(io_uring* ring) const {
   io_uring_queue_exit(ring);
@@ -35,34 +19,24 @@ void Ring::Deleter::operator()(io_uring* ring) const {
 Ring::~Ring() = default;
 
 Result<Ring> Ring::create(const Options& options) {
-  int last_error = 0;
-  for (const SetupAttempt& attempt : kAttempts) {
-    auto raw = std::make_unique<io_uring>();
-    io_uring_params params{};
-    params.flags = attempt.flags | IORING_SETUP_CQSIZE;
-    params.cq_entries = options.cq_entries;
-    int err = io_uring_queue_init_params(options.sq_entries, raw.get(), &params);
-    if (err < 0) {
-      last_error = -err;
-      if (err == -EINVAL) continue;  // flag unknown to this kernel: try the next set
-      return Error::from_errno(-err, "io_uring_setup");
-    }
-    std::unique_ptr<io_uring, Deleter> ring(raw.release());
+  auto raw = std::make_unique<io_uring>();
+  io_uring_params params{};
+  auto mode = init_fastest_ring(*raw, options.sq_entries, options.cq_entries, params);
+  if (!mode) return mode.error();
+  std::unique_ptr<io_uring, Deleter> ring(raw.release());
 
-    // The registered ring fd saves an fget/fput on every io_uring_enter; optional.
-    io_uring_register_ring_fd(ring.get());
+  // The registered ring fd saves an fget/fput on every io_uring_enter; optional.
+  io_uring_register_ring_fd(ring.get());
 
-    // The sparse file table is bounded by RLIMIT_NOFILE.
-    rlimit limit{};
-    getrlimit(RLIMIT_NOFILE, &limit);
-    unsigned files = static_cast<unsigned>(
-        std::min<rlim_t>(options.fixed_files, limit.rlim_cur > 64 ? limit.rlim_cur - 64 : 1));
-    if (int ferr = io_uring_register_files_sparse(ring.get(), files); ferr < 0) {
-      return Error::from_errno(-ferr, "register " + std::to_string(files) + " fixed files");
-    }
-    return Ring(std::move(ring), attempt.name, files);
+  // The sparse file table is bounded by RLIMIT_NOFILE.
+  rlimit limit{};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  unsigned files = static_cast<unsigned>(
+      std::min<rlim_t>(options.fixed_files, limit.rlim_cur > 64 ? limit.rlim_cur - 64 : 1));
+  if (int ferr = io_uring_register_files_sparse(ring.get(), files); ferr < 0) {
+    return Error::from_errno(-ferr, "register " + std::to_string(files) + " fixed files");
   }
-  return Error::from_errno(last_error, "io_uring_setup");
+  return Ring(std::move(ring), *mode, files);
 }
 
 io_uring_sqe* Ring::next_sqe() {
