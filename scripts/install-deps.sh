@@ -14,6 +14,7 @@ packages=(
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2
   python3                # bench/compare and its smoke test
+  prometheus             # promtool and a real Prometheus for the /metrics tests
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)
@@ -37,3 +38,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q || echo "install-deps: apt-get update failed; trying with the package lists we have" >&2
 apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian's prometheus package enables and starts its own service on :9090; the tests start their
+# own instance on a free port, so do not leave one running that this script started.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

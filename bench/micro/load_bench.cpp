@@ -11,10 +11,17 @@
 // and on the mmap of the program's BPF_F_MMAPABLE map (--mode bpf; root). Both must stay a few
 // ns: they run on every completion, which is why load is published through shared memory instead
 // of a bpf() syscall.
+//
+// Per request, the worker reads CLOCK_MONOTONIC when the handler starts and when it answers, and
+// adds the duration to its stats block's histogram (record_request, metrics/worker_stats.h): two
+// vDSO clock reads and two single-writer adds, measured together as Worker::answer and
+// Worker::respond do them.
 #include <benchmark/benchmark.h>
+#include <time.h>
 
 #include <cstdint>
 
+#include "metrics/worker_stats.h"
 #include "steering/slot_table.h"
 #include "steering/steering.h"
 #include "support.h"
@@ -68,6 +75,24 @@ void BM_PublishBpfMap(benchmark::State& state) {
   publish_loop(state, *table);
 }
 BENCHMARK(BM_PublishBpfMap);
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void BM_RecordRequestDuration(benchmark::State& state) {
+  auto block = WorkerStatsBlock::create();
+  if (!block) return bench::skip(state, block.error());
+  WorkerStats& stats = block->stats();
+  for (auto _ : state) {
+    const uint64_t started = monotonic_ns();  // Worker::answer
+    record_request(stats, monotonic_ns() - started);  // Worker::respond
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_RecordRequestDuration);
 
 }  // namespace
 }  // namespace lbd

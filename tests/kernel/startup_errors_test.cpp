@@ -33,6 +33,28 @@ TEST(StartupErrors, PortInUseExits1NamingTheAddress) {
       << lines[0];
 }
 
+TEST(StartupErrors, AdminPortInUseExits1NamingTheAddress) {
+  UniqueFd other(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(other.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(other.get(), 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(other.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string where = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+
+  LbdProcess lbd({"--mode", "reuseport", "--workers", "1", "--listen", "127.0.0.1:0", "--control",
+                  "none", "--admin", where});
+  EXPECT_EQ(lbd.wait_exit(after(10s)), ExitStatus::exited(1));
+  const auto lines = lbd.lines();
+  ASSERT_EQ(lines.size(), 1u) << "expected one line, got:\n" << lbd.log();
+  EXPECT_TRUE(lbd.wait_for_log(R"(error +\[lbd\] admin endpoint: cannot listen on )" + where +
+                                   ": Address already in use$",
+                               after(1s)))
+      << lines[0];
+}
+
 struct BadFlag {
   std::vector<std::string> args;
   std::string names;  // what the message must mention: the setting and the bad value
@@ -63,6 +85,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadFlag{{"--policy", "nope"}, "policy.*'nope'"},
                       BadFlag{{"--listen", "1.2.3.4.5:80"}, "listen address.*'1\\.2\\.3\\.4\\.5:80'"},
                       BadFlag{{"--mode", "fast"}, "--mode.*'fast'"},
+                      BadFlag{{"--admin", "localhost:x"}, "--admin.*'localhost:x'"},
                       BadFlag{{"--idle-timeout", "-1"}, "--idle-timeout"}),
     [](const auto& test) {
       std::string name = test.param.args[0].substr(2);

@@ -172,6 +172,7 @@ TEST(CommandLine, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(o.log_level, "info");
   EXPECT_EQ(o.http.max_header_bytes, HttpLimits{}.max_header_bytes);
   EXPECT_EQ(o.http.max_body_bytes, HttpLimits{}.max_body_bytes);
+  EXPECT_FALSE(o.admin.has_value()) << "the admin endpoint is off unless asked for";
 }
 
 TEST(CommandLine, WorkersAutoMeansOnePerSelectedCpu) {
@@ -186,7 +187,8 @@ TEST(CommandLine, ReadsEveryFlag) {
       parse({"-w", "3", "-l", "127.0.0.1:0", "--listen", "[::1]:9000", "--no-pin", "-p", "rr",
              "-m", "reuseport", "--idle-timeout", "1.5", "--shutdown-timeout", "2",
              "--max-restarts", "7", "--restart-window", "30", "--max-connections", "100",
-             "--backlog", "64", "--stale-after", "80", "--log-level", "debug"});
+             "--backlog", "64", "--stale-after", "80", "--log-level", "debug",
+             "--admin", "127.0.0.1:0"});
   EXPECT_EQ(o.workers, 3u);
   ASSERT_EQ(o.listen.size(), 2u);
   EXPECT_EQ(o.listen[0].to_string(), "127.0.0.1:0");
@@ -202,6 +204,9 @@ TEST(CommandLine, ReadsEveryFlag) {
   EXPECT_EQ(o.backlog, 64);
   EXPECT_EQ(o.steering.stale_after, std::chrono::milliseconds(80));
   EXPECT_EQ(o.log_level, "debug");
+  ASSERT_TRUE(o.admin.has_value());
+  EXPECT_EQ(o.admin->to_string(), "127.0.0.1:0");
+  EXPECT_EQ(parse({"--admin", "[::1]:9180"}).admin->to_string(), "[::1]:9180");
 }
 
 TEST(CommandLine, AcceptsEveryPolicyAndMode) {
@@ -240,6 +245,7 @@ TEST(CommandLine, RejectsBadValuesWithAOneLineMessage) {
       {"unknown mode", {"--mode", "magic"}, {"--mode", "magic"}},
       {"unknown log level", {"--log-level", "loud"}, {"--log-level", "loud"}},
       {"bad listen address", {"--listen", "nowhere:80"}, {"nowhere:80"}},
+      {"bad admin address", {"--admin", "127.0.0.1:http"}, {"--admin", "127.0.0.1:http"}},
       {"bad cpu list", {"--cpus", "3-1"}, {"--cpus", "3-1"}},
       {"idle timeout zero", {"--idle-timeout", "0"}, {"--idle-timeout"}},
       {"stale-after below the heartbeat period", {"--stale-after", "5"}, {"--stale-after"}},

@@ -2,6 +2,7 @@
 // encodes, the worker decodes unchanged; anything else is a clear ConfigError, not a crash.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/result.h"
@@ -18,6 +19,7 @@ void expect_same(const WorkerSpec& a, const WorkerSpec& b) {
   EXPECT_EQ(a.handoff_fd, b.handoff_fd);
   EXPECT_EQ(a.handover_in_fd, b.handover_in_fd);
   EXPECT_EQ(a.slot_table_fd, b.slot_table_fd);
+  EXPECT_EQ(a.stats_fd, b.stats_fd);
   EXPECT_EQ(a.status_fd, b.status_fd);
   EXPECT_EQ(a.reconcile_queue, b.reconcile_queue);
   EXPECT_EQ(a.http.max_header_bytes, b.http.max_header_bytes);
@@ -40,6 +42,7 @@ TEST(WorkerSpec, EveryFieldRoundTrips) {
   steered.accept_mode = AcceptMode::kSteered;
   steered.listener_fds = {3, 4, 17};
   steered.slot_table_fd = 9;
+  steered.stats_fd = 11;
   steered.status_fd = 10;
   steered.reconcile_queue = true;
   steered.http.max_header_bytes = 123;
@@ -57,6 +60,13 @@ TEST(WorkerSpec, EveryFieldRoundTrips) {
   handoff.handover_in_fd = 7;
   handoff.listener_fds = {};
   expect_same(decode_worker_spec(encode_worker_spec(handoff)), handoff);
+}
+
+TEST(WorkerSpec, StatsFdIsOptional) {
+  // A supervisor built before stats blocks existed sends none: the worker still starts.
+  nlohmann::json j = nlohmann::json::parse(encode_worker_spec(WorkerSpec{}));
+  j.erase("stats_fd");
+  EXPECT_EQ(decode_worker_spec(j.dump()).stats_fd, -1);
 }
 
 TEST(WorkerSpec, GarbageIsAConfigErrorThatSaysWhat) {

@@ -4,15 +4,14 @@
 // In --mode bpf the memory is the program's BPF_F_MMAPABLE `slot_table` map; in the other modes
 // (no program) it is a memfd. Either way it is a file descriptor that the supervisor hands to
 // each worker, and each side maps it with mmap(MAP_SHARED). Each field has a single writer (see
-// steer_abi.h), so plain atomic loads and stores are enough.
+// steer_abi.h), so plain atomic loads and stores are enough (common/shared_field.h).
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 
 #include "common/result.h"
+#include "common/shared_field.h"
 #include "common/unique_fd.h"
 #include "steer_abi.h"
 
@@ -43,17 +42,6 @@ class SlotTable {
   UniqueFd fd_;
   lbd_slot* slots_ = nullptr;
 };
-
-// Single-writer fields are published and read with relaxed atomics: each is a counter or a
-// timestamp, readers need no ordering with other fields.
-template <typename T>
-inline T load_field(const T& field) {
-  return std::atomic_ref<T>(const_cast<T&>(field)).load(std::memory_order_relaxed);
-}
-template <typename T>
-inline void store_field(T& field, std::type_identity_t<T> value) {
-  std::atomic_ref<T>(field).store(value, std::memory_order_relaxed);
-}
 
 // What a worker says about itself in its slot-table entry, published after every completion:
 // a handful of relaxed stores to one cache line (bench/micro measures them).

@@ -24,6 +24,17 @@ std::chrono::milliseconds to_ms(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
+// A worker process's request durations since it started: counts per bucket (not cumulative; the
+// last is +Inf), so that a client (lbctl top) can subtract two snapshots of the same pid and
+// read an interval's percentiles.
+json latency_histogram(const WorkerStatsSnapshot& stats) {
+  json bounds = json::array();
+  for (size_t i = 0; i < kDurationBoundsNs.size(); i++) bounds.push_back(duration_bound_seconds(i));
+  return {{"bounds_seconds", std::move(bounds)},
+          {"counts", stats.duration_counts},
+          {"sum_seconds", stats.duration_sum_seconds()}};
+}
+
 }  // namespace
 
 std::chrono::milliseconds Supervisor::drain_timeout(const control::Request& request) const {
@@ -336,7 +347,13 @@ void Supervisor::finish_operation() {
   Operation op = std::move(*op_);
   op_.reset();
   const double took = seconds_since(op.started_at);
-  if (op.verb == Verb::kReload && op.failure.empty()) reloads_++;
+  if (op.verb == Verb::kReload) {
+    if (op.failure.empty()) {
+      reloads_++;
+    } else {
+      reload_failures_++;
+    }
+  }
   if (!op.failure.empty()) {
     spdlog::error("{} failed after {:.1f} s: {}", control::verb_name(op.verb), took, op.failure);
     if (op.client && control_) {
@@ -375,6 +392,7 @@ json Supervisor::status() {
       w["rss_bytes"] = usage->rss_bytes;
       w["cpu_percent"] = p.cpu.percent(usage->cpu_seconds, now, p.started_at);
     }
+    if (p.stats) w["latency_histogram"] = latency_histogram(p.stats->read());
     if (steering_ && p.role != Role::kRetiring) {
       SlotCounters c = steering_->counters(slot.index);
       w["steered"] = c.selected;
@@ -414,6 +432,7 @@ json Supervisor::status() {
         {"listen", listen},
         {"uptime_s", seconds_since(started_at_)},
         {"reloads", reloads_},
+        {"reload_failures", reload_failures_},
         {"operation", op_ ? json(control::verb_name(op_->verb)) : json(nullptr)}}},
       {"workers", workers}};
   if (steering_) result["lbd"]["fallbacks"] = steering_->fallbacks();

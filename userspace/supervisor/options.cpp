@@ -100,6 +100,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   unsigned stale_after_ms = 50;
   std::string log_level = "info";
   std::string control_path;
+  std::string admin_text;
 
   app.add_option("-w,--workers", workers_text, "Worker processes: a number, or 'auto' for one per CPU")
       ->capture_default_str();
@@ -132,6 +133,9 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--control", control_path,
                  "Control socket for lbctl (default /run/lbd/lbd.sock; 'none' for no socket)");
+  app.add_option("--admin", admin_text,
+                 "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g. "
+                 "127.0.0.1:9180 (default: off; port 0 picks a free port, logged)");
 
   try {
     app.parse(argc, argv);
@@ -196,6 +200,13 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   if (!control_path.empty()) {
     options.control_path = control_path == "none" ? std::string() : control_path;
     options.control_path_given = true;
+  }
+  if (!admin_text.empty()) {
+    try {
+      options.admin = net::Address::parse(admin_text);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("--admin: ") + e.what());
+    }
   }
   return {std::move(options)};
 }

@@ -41,6 +41,8 @@ struct SupervisorOptions {
   std::string log_level = "info";
   std::string control_path = "/run/lbd/lbd.sock";
   bool control_path_given = false;  // --control was set: failing to create it is an error
+  // --admin: where to serve /metrics, /healthz and /readyz over HTTP; none by default.
+  std::optional<net::Address> admin;
 };
 
 // What main() should do after parsing.

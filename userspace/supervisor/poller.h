@@ -17,6 +17,8 @@ enum class Source : uint32_t {
   kHandoffListener,  // --mode handoff: a listener the supervisor accepts on; index = address
   kControl,          // the control socket's listener
   kControlClient,    // one lbctl connection; index = client id
+  kAdmin,            // the admin HTTP listener (--admin)
+  kAdminClient,      // one admin HTTP connection; index = client id
 };
 
 struct PollEvent {

@@ -2,6 +2,7 @@
 // See supervisor.h for the model.
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -106,6 +107,10 @@ Result<std::unique_ptr<Supervisor::WorkerProcess>> Supervisor::spawn(Slot& slot,
   launch.spec.reconcile_queue = options_.mode == Mode::kBpf;
   launch.spec.publish_at_start = !with_handover_inbox;  // a replacement waits for "SERVING"
   launch.slot_table_fd = table().fd();
+  auto stats = WorkerStatsBlock::create();
+  if (!stats) return stats.error();
+  p->stats.emplace(std::move(*stats));
+  launch.stats_fd = p->stats->fd();
 
   auto status = seqpacket_pair();
   if (!status) return status.error().wrap("status channel");
@@ -313,8 +318,11 @@ void Supervisor::tell_to_drain(WorkerProcess& p, Retire how, std::chrono::millis
 void Supervisor::reap_children() {
   while (true) {
     int status = 0;
-    pid_t pid = waitpid(-1, &status, WNOHANG);
+    rusage usage{};  // the child's CPU time, all of it: /proc forgets it once it is reaped
+    pid_t pid = wait4(-1, &status, WNOHANG, &usage);
     if (pid <= 0) break;
+    const double cpu_seconds = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                               static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
     for (auto& slot : slots_) {
       WorkerProcess* found = nullptr;
       for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
@@ -324,7 +332,7 @@ void Supervisor::reap_children() {
         if (p->pid == pid) found = p.get();
       }
       if (found) {
-        on_exit(*slot, *found, status);
+        on_exit(*slot, *found, status, cpu_seconds);
         break;
       }
     }
@@ -332,10 +340,11 @@ void Supervisor::reap_children() {
   remove_scaled_away_slots();
 }
 
-void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status) {
+void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status, double cpu_seconds) {
   const pid_t pid = p.pid;
   if (p.status) poller_->unwatch(p.status.get());
   stop_listening(p);  // a dead worker's queue moves on now, not when we get round to it
+  fold_into_history(slot, p, cpu_seconds);
 
   auto retiring = std::find_if(slot.retiring.begin(), slot.retiring.end(),
                                [&](const auto& r) { return r.get() == &p; });
@@ -366,6 +375,14 @@ void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status) {
     on_crash(slot, pid, was_ready, wait_status);
   }
   update_state(slot);
+}
+
+// The process's final numbers join its slot's history, in the same turn of the loop that forgets
+// the process: a scrape sees them in one place or the other, never in both or neither.
+void Supervisor::fold_into_history(const Slot& slot, const WorkerProcess& p, double cpu_seconds) {
+  SlotHistory& history = history_[slot.index];
+  if (p.stats) history.stats += p.stats->read();
+  history.cpu_seconds += cpu_seconds;
 }
 
 void Supervisor::on_crash(Slot& slot, pid_t pid, bool was_ready, int wait_status) {

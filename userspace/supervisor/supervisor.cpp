@@ -76,6 +76,12 @@ int Supervisor::run() {
         case Source::kControlClient:
           if (control_) control_->on_client_event(e.index, e.events);
           break;
+        case Source::kAdmin:
+          if (admin_) admin_->on_listener_ready();
+          break;
+        case Source::kAdminClient:
+          if (admin_) admin_->on_client_event(e.index, e.events);
+          break;
       }
     }
     run_timers();
@@ -143,6 +149,16 @@ Result<void> Supervisor::set_up() {
     }
   }
 
+  if (options_.admin) {
+    auto admin = AdminServer::open(*options_.admin, *poller_,
+                                   {.not_ready_because = [this] { return not_ready_because(); },
+                                    .metrics = [this] { return metrics_text(); }});
+    if (!admin) return admin.error();
+    admin_.emplace(std::move(*admin));
+    // Tests and scripts read the port from this line when --admin asked for port 0.
+    spdlog::info("admin: serving http://{}", admin_->address().to_string());
+  }
+
   if (options_.mode == Mode::kBpf) {
     auto steering = Steering::load(options_.steering);
     if (!steering) return steering.error();
@@ -205,6 +221,7 @@ void Supervisor::run_timers() {
     if (slot.restart_at && *slot.restart_at <= now && !stopping_) {
       slot.restart_at.reset();
       slot.restart_count++;
+      history_[slot.index].restarts++;
       if (auto ok = start_serving(slot); !ok) {
         spdlog::error("worker {}: restart failed: {}", slot.index, ok.error().message());
         auto delay = slot.restarts.on_crash(now);
@@ -247,6 +264,7 @@ void Supervisor::run_timers() {
     next_control_sweep_ = now + std::chrono::seconds(1);
     control_->expire_silent_clients();
   }
+  if (admin_) admin_->expire(now);
 }
 
 int Supervisor::poll_timeout_ms() const {
@@ -262,6 +280,9 @@ int Supervisor::poll_timeout_ms() const {
   }
   if (stopping_) next = std::min(next, stop_deadline_);
   if (control_) next = std::min(next, next_control_sweep_);
+  if (admin_) {
+    if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
+  }
   if (next == Clock::time_point::max()) return -1;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
   return static_cast<int>(std::clamp<int64_t>(ms + 1, 0, 60'000));

@@ -20,7 +20,8 @@
 //
 // The code is split by role: supervisor.cpp (set-up, loop, signals, stop), slot_lifecycle.cpp
 // (starting, readiness, swapping, retiring, exits and crashes), operations.cpp (what lbctl and
-// SIGHUP ask for: drain, undrain, reload, restart, scale, policy, status).
+// SIGHUP ask for: drain, undrain, reload, restart, scale, policy, status), metrics.cpp (what the
+// admin endpoint reports: /metrics and /readyz; the endpoint itself is admin_server.cpp).
 #pragma once
 
 #include <sys/types.h>
@@ -38,9 +39,11 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "control/protocol.h"
+#include "metrics/worker_stats.h"
 #include "net/address.h"
 #include "steering/slot_table.h"
 #include "steering/steering.h"
+#include "supervisor/admin_server.h"
 #include "supervisor/control_server.h"
 #include "supervisor/options.h"
 #include "supervisor/poller.h"
@@ -83,6 +86,19 @@ class Supervisor {
     bool for_operation = false;       // started by a reload/restart: its readiness completes it
     bool timed_out = false;           // killed for not being ready in time
     CpuMeter cpu;
+    std::optional<WorkerStatsBlock> stats;  // what it counts (requests, durations); we keep
+                                            // reading it after it exits (fold_into_history)
+  };
+
+  // What a slot did beyond its live processes: what its exited processes counted, and its
+  // restarts, so that the slot's counters in /metrics keep growing across reloads, restarts and
+  // crashes. Indexed by slot and kept when a slot is scaled away, so a slot that comes back
+  // continues where it was.
+  struct SlotHistory {
+    WorkerStatsSnapshot stats;
+    double cpu_seconds = 0;
+    uint64_t restarts = 0;  // all of the slot's crash restarts (Slot::restart_count: this
+                            // incarnation's, for lbctl status)
   };
 
   struct Slot {
@@ -138,7 +154,8 @@ class Supervisor {
   void stop_listening(WorkerProcess& process);
   void check_all_ready();
   void reap_children();
-  void on_exit(Slot& slot, WorkerProcess& process, int wait_status);
+  void on_exit(Slot& slot, WorkerProcess& process, int wait_status, double cpu_seconds);
+  void fold_into_history(const Slot& slot, const WorkerProcess& process, double cpu_seconds);
   void on_crash(Slot& slot, pid_t pid, bool was_ready, int wait_status);
   void update_state(Slot& slot);
   void remove_scaled_away_slots();
@@ -159,6 +176,11 @@ class Supervisor {
   bool operation_involves(uint32_t slot) const;
   std::chrono::milliseconds drain_timeout(const control::Request& request) const;
 
+  // --- metrics.cpp
+  std::string metrics_text();
+  std::string not_ready_because() const;
+  WorkerStatsSnapshot slot_stats(const Slot& slot) const;
+
   SupervisorOptions options_;
   std::string binary_;
   std::optional<Steering> steering_;        // --mode bpf
@@ -171,10 +193,13 @@ class Supervisor {
   uint32_t handoff_next_ = 0;
   uint64_t handoff_dropped_ = 0;
   uint64_t reloads_ = 0;
+  uint64_t reload_failures_ = 0;
+  std::vector<SlotHistory> history_ = std::vector<SlotHistory>(LBD_MAX_SLOTS);
 
   std::optional<Poller> poller_;
   UniqueFd signal_fd_;
   std::optional<ControlServer> control_;
+  std::optional<AdminServer> admin_;
   std::optional<Operation> op_;
   bool stopping_ = false;
   bool announced_ready_ = false;

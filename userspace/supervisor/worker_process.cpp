@@ -21,7 +21,7 @@ namespace lbd {
 
 namespace {
 
-constexpr size_t kMaxPassedFds = 4 + LBD_MAX_GROUPS;
+constexpr size_t kMaxPassedFds = 5 + LBD_MAX_GROUPS;
 
 // In the child, after fork: only async-signal-safe calls from here to execve.
 [[noreturn]] void exec_child(const WorkerLaunch& launch, const std::vector<std::pair<int, int>>& moves,
@@ -73,7 +73,8 @@ std::string current_binary_path() {
 }
 
 Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
-  // The child's fd numbers: 3 status, 4 slot table, 5 handoff, 6 handover inbox, 7.. listeners.
+  // The child's fd numbers: 3 status, 4 slot table, 5 handoff, 6 handover inbox, 7 stats block,
+  // 8.. listeners.
   std::vector<std::pair<int, int>> moves;
   WorkerSpec spec = launch.spec;
   int next = 3;
@@ -89,6 +90,7 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
   spec.slot_table_fd = place(launch.slot_table_fd);
   spec.handoff_fd = place(launch.handoff_fd);
   spec.handover_in_fd = place(launch.handover_in_fd);
+  spec.stats_fd = place(launch.stats_fd);
   spec.listener_fds.clear();
   for (int fd : launch.listener_fds) spec.listener_fds.push_back(place(fd));
   if (moves.size() > kMaxPassedFds) return Error::from_errno(E2BIG, "too many fds for a worker");

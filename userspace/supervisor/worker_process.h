@@ -22,6 +22,7 @@ struct WorkerLaunch {
   // writes the child's numbers into the spec it passes.
   int status_fd = -1;
   int slot_table_fd = -1;
+  int stats_fd = -1;
   int handoff_fd = -1;
   int handover_in_fd = -1;
   std::vector<int> listener_fds;

@@ -59,6 +59,7 @@ struct Connection {
   bool peer_closed = false;        // the client sent FIN: answer what it sent, then close
 
   uint64_t last_activity_ns = 0;
+  uint64_t request_started_ns = 0; // CLOCK_MONOTONIC when the handler got the current request
   uint32_t live_position = 0;      // where this connection sits in Worker::live_
 
   RequestParser parser;

@@ -8,7 +8,8 @@
 // Load is published into this worker's entry of the shared slot table with plain atomic stores
 // after every completion: open connections (one LoadToken per connection), accepted count, and a
 // heartbeat (also stamped every 10 ms when idle) so the steering program can tell a stalled
-// worker from an idle one.
+// worker from an idle one. Each answered request's duration goes into the process's own stats
+// block (metrics/worker_stats.h), which the supervisor serves as /metrics.
 //
 // Draining. The supervisor sends "DRAIN <mode> <timeout_ms>" on the status channel (SIGTERM, or
 // the supervisor going away, means "DRAIN stop" with the spec's timeout). In every mode the
@@ -31,6 +32,7 @@
 
 #include "common/result.h"
 #include "common/unique_fd.h"
+#include "metrics/worker_stats.h"
 #include "steering/slot_table.h"
 #include "worker/connection.h"
 #include "worker/handler.h"
@@ -61,7 +63,7 @@ class Worker {
     bool open = true;
   };
 
-  Worker(const WorkerSpec& spec, Handler handler, SlotTable table, Ring ring);
+  Worker(const WorkerSpec& spec, Handler handler, SlotTable table, WorkerStatsBlock stats, Ring ring);
 
   // Submission helpers.
   void arm_accept(uint32_t listener);
@@ -121,6 +123,8 @@ class Worker {
   Handler handler_;
   SlotTable table_;
   lbd_slot* my_slot_;
+  WorkerStatsBlock stats_block_;
+  WorkerStats* stats_;                // stats_block_'s memory, written on every answer
   uint32_t pid_;
   Ring ring_;                         // declared before the buffers: destroyed after them
   std::optional<BufferRing> buffers_;

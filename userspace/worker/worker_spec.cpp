@@ -15,6 +15,7 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"handoff_fd", spec.handoff_fd},
       {"handover_in_fd", spec.handover_in_fd},
       {"slot_table_fd", spec.slot_table_fd},
+      {"stats_fd", spec.stats_fd},
       {"status_fd", spec.status_fd},
       {"reconcile_queue", spec.reconcile_queue},
       {"publish_at_start", spec.publish_at_start},
@@ -40,6 +41,8 @@ WorkerSpec decode_worker_spec(const std::string& text) {
     spec.handoff_fd = j.at("handoff_fd").get<int>();
     spec.handover_in_fd = j.at("handover_in_fd").get<int>();
     spec.slot_table_fd = j.at("slot_table_fd").get<int>();
+    // Optional: a worker built with metrics still starts from a supervisor built before them.
+    spec.stats_fd = j.value("stats_fd", -1);
     spec.status_fd = j.at("status_fd").get<int>();
     spec.reconcile_queue = j.at("reconcile_queue").get<bool>();
     spec.publish_at_start = j.at("publish_at_start").get<bool>();

@@ -29,6 +29,8 @@ struct WorkerSpec {
   int handoff_fd = -1;            // kHandoff: SOCK_SEQPACKET carrying one fd per message
   int handover_in_fd = -1;        // idle keep-alive connections from the worker this one replaces
   int slot_table_fd = -1;         // the shared slot table (BPF map or memfd)
+  int stats_fd = -1;              // this process's stats block (metrics/worker_stats.h); -1: none,
+                                  // the worker then counts into a block nobody reads
   int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: we send "READY=1",
                                   // it sends "DRAIN <mode> <timeout_ms>" (see worker.h)
   bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
