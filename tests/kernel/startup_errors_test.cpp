@@ -12,9 +12,9 @@
 namespace lbd::test {
 namespace {
 
-TEST(StartupErrors, PortInUseExits1NamingTheAddress) {
-  // Someone else's server holds the port.
-  UniqueFd other(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+// Someone else's server: a listener on a free loopback port (no SO_REUSEPORT), and its address.
+void listen_elsewhere(UniqueFd& other, std::string& where) {
+  other.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -22,7 +22,13 @@ TEST(StartupErrors, PortInUseExits1NamingTheAddress) {
   ASSERT_EQ(listen(other.get(), 16), 0);
   socklen_t len = sizeof(addr);
   ASSERT_EQ(getsockname(other.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const std::string where = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  where = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+}
+
+TEST(StartupErrors, PortInUseExits1NamingTheAddress) {
+  UniqueFd other;
+  std::string where;
+  ASSERT_NO_FATAL_FAILURE(listen_elsewhere(other, where));
 
   LbdProcess lbd({"--mode", "reuseport", "--workers", "2", "--listen", where});
   EXPECT_EQ(lbd.wait_exit(after(10s)), ExitStatus::exited(1));
@@ -34,15 +40,9 @@ TEST(StartupErrors, PortInUseExits1NamingTheAddress) {
 }
 
 TEST(StartupErrors, AdminPortInUseExits1NamingTheAddress) {
-  UniqueFd other(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(other.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(other.get(), 16), 0);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(getsockname(other.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const std::string where = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  UniqueFd other;
+  std::string where;
+  ASSERT_NO_FATAL_FAILURE(listen_elsewhere(other, where));
 
   LbdProcess lbd({"--mode", "reuseport", "--workers", "1", "--listen", "127.0.0.1:0", "--control",
                   "none", "--admin", where});
