@@ -10,11 +10,13 @@ packages=(
   libbpf-dev bpftool liburing-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   node-llhttp            # Node.js's HTTP parser, as C sources (/usr/share/llhttp)
+  libncurses-dev         # lbctl top's screen
   # tests and benchmarks
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2
   python3                # bench/compare and its smoke test
   prometheus             # promtool and a real Prometheus for the /metrics tests
+  tmux                   # a real terminal for lbctl top's test
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)

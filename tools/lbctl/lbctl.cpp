@@ -9,75 +9,34 @@
 //   lbctl scale N
 //   lbctl policy rr|least|hash
 //   lbctl stop
+//   lbctl top                                   a live dashboard; keys drain, undrain, reload (top.h)
 //
 // Exit status: 0 on success; 1 with a one-line reason when lbd refuses or fails (no such slot,
 // timed out, ...) or cannot be reached; 2 for a usage error. Long operations print a line as each
 // worker changes. The socket is --control, else $LBD_CONTROL, else /run/lbd/lbd.sock.
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
+#include <signal.h>
 
 #include <CLI/CLI.hpp>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <string>
 
-#include "common/unique_fd.h"
 #include "control/protocol.h"
+#include "lbctl/control_client.h"
+#include "lbctl/format.h"
+#include "lbctl/top.h"
 
 namespace {
 
-using lbd::UniqueFd;
-using lbd::control::Reply;
 using lbd::control::Request;
 using lbd::control::Verb;
+using lbd::ctl::human_bytes;
+using lbd::ctl::human_duration;
 using nlohmann::json;
 
 [[noreturn]] void fail(const std::string& message) {
   std::cerr << "lbctl: " << message << "\n";
   std::exit(1);
-}
-
-UniqueFd connect_to(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) fail("control socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) fail(std::string("socket: ") + strerror(errno));
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    if (errno == ENOENT || errno == ECONNREFUSED) fail("lbd is not running (no control socket at " + path + ")");
-    if (errno == EACCES || errno == EPERM) {
-      fail("permission denied: " + path + " (run as root or as the user lbd runs as)");
-    }
-    fail("cannot connect to " + path + ": " + strerror(errno));
-  }
-  return fd;
-}
-
-std::string human_bytes(uint64_t bytes) {
-  const char* units[] = {"B", "K", "M", "G", "T"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    unit++;
-  }
-  char text[32];
-  snprintf(text, sizeof(text), unit == 0 ? "%.0f%s" : "%.1f%s", value, units[unit]);
-  return text;
-}
-
-std::string human_duration(double seconds) {
-  auto s = static_cast<long>(seconds);
-  char text[32];
-  if (s < 60) snprintf(text, sizeof(text), "%lds", s);
-  else if (s < 3600) snprintf(text, sizeof(text), "%ldm%02lds", s / 60, s % 60);
-  else if (s < 86400) snprintf(text, sizeof(text), "%ldh%02ldm", s / 3600, (s % 3600) / 60);
-  else snprintf(text, sizeof(text), "%ldd%02ldh", s / 86400, (s % 86400) / 3600);
-  return text;
 }
 
 std::string field(const json& j, const char* key) {
@@ -111,44 +70,6 @@ void print_status(const json& status) {
            w.contains("rss_bytes") ? human_bytes(w["rss_bytes"].get<uint64_t>()).c_str() : "-",
            cpu_percent, field(w, "restarts").c_str(),
            w.contains("uptime_s") ? human_duration(w["uptime_s"].get<double>()).c_str() : "-");
-  }
-}
-
-// Sends the request, prints progress as it comes, returns the final result (or exits).
-json call_lbd(const std::string& path, const Request& request) {
-  UniqueFd fd = connect_to(path);
-  const std::string line = lbd::control::encode_request(request);
-  std::string send_error;
-  if (send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
-    // lbd may have answered and closed before reading (a refusal): its answer is still there.
-    send_error = std::string("cannot send the request: ") + strerror(errno);
-  }
-  std::string buffer;
-  char chunk[4096];
-  while (true) {
-    size_t newline;
-    while ((newline = buffer.find('\n')) != std::string::npos) {
-      auto reply = lbd::control::parse_reply(buffer.substr(0, newline));
-      buffer.erase(0, newline + 1);
-      if (!reply) fail(reply.error().message());
-      switch (reply->kind) {
-        case Reply::Kind::kProgress:
-          std::cout << reply->message << std::endl;
-          break;
-        case Reply::Kind::kOk:
-          return reply->result;
-        case Reply::Kind::kError:
-          fail(reply->message);
-      }
-    }
-    ssize_t n = recv(fd.get(), chunk, sizeof(chunk), 0);
-    if (n > 0) {
-      buffer.append(chunk, static_cast<size_t>(n));
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      fail(!send_error.empty() ? send_error : "lbd closed the connection without an answer (did it stop?)");
-    }
   }
 }
 
@@ -197,6 +118,10 @@ int main(int argc, char** argv) {
 
   auto* stop = app.add_subcommand("stop", "Stop lbd gracefully (like SIGTERM)");
 
+  auto* top = app.add_subcommand(
+      "top", "A live dashboard, refreshed every second: keys d drain, u undrain, r reload, p policy, q quit "
+             "(one plain snapshot when stdout is not a terminal)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -221,29 +146,35 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  json result = call_lbd(path, request);
-  switch (request.verb) {
-    case Verb::kStatus:
-      if (json_output) {
-        std::cout << result.dump(2) << "\n";
-      } else {
-        print_status(result);
+  if (*top) {
+    lbd::Result<lbd::ctl::TopEnd> end = [&] {
+      // Caught here, not deep inside: the screen's destructors restore the terminal on the way.
+      try {
+        return lbd::ctl::run_top(path);
+      } catch (const std::exception& e) {
+        return lbd::Result<lbd::ctl::TopEnd>(lbd::Error(std::error_code(), e.what()));
       }
-      break;
-    case Verb::kDrain:
-      if (!request.wait) std::cout << "draining " << result.value("drained", json::array()).dump() << "\n";
-      else std::cout << "drained\n";
-      break;
-    case Verb::kPolicy:
-      std::cout << "policy " << result.value("policy", std::string()) << "\n";
-      break;
-    case Verb::kStop:
-      std::cout << "lbd is stopping\n";
-      break;
-    default:
-      printf("%s done: %d slot(s) in %.2f s\n", result.value("verb", std::string("operation")).c_str(),
-             result.value("slots", 0), result.value("seconds", 0.0));
-      break;
+    }();
+    if (!end) fail(end.error().message());
+    if (!end->note.empty()) std::cerr << "lbctl: " << end->note << "\n";
+    if (end->signal) {
+      // Die of the signal that ended the screen, as a shell expects of an interrupted command.
+      signal(end->signal, SIG_DFL);
+      raise(end->signal);
+    }
+    return 0;
+  }
+
+  auto result = lbd::ctl::call_lbd(path, request, [](const std::string& progress) {
+    std::cout << progress << std::endl;
+  });
+  if (!result) fail(result.error().message());
+  if (request.verb != Verb::kStatus) {
+    std::cout << lbd::ctl::describe_result(request, *result) << "\n";
+  } else if (json_output) {
+    std::cout << result->dump(2) << "\n";
+  } else {
+    print_status(*result);
   }
   return 0;
 }
