@@ -11,6 +11,7 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   node-llhttp            # Node.js's HTTP parser, as C sources (/usr/share/llhttp)
   libncurses-dev         # lbctl top's screen
+  libtomlplusplus-dev    # the config file of `lbd start` (TOML, toml++)
   # tests and benchmarks
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2

@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "service.h"
+#include "supervisor/app_launcher.h"
 #include "supervisor/options.h"
 #include "supervisor/supervisor.h"
 #include "worker/worker.h"
@@ -47,13 +48,23 @@ int run_supervisor(int argc, char** argv) {
   SupervisorOptions options;
   try {
     auto parsed = parse_command_line(argc, argv);
+    if (parsed.config_file) {
+      init_logging("lbd", "info");
+      try {
+        return run_apps(*parsed.config_file);
+      } catch (const ConfigError& e) {
+        fprintf(stderr, "lbd: %s\n", e.what());  // names the file, line and key already
+        return 2;
+      }
+    }
     if (!parsed.options) return 0;  // --help or --version
     options = std::move(*parsed.options);
   } catch (const ConfigError& e) {
     fprintf(stderr, "lbd: %s (see lbd --help)\n", e.what());
     return 2;
   }
-  init_logging("lbd", options.log_level);
+  // An exec-mode app logs under its name: `lbd start` runs several side by side.
+  init_logging(options.program ? "lbd " + options.app : "lbd", options.log_level);
   Supervisor supervisor(std::move(options));
   return supervisor.run();
 }

@@ -35,11 +35,11 @@ namespace {
 int pidfd_open(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 int pidfd_getfd(int pidfd, int fd) { return static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)); }
 
-// "[lbd] worker 2 ready: pid 1234, cpu 0"
-const char kWorkerReady[] = R"(\[lbd\] worker ([0-9]+) ready: pid ([0-9]+))";
+// "[lbd] worker 2 ready: pid 1234, cpu 0"; an exec-mode app says "[lbd web] ..."
+const char kWorkerReady[] = R"(\[lbd[^]]*\] worker ([0-9]+) ready: pid ([0-9]+))";
 // "[lbd] worker 2 (pid 1234) crashed: ..." and other lines naming a worker's pid
-const char kWorkerPid[] = R"(\[lbd\] worker ([0-9]+) \(pid ([0-9]+)\))";
-const char kReadyLine[] = R"(\[lbd\] ready: ([0-9]+) workers serving (.+) \(mode ([^ ]+), policy ([^ ]+)\)$)";
+const char kWorkerPid[] = R"(\[lbd[^]]*\] worker ([0-9]+) \(pid ([0-9]+)\))";
+const char kReadyLine[] = R"(\[lbd[^]]*\] ready: ([0-9]+) workers serving (.+) \(mode ([^ ]+), policy ([^ ]+)\)$)";
 
 // A POSIX extended regular expression (<regex.h>: small, and quiet under the sanitizers, unlike
 // std::regex with GCC 12).

@@ -1,6 +1,8 @@
 // lbctl: the operator's command line for a running lbd. It speaks only the control protocol
-// (userspace/control/protocol.h) over lbd's Unix socket.
+// (userspace/control/protocol.h) over lbd's Unix socket; `logs` alone reads files instead (the
+// log files lbd writes for exec-mode apps, userspace/logs/record.h).
 //
+// Every verb but logs may name the app first (lbctl reload web, lbctl drain web 1): see app_socket.h.
 //   lbctl status [--json]                       the workers, their load, the policy
 //   lbctl drain <slot>|--all [--timeout S] [--wait]
 //   lbctl undrain <slot>|--all
@@ -10,6 +12,8 @@
 //   lbctl policy rr|least|hash
 //   lbctl stop
 //   lbctl top                                   a live dashboard; keys drain, undrain, reload (top.h)
+//   lbctl logs [APP] [--worker N] [-f] [--lines K] [--log-dir DIR]
+//                                               exec-mode apps' output, from the log files (logs_command.h)
 //
 // Exit status: 0 on success; 1 with a one-line reason when lbd refuses or fails (no such slot,
 // timed out, ...) or cannot be reached; 2 for a usage error. Long operations print a line as each
@@ -17,13 +21,17 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <optional>
 #include <cstdio>
 #include <iostream>
 #include <string>
 
 #include "control/protocol.h"
+#include "lbctl/app_socket.h"
 #include "lbctl/control_client.h"
 #include "lbctl/format.h"
+#include "lbctl/logs_command.h"
 #include "lbctl/top.h"
 
 namespace {
@@ -79,8 +87,16 @@ int main(int argc, char** argv) {
   CLI::App app{"lbctl: control a running lbd (drain, reload, scale, status)", "lbctl"};
   app.require_subcommand(1);
   const char* env = getenv("LBD_CONTROL");
-  std::string path = env && *env ? env : lbd::control::kDefaultSocketPath;
-  app.add_option("-s,--control", path, "lbd's control socket ($LBD_CONTROL)")->capture_default_str();
+  std::optional<std::string> explicit_path;
+  if (env && *env) explicit_path = env;
+  std::string path_flag;
+  const char* dir_env = getenv("LBD_CONTROL_DIR");
+  std::string control_dir = dir_env && *dir_env ? dir_env : lbd::ctl::kControlDir;
+  app.add_option("--control-dir", control_dir, "Where apps' control sockets are, APP.sock ($LBD_CONTROL_DIR)")
+      ->capture_default_str();
+  app.add_option("-s,--control", path_flag,
+                 "lbd's control socket ($LBD_CONTROL; default: the named app's /run/lbd/APP.sock, else "
+                 "/run/lbd/lbd.sock or the only app running)");
 
   Request request;
   bool json_output = false;
@@ -89,44 +105,102 @@ int main(int argc, char** argv) {
   int parallel = 1;
   int workers = 0;
 
+  // Every verb's positional words: [APP] and its value (app_socket.h).
+  std::vector<std::string> words;
+  auto app_words = [&](CLI::App* verb, const std::string& value_name) {
+    verb->add_option("words", words, value_name.empty() ? "[APP]: the app (lbd run --name, or a config file's app)"
+                                                        : "[APP] " + value_name + ": the app, then the " + value_name);
+  };
+
   auto* status = app.add_subcommand("status", "Show every worker: pid, state, connections, requests, memory, CPU");
   status->add_flag("--json", json_output, "Print the raw JSON");
+  app_words(status, "");
 
   auto* drain = app.add_subcommand("drain", "Stop sending new connections to a worker; it finishes and exits");
-  drain->add_option("slot", slot, "The worker's slot");
+  app_words(drain, "SLOT");
   drain->add_flag("--all", request.all, "Every worker (lbd keeps running, serving nothing)");
   drain->add_option("--timeout", timeout, "Seconds to let connections finish (default: lbd's --shutdown-timeout)");
   drain->add_flag("--wait", request.wait, "Return once the workers have exited");
 
   auto* undrain = app.add_subcommand("undrain", "Start a worker in a drained slot again");
-  undrain->add_option("slot", slot, "The worker's slot");
+  app_words(undrain, "SLOT");
   undrain->add_flag("--all", request.all, "Every drained slot");
 
   auto* reload = app.add_subcommand("reload", "Replace every worker with a fresh one, slot by slot, without failing a request");
+  app_words(reload, "");
   reload->add_option("--parallel", parallel, "Slots replaced at once")->capture_default_str();
   reload->add_option("--timeout", timeout, "Seconds a new worker has to become ready (default 30)");
 
   auto* restart = app.add_subcommand("restart", "Replace one worker with a fresh one");
-  restart->add_option("slot", slot, "The worker's slot")->required();
+  app_words(restart, "SLOT");
   restart->add_option("--timeout", timeout, "Seconds the new worker has to become ready (default 30)");
 
   auto* scale = app.add_subcommand("scale", "Run N workers: add slots, or drain the highest ones");
-  scale->add_option("workers", workers, "Number of workers")->required();
+  app_words(scale, "N");
 
   auto* policy = app.add_subcommand("policy", "Change how new connections are steered: rr, least or hash");
-  policy->add_option("policy", request.policy, "rr, least or hash")->required();
+  app_words(policy, "POLICY");
 
   auto* stop = app.add_subcommand("stop", "Stop lbd gracefully (like SIGTERM)");
+  app_words(stop, "");
 
   auto* top = app.add_subcommand(
       "top", "A live dashboard, refreshed every second: keys d drain, u undrain, r reload, p policy, q quit "
              "(one plain snapshot when stdout is not a terminal)");
+  app_words(top, "");
+
+  lbd::ctl::LogsOptions logs_options;
+  std::string log_dir;
+  int64_t log_worker = -1;
+  auto* logs = app.add_subcommand("logs", "Show exec-mode apps' captured output (every app's, merged, without APP)");
+  logs->add_option("app", logs_options.app, "The app");
+  logs->add_option("--worker", log_worker, "Only this worker's lines")->check(CLI::Range(int64_t{0}, int64_t{UINT32_MAX}));
+  logs->add_flag("-f,--follow", logs_options.follow, "Then print new lines as they are written, until interrupted");
+  logs->add_option("--lines", logs_options.lines, "How many of the last lines to print")
+      ->check([](const std::string& value) { return value.starts_with('-') ? std::string("must be 0 or more") : std::string(); })
+      ->capture_default_str();
+  logs->add_option("--log-dir", log_dir, "Where lbd writes the logs ($LBD_LOG_DIR, else /var/log/lbd)");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints help, or the usage error
     return code == 0 ? 0 : 2;
+  }
+
+  if (!path_flag.empty()) explicit_path = path_flag;
+  // The chosen verb's words: [APP] and its value.
+  const bool wants_value = *restart || *scale || *policy || ((*drain || *undrain) && !request.all);
+  const auto split = lbd::ctl::split_app_words(words, wants_value);
+  if (!split) {
+    std::cerr << "lbctl: expected " << (wants_value ? "[APP] and one value" : "at most an app name") << ", got "
+              << words.size() << " words (see lbctl --help)\n";
+    return 2;
+  }
+  if ((*drain || *undrain) && request.all && !split->app.empty() &&
+      split->app.find_first_not_of("0123456789") == std::string::npos) {
+    std::cerr << "lbctl: name a slot, or --all\n";
+    return 2;
+  }
+  if (!split->value.empty()) {
+    if (*policy) {
+      request.policy = split->value;
+    } else {
+      int number = -1;
+      auto [end, ec] = std::from_chars(split->value.data(), split->value.data() + split->value.size(), number);
+      if (ec != std::errc() || end != split->value.data() + split->value.size() || number < 0) {
+        std::cerr << "lbctl: '" << split->value << "' is not a " << (*scale ? "number of workers" : "slot number") << "\n";
+        return 2;
+      }
+      (*scale ? workers : slot) = number;
+    }
+  }
+  const bool controls = !*logs;
+  std::string path;
+  if (controls) {
+    auto found = lbd::ctl::control_socket_for(explicit_path, split->app, control_dir);
+    if (!found) fail(found.error().message());
+    path = *found;
   }
 
   if (*status) request.verb = Verb::kStatus;
@@ -144,6 +218,17 @@ int main(int argc, char** argv) {
   if ((*drain || *undrain) && (slot >= 0) == request.all) {
     std::cerr << "lbctl: name a slot, or --all\n";
     return 2;
+  }
+
+  if (*logs) {
+    logs_options.dir = log_dir.empty() ? lbd::ctl::default_log_dir() : log_dir;
+    if (log_worker >= 0) logs_options.worker = static_cast<uint32_t>(log_worker);
+    if (auto usage = lbd::ctl::check_logs_options(logs_options); !usage.empty()) {
+      std::cerr << "lbctl: " << usage << "\n";
+      return 2;
+    }
+    if (auto shown = lbd::ctl::run_logs(logs_options); !shown) fail(shown.error().message());
+    return 0;
   }
 
   if (*top) {

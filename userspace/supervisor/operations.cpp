@@ -220,7 +220,7 @@ void Supervisor::drain_slots(const std::vector<uint32_t>& targets, std::chrono::
     Slot& slot = *slots_[index];
     slot.wanted = false;
     slot.restart_at.reset();
-    if (slot.replacement) kill(slot.replacement->pid, SIGKILL);
+    if (slot.replacement) kill_now(*slot.replacement);
     if (slot.serving) {
       spdlog::info("worker {}: draining pid {} (at most {} s)", index, slot.serving->pid,
                    timeout.count() / 1000.0);
@@ -389,7 +389,9 @@ json Supervisor::status() {
       w["inflight"] = load_field(entry.inflight);
     }
     if (auto usage = read_process_usage(p.pid)) {
-      w["rss_bytes"] = usage->rss_bytes;
+      // A program's memory is its whole tree's (gunicorn's workers are its children), as
+      // --max-memory sees it; once sampled.
+      w["rss_bytes"] = is_program() && p.tree_rss ? p.tree_rss : usage->rss_bytes;
       w["cpu_percent"] = p.cpu.percent(usage->cpu_seconds, now, p.started_at);
     }
     if (p.stats) w["latency_histogram"] = latency_histogram(p.stats->read());
@@ -436,6 +438,16 @@ json Supervisor::status() {
         {"operation", op_ ? json(control::verb_name(op_->verb)) : json(nullptr)}}},
       {"workers", workers}};
   if (steering_) result["lbd"]["fallbacks"] = steering_->fallbacks();
+  result["lbd"]["app"] = options_.app;
+  if (is_program()) {
+    result["lbd"]["command"] = options_.program->command;
+    result["lbd"]["log"] = options_.program->log_dir + "/" + options_.app + ".log";
+    result["lbd"]["log_dropped_lines"] = logs_ ? logs_->dropped_lines() : 0;
+  }
+  if (options_.max_memory) {
+    result["lbd"]["max_memory_bytes"] = options_.max_memory;
+    result["lbd"]["memory_replacements"] = memory_replacements_;
+  }
   return result;
 }
 

@@ -5,7 +5,12 @@
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <iostream>
+#include <algorithm>
+#include <cctype>
 #include <set>
+
+#include "common/app_name.h"
+#include "config/app_config.h"
 
 namespace lbd {
 
@@ -77,14 +82,10 @@ std::vector<int> allowed_cpus() {
   return cpus;
 }
 
-ParsedCommandLine parse_command_line(int argc, char** argv) {
-  CLI::App app{
-      "lbd: runs one worker process per CPU behind a single port and steers every new connection "
-      "to a worker in the kernel (eBPF on an SO_REUSEPORT group).\n"
-      "Signals: TERM/INT stop gracefully, QUIT stops at once.",
-      "lbd"};
-  app.set_version_flag("--version", std::string("lbd ") + LBD_VERSION);
+namespace {
 
+// The flags `lbd` and `lbd run` share, as typed.
+struct ServingFlags {
   std::string workers_text = "auto";
   std::vector<std::string> listen_text;
   std::string cpus_text;
@@ -101,45 +102,185 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   std::string log_level = "info";
   std::string control_path;
   std::string admin_text;
+  std::string max_memory_text;
+};
 
-  app.add_option("-w,--workers", workers_text, "Worker processes: a number, or 'auto' for one per CPU")
+// `workers_flag` names the worker-count flag: lbd's "-w,--workers", `lbd run`'s PM2-style
+// "-i,--instances,-w,--workers". `stop_flag` likewise: run also accepts --kill-timeout.
+void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& workers_flag,
+                       const std::string& stop_flag) {
+  app.add_option(workers_flag, f.workers_text, "Worker processes: a number, or 'auto' (or 'max') for one per CPU")
       ->capture_default_str();
-  app.add_option("-l,--listen", listen_text,
+  app.add_option("-l,--listen", f.listen_text,
                  "Address to serve, ADDR:PORT or [IPv6]:PORT; repeat for more (default 0.0.0.0:8080)");
-  app.add_option("--cpus", cpus_text, "CPUs for the workers, e.g. 0-3,6 (default: all allowed)");
-  app.add_flag("--no-pin", no_pin, "Do not pin each worker to its CPU");
-  app.add_option("-p,--policy", policy_text, "Steering policy: rr, least or hash")
+  app.add_option("--cpus", f.cpus_text, "CPUs for the workers, e.g. 0-3,6 (default: all allowed)");
+  app.add_flag("--no-pin", f.no_pin, "Do not pin each worker to its CPU");
+  app.add_option("-p,--policy", f.policy_text, "Steering policy: rr, least or hash")->capture_default_str();
+  app.add_option("--idle-timeout", f.idle_timeout_s, "Close keep-alive connections idle this long (s)")
       ->capture_default_str();
-  app.add_option("-m,--mode", mode_text,
+  app.add_option(stop_flag, f.shutdown_timeout_s,
+                 "On stop or drain, wait this long for in-flight requests before killing (s)")
+      ->capture_default_str();
+  app.add_option("--max-restarts", f.max_restarts,
+                 "Stop restarting a worker that crashed this many times within --restart-window")
+      ->capture_default_str();
+  app.add_option("--restart-window", f.restart_window_s, "Window for --max-restarts (s)")->capture_default_str();
+  app.add_option("--max-memory", f.max_memory_text,
+                 "Replace a worker whose resident memory passes this (e.g. 512M, 2G): a new one "
+                 "first, then the old one drained (default: no limit)");
+  app.add_option("--max-connections", f.max_connections, "Open connections per worker")->capture_default_str();
+  app.add_option("--backlog", f.backlog, "Accept queue length of each listener")->capture_default_str();
+  app.add_option("--stale-after", f.stale_after_ms,
+                 "Policy least skips a worker whose loop has not run for this long (ms)")
+      ->capture_default_str();
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--control", f.control_path,
+                 "Control socket for lbctl (default /run/lbd/<name>.sock; 'none' for no socket)");
+  app.add_option("--admin", f.admin_text,
+                 "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g. "
+                 "127.0.0.1:9180 (default: off; port 0 picks a free port, logged)");
+}
+
+unsigned parse_count(const std::string& text, const char* flag) {
+  unsigned n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || n == 0) {
+    throw ConfigError(std::string(flag) + ": expected a number or 'auto', got '" + text + "'");
+  }
+  return n;
+}
+
+SupervisorOptions serving_options(const ServingFlags& f, const char* workers_flag) {
+  SupervisorOptions options;
+  options.cpus = f.cpus_text.empty() ? allowed_cpus() : parse_cpu_list(f.cpus_text);
+  options.workers = f.workers_text == "auto" || f.workers_text == "max"
+                        ? static_cast<unsigned>(options.cpus.size())
+                        : parse_count(f.workers_text, workers_flag);
+  if (options.workers > LBD_MAX_SLOTS) {
+    throw ConfigError(std::string(workers_flag) + ": at most " + std::to_string(LBD_MAX_SLOTS));
+  }
+  std::vector<std::string> listen_text = f.listen_text;
+  if (listen_text.empty()) listen_text.push_back("0.0.0.0:8080");
+  if (listen_text.size() > LBD_MAX_GROUPS) {
+    throw ConfigError("--listen: at most " + std::to_string(LBD_MAX_GROUPS) + " addresses");
+  }
+  for (const auto& text : listen_text) options.listen.push_back(net::Address::parse(text));
+  options.pin = !f.no_pin;
+  options.steering.policy = parse_policy(f.policy_text);
+  if (f.mode_text == "bpf") {
+    options.mode = Mode::kBpf;
+  } else if (f.mode_text == "reuseport") {
+    options.mode = Mode::kReuseport;
+  } else if (f.mode_text == "shared") {
+    options.mode = Mode::kShared;
+  } else if (f.mode_text == "handoff") {
+    options.mode = Mode::kHandoff;
+  } else {
+    throw ConfigError("--mode: unknown mode '" + f.mode_text + "' (expected bpf, reuseport, shared or handoff)");
+  }
+  options.idle_timeout = seconds_to_ms(f.idle_timeout_s, "--idle-timeout");
+  options.shutdown_timeout = seconds_to_ms(f.shutdown_timeout_s, "--shutdown-timeout");
+  options.max_restarts = f.max_restarts;
+  options.restart_window = seconds_to_ms(f.restart_window_s, "--restart-window");
+  if (!f.max_memory_text.empty()) options.max_memory = config::parse_size(f.max_memory_text, "--max-memory");
+  if (f.max_connections < 16 || f.max_connections > 1'000'000) {
+    throw ConfigError("--max-connections: expected 16 to 1000000");
+  }
+  options.max_connections = f.max_connections;
+  if (f.backlog < 1) throw ConfigError("--backlog: expected a positive number");
+  options.backlog = f.backlog;
+  if (f.stale_after_ms < 20) throw ConfigError("--stale-after: at least 20 ms (idle workers beat every 10 ms)");
+  options.steering.stale_after = std::chrono::milliseconds(f.stale_after_ms);
+  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (!levels.count(f.log_level)) throw ConfigError("--log-level: unknown level '" + f.log_level + "'");
+  options.log_level = f.log_level;
+  if (!f.control_path.empty()) {
+    options.control_path = f.control_path == "none" ? std::string() : f.control_path;
+    options.control_path_given = true;
+  }
+  if (!f.admin_text.empty()) {
+    try {
+      options.admin = net::Address::parse(f.admin_text);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("--admin: ") + e.what());
+    }
+  }
+  return options;
+}
+
+}  // namespace
+
+std::string default_control_path(const std::string& app) { return "/run/lbd/" + app + ".sock"; }
+
+ParsedCommandLine parse_command_line(int argc, char** argv) {
+  CLI::App app{
+      "lbd: runs one worker process per CPU behind a single port and steers every new connection "
+      "to a worker in the kernel (eBPF on an SO_REUSEPORT group).\n"
+      "  lbd [flags]                     serve the bundled HTTP app\n"
+      "  lbd run [flags] -- PROGRAM ARGS run any program that takes its listener as fd 3 (systemd "
+      "LISTEN_FDS), one per CPU\n"
+      "  lbd start FILE.toml             run the apps a config file declares\n"
+      "Signals: HUP reloads, TERM/INT stop gracefully, QUIT stops at once.",
+      "lbd"};
+  app.set_version_flag("--version", std::string("lbd ") + LBD_VERSION);
+
+  // Everything after "--" is the program `lbd run` executes, never lbd's flags.
+  std::vector<std::string> command;
+  int cli_argc = argc;
+  for (int i = 1; i < argc; i++) {
+    if (std::string_view(argv[i]) == "--") {
+      command.assign(argv + i + 1, argv + argc);
+      cli_argc = i;
+      break;
+    }
+  }
+
+  ServingFlags flags;
+  add_serving_flags(app, flags, "-w,--workers", "--shutdown-timeout");
+  app.add_option("-m,--mode", flags.mode_text,
                  "How connections reach workers: bpf (lbd's steering), reuseport (kernel hash), "
                  "shared (one listener), handoff (supervisor accepts and passes fds)")
       ->capture_default_str();
-  app.add_option("--idle-timeout", idle_timeout_s, "Close keep-alive connections idle this long (s)")
+
+  auto* run = app.add_subcommand(
+      "run", "Run any program as the workers: each gets its own listener of the group as fd 3 "
+             "(LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES), LB_WORKER_ID and LB_WORKERS, and "
+             "NOTIFY_SOCKET for READY=1. Usage: lbd run [flags] -- PROGRAM ARGS...");
+  ServingFlags run_flags;
+  add_serving_flags(*run, run_flags, "-i,--instances,-w,--workers", "--kill-timeout,--shutdown-timeout");
+  run->add_option("-m,--mode", run_flags.mode_text, "bpf (lbd's steering) or reuseport (kernel hash)")
       ->capture_default_str();
-  app.add_option("--shutdown-timeout", shutdown_timeout_s,
-                 "On stop or drain, wait this long for in-flight requests before killing (s)")
+  std::string name;
+  ProgramOptions program;
+  double ready_delay_s = 1;
+  double ready_timeout_s = 30;
+  std::string log_max_text = "10M";
+  std::vector<std::string> positional_command;
+  run->add_option("--name", name, "The app's name, for lbctl and the logs (default: the program's file name)");
+  run->add_option("--cwd", program.cwd, "The program's working directory");
+  run->add_option("--env", program.env, "KEY=VALUE for the program; repeat for more");
+  run->add_option("--ready-delay", ready_delay_s,
+                  "A worker that does not send READY=1 counts as ready this long after it started (s)")
       ->capture_default_str();
-  app.add_option("--max-restarts", max_restarts,
-                 "Stop restarting a worker that crashed this many times within --restart-window")
+  run->add_flag("--wait-ready", program.wait_ready, "Only READY=1 on NOTIFY_SOCKET makes a worker ready");
+  run->add_option("--ready-timeout", ready_timeout_s, "A worker not ready by then is killed and reported (s)")
       ->capture_default_str();
-  app.add_option("--restart-window", restart_window_s, "Window for --max-restarts (s)")
+  run->add_option("--log-dir", program.log_dir, "Where <name>.log goes: the workers' stdout and stderr, stamped")
       ->capture_default_str();
-  app.add_option("--max-connections", max_connections, "Open connections per worker")
-      ->capture_default_str();
-  app.add_option("--backlog", backlog, "Accept queue length of each listener")->capture_default_str();
-  app.add_option("--stale-after", stale_after_ms,
-                 "Policy least skips a worker whose loop has not run for this long (ms)")
-      ->capture_default_str();
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
-  app.add_option("--control", control_path,
-                 "Control socket for lbctl (default /run/lbd/lbd.sock; 'none' for no socket)");
-  app.add_option("--admin", admin_text,
-                 "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g. "
-                 "127.0.0.1:9180 (default: off; port 0 picks a free port, logged)");
+  run->add_option("--log-max-size", log_max_text, "Rotate the log at this size (e.g. 10M)")->capture_default_str();
+  run->add_option("--log-files", program.log_files, "Rotated log files to keep")->capture_default_str();
+  run->add_option("command", positional_command, "PROGRAM ARGS... (put them after --)");
+
+  std::string config_file;
+  auto* start = app.add_subcommand("start", "Run every app a TOML config file declares (see examples/lbd.toml)");
+  start->add_option("file", config_file, "The config file")->required();
 
   try {
-    app.parse(argc, argv);
+    app.parse(cli_argc, argv);
   } catch (const CLI::CallForHelp& e) {
+    app.exit(e);
+    return {};
+  } catch (const CLI::CallForAllHelp& e) {
     app.exit(e);
     return {};
   } catch (const CLI::CallForVersion& e) {
@@ -149,66 +290,43 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
     throw ConfigError(e.what());
   }
 
-  SupervisorOptions options;
-  options.cpus = cpus_text.empty() ? allowed_cpus() : parse_cpu_list(cpus_text);
-  if (workers_text == "auto") {
-    options.workers = static_cast<unsigned>(options.cpus.size());
-  } else {
-    unsigned n = 0;
-    auto [end, ec] = std::from_chars(workers_text.data(), workers_text.data() + workers_text.size(), n);
-    if (ec != std::errc() || end != workers_text.data() + workers_text.size() || n == 0) {
-      throw ConfigError("--workers: expected a number or 'auto', got '" + workers_text + "'");
+  if (*start) {
+    if (!command.empty()) throw ConfigError("lbd start takes a config file, not a program");
+    return {.options = std::nullopt, .config_file = config_file};
+  }
+  if (!*run) {
+    if (!command.empty()) throw ConfigError("a program to run needs `lbd run`: lbd run [flags] -- PROGRAM ARGS");
+    return {.options = serving_options(flags, "--workers"), .config_file = std::nullopt};
+  }
+
+  if (command.empty()) command = positional_command;
+  if (command.empty()) throw ConfigError("lbd run: no program given (lbd run [flags] -- PROGRAM ARGS)");
+  SupervisorOptions options = serving_options(run_flags, "--instances");
+  if (options.mode != Mode::kBpf && options.mode != Mode::kReuseport) {
+    throw ConfigError("--mode: lbd run supports bpf or reuseport (a program takes its own listener)");
+  }
+  if (name.empty()) {  // the program's file name, made a name: "node", "gunicorn"
+    name = command[0].substr(command[0].rfind('/') + 1);
+    for (char& c : name) {
+      if (!is_app_name(std::string("a") + c)) c = '_';
     }
-    options.workers = n;
+    if (!is_app_name(name)) name = "app-" + name;
   }
-  if (options.workers > LBD_MAX_SLOTS) {
-    throw ConfigError("--workers: at most " + std::to_string(LBD_MAX_SLOTS));
+  if (!is_app_name(name)) throw ConfigError("--name: '" + name + "' is not a name (" + kAppNameRule + ")");
+  for (const auto& entry : program.env) {
+    const size_t eq = entry.find('=');
+    if (eq == 0 || eq == std::string::npos) throw ConfigError("--env: expected KEY=VALUE, got '" + entry + "'");
   }
-  if (listen_text.empty()) listen_text.push_back("0.0.0.0:8080");
-  if (listen_text.size() > LBD_MAX_GROUPS) {
-    throw ConfigError("--listen: at most " + std::to_string(LBD_MAX_GROUPS) + " addresses");
-  }
-  for (const auto& text : listen_text) options.listen.push_back(net::Address::parse(text));
-  options.pin = !no_pin;
-  options.steering.policy = parse_policy(policy_text);
-  if (mode_text == "bpf") {
-    options.mode = Mode::kBpf;
-  } else if (mode_text == "reuseport") {
-    options.mode = Mode::kReuseport;
-  } else if (mode_text == "shared") {
-    options.mode = Mode::kShared;
-  } else if (mode_text == "handoff") {
-    options.mode = Mode::kHandoff;
-  } else {
-    throw ConfigError("--mode: unknown mode '" + mode_text + "' (expected bpf, reuseport, shared or handoff)");
-  }
-  options.idle_timeout = seconds_to_ms(idle_timeout_s, "--idle-timeout");
-  options.shutdown_timeout = seconds_to_ms(shutdown_timeout_s, "--shutdown-timeout");
-  options.max_restarts = max_restarts;
-  options.restart_window = seconds_to_ms(restart_window_s, "--restart-window");
-  if (max_connections < 16 || max_connections > 1'000'000) {
-    throw ConfigError("--max-connections: expected 16 to 1000000");
-  }
-  options.max_connections = max_connections;
-  if (backlog < 1) throw ConfigError("--backlog: expected a positive number");
-  options.backlog = backlog;
-  if (stale_after_ms < 20) throw ConfigError("--stale-after: at least 20 ms (idle workers beat every 10 ms)");
-  options.steering.stale_after = std::chrono::milliseconds(stale_after_ms);
-  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  if (!levels.count(log_level)) throw ConfigError("--log-level: unknown level '" + log_level + "'");
-  options.log_level = log_level;
-  if (!control_path.empty()) {
-    options.control_path = control_path == "none" ? std::string() : control_path;
-    options.control_path_given = true;
-  }
-  if (!admin_text.empty()) {
-    try {
-      options.admin = net::Address::parse(admin_text);
-    } catch (const ConfigError& e) {
-      throw ConfigError(std::string("--admin: ") + e.what());
-    }
-  }
-  return {std::move(options)};
+  program.command = std::move(command);
+  program.ready_delay = seconds_to_ms(ready_delay_s, "--ready-delay");
+  program.ready_timeout = seconds_to_ms(ready_timeout_s, "--ready-timeout");
+  program.log_max_bytes = config::parse_size(log_max_text, "--log-max-size");
+  if (program.log_max_bytes < 4096) throw ConfigError("--log-max-size: at least 4K");
+  if (program.log_files < 1 || program.log_files > 1000) throw ConfigError("--log-files: expected 1 to 1000");
+  options.app = name;
+  if (!options.control_path_given) options.control_path = default_control_path(name);
+  options.program = std::move(program);
+  return {.options = std::move(options), .config_file = std::nullopt};
 }
 
 }  // namespace lbd

@@ -24,7 +24,28 @@ enum class Mode {
 };
 const char* mode_name(Mode mode);
 
+// Exec mode (`lbd run -- PROGRAM ARGS`): every worker is the operator's program, handed its
+// listeners as fds 3.. with systemd's socket-activation variables (LISTEN_FDS, LISTEN_PID,
+// LISTEN_FDNAMES) and NOTIFY_SOCKET for READY=1.
+struct ProgramOptions {
+  std::vector<std::string> command;  // the program, then its arguments
+  std::string cwd;                   // empty: lbd's
+  std::vector<std::string> env;      // "KEY=VALUE", over lbd's own environment
+  // Ready when it sends READY=1, or this long after it started if it has not by then (most
+  // programs never notify); with wait_ready only READY=1 counts (PM2's --wait-ready).
+  std::chrono::milliseconds ready_delay{1000};
+  bool wait_ready = false;
+  std::chrono::milliseconds ready_timeout{30'000};  // not ready by then: killed, reported
+  // Children's stdout and stderr, stamped line by line, go to <log_dir>/<app>.log.
+  std::string log_dir = "/var/log/lbd";
+  uint64_t log_max_bytes = 10ull << 20;  // rotate at this size...
+  unsigned log_files = 5;                // ...keeping this many old files
+};
+
 struct SupervisorOptions {
+  std::string app = "lbd";               // the name lbctl and the logs use
+  std::optional<ProgramOptions> program;  // set: exec mode (`lbd run`)
+  uint64_t max_memory = 0;               // bytes; a worker past it is replaced (0: no limit)
   unsigned workers = 0;                  // 0 = one per CPU in `cpus`
   std::vector<net::Address> listen;
   std::vector<int> cpus;                 // worker i runs on cpus[i % cpus.size()]
@@ -39,7 +60,7 @@ struct SupervisorOptions {
   unsigned max_connections = 16384;      // per worker
   int backlog = 4096;
   std::string log_level = "info";
-  std::string control_path = "/run/lbd/lbd.sock";
+  std::string control_path = "/run/lbd/lbd.sock";  // default_control_path(app)
   bool control_path_given = false;  // --control was set: failing to create it is an error
   // --admin: where to serve /metrics, /healthz and /readyz over HTTP; none by default.
   std::optional<net::Address> admin;
@@ -47,11 +68,17 @@ struct SupervisorOptions {
 
 // What main() should do after parsing.
 struct ParsedCommandLine {
-  std::optional<SupervisorOptions> options;  // empty: help or version was printed, exit 0
+  std::optional<SupervisorOptions> options;  // `lbd [flags]` or `lbd run`
+  std::optional<std::string> config_file;    // `lbd start FILE`
+  // Neither: help or version was printed, exit 0.
 };
 
 // Throws ConfigError on a bad flag or value.
 ParsedCommandLine parse_command_line(int argc, char** argv);
+
+// Where an app's control socket is unless --control says otherwise: /run/lbd/<app>.sock
+// (plain `lbd` is the app "lbd").
+std::string default_control_path(const std::string& app);
 
 // "0-3,6" -> {0,1,2,3,6}; throws ConfigError on anything else.
 std::vector<int> parse_cpu_list(const std::string& text);

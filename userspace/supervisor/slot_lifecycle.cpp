@@ -92,6 +92,11 @@ Result<std::unique_ptr<Supervisor::WorkerProcess>> Supervisor::spawn(Slot& slot,
   auto p = std::make_unique<WorkerProcess>();
   p->id = next_process_id_++;
   p->slot = slot.index;
+  if (is_program()) {
+    LBD_TRY(launch_program(slot, *p));
+    spdlog::debug("worker {}: started pid {}", slot.index, p->pid);
+    return p;
+  }
 
   WorkerLaunch launch;
   launch.binary = binary_;
@@ -120,17 +125,7 @@ Result<std::unique_ptr<Supervisor::WorkerProcess>> Supervisor::spawn(Slot& slot,
   switch (options_.mode) {
     case Mode::kBpf:
     case Mode::kReuseport:
-      // One listener per address, in the address's reuseport group. In --mode bpf it enters the
-      // sockarray only when the worker is ready (on_ready).
-      for (const auto& address : bound_) {
-        net::ListenerOptions listener_options;
-        listener_options.backlog = options_.backlog;
-        auto fd = net::listen_tcp(address, listener_options);
-        if (!fd) return fd.error();
-        if (steering_) LBD_TRY(steering_->attach(fd->get()));
-        launch.listener_fds.push_back(fd->get());
-        p->listeners.push_back(std::move(*fd));
-      }
+      LBD_TRY(open_listeners(*p, launch.listener_fds));
       break;
     case Mode::kShared:
       for (const auto& fd : shared_listeners_) launch.listener_fds.push_back(fd.get());
@@ -224,16 +219,21 @@ void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
         for (uint32_t back = 0; old && back < g && back < old->listeners.size(); back++) {
           (void)steering_->set_socket(groups_[back], slot.index, old->listeners[back].get());
         }
-        kill(p.pid, SIGKILL);
+        kill_now(p);
         return;
       }
     }
   }
   p.role = Role::kServing;
   p.ready_by.reset();
+  p.ready_at.reset();
   // It owns the slot's load entry now (a replacement waited for this; the worker it replaces
-  // stops writing the entry when it is told to drain, just below).
-  if (!p.status || !net::send_message(p.status.get(), "SERVING")) {
+  // stops writing the entry when it is told to drain, just below). A program's entry is ours to
+  // write: at once, so that it does not look stalled before the next round.
+  if (is_program()) {
+    next_load_publish_ = Clock::now();
+    publish_program_loads(Clock::now());
+  } else if (!p.status || !net::send_message(p.status.get(), "SERVING")) {
     spdlog::warn("worker {}: cannot tell pid {} that it serves", slot.index, p.pid);
   }
   const std::string cpu = slot.cpu >= 0 ? std::to_string(slot.cpu) : std::string("any");
@@ -266,8 +266,9 @@ void Supervisor::check_all_ready() {
     if (slot->failed) continue;
     if (!slot->serving || slot->serving->role != Role::kServing) return;
   }
-  announced_ready_ = true;
   auto active = std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return !s->failed; });
+  if (active == 0) return;  // every worker failed: lbd says so and exits (run())
+  announced_ready_ = true;
   spdlog::info("ready: {} workers serving {} (mode {}, policy {})", active, listen_summary(),
                mode_name(options_.mode),
                policy_name(steering_ ? steering_->policy() : options_.steering.policy));
@@ -293,7 +294,13 @@ void Supervisor::retire(Slot& slot, std::unique_ptr<WorkerProcess> p, Retire how
   p->role = Role::kRetiring;
   p->ready_by.reset();
   update_state(slot);  // out of steering before its listener goes
-  stop_listening(*p);
+  if (is_program()) {
+    // The program stops its own listener on SIGTERM (tell_to_drain); its queue migrates when
+    // it closes it. Our copy must not keep the socket alive after that.
+    p->listeners.clear();
+  } else {
+    stop_listening(*p);
+  }
   p->handoff.reset();  // --mode handoff: no new connections for it
   const int successor = how == Retire::kHandover && slot.serving && slot.serving->handover_sender
                             ? slot.serving->handover_sender.get()
@@ -310,6 +317,41 @@ void Supervisor::tell_to_drain(WorkerProcess& p, Retire how, std::chrono::millis
   const std::string command = fmt::format("DRAIN {} {}", mode, timeout.count());
   if (!p.status || !net::send_message(p.status.get(), command, successor_inbox)) {
     kill(p.pid, SIGTERM);  // no channel: the signal means the same, without a handover
+  }
+}
+
+void Supervisor::kill_now(const WorkerProcess& p) {
+  // A program's process group: what it forked goes too. (lbd's workers fork nothing.)
+  kill(is_program() ? -p.pid : p.pid, SIGKILL);
+}
+
+// --max-memory: a worker past the limit is replaced like `lbctl restart`: the new one starts,
+// and only once it is ready is the old one drained, so no request fails and no fewer workers
+// serve meanwhile. Checked every second; for a program, over its whole process tree.
+void Supervisor::check_memory(Clock::time_point now) {
+  if (!options_.max_memory || stopping_ || now < next_memory_check_) return;
+  next_memory_check_ = now + std::chrono::seconds(1);
+  for (auto& slot : slots_) {
+    WorkerProcess* p = slot->serving.get();
+    if (!p || p->role != Role::kServing || slot->replacement || !slot->wanted ||
+        operation_involves(slot->index)) {
+      continue;
+    }
+    uint64_t rss = p->tree_rss;
+    if (!is_program()) {
+      auto usage = read_process_usage(p->pid);
+      rss = usage ? usage->rss_bytes : 0;
+    }
+    if (rss <= options_.max_memory) continue;
+    spdlog::warn("worker {} (pid {}) uses {} MiB, over --max-memory {} MiB; replacing it", slot->index,
+                 p->pid, rss >> 20, options_.max_memory >> 20);
+    const auto timeout = is_program() ? options_.program->ready_timeout : std::chrono::milliseconds(30'000);
+    if (auto ok = start_replacement(*slot, timeout); !ok) {
+      spdlog::error("worker {}: cannot start its replacement: {}", slot->index, ok.error().message());
+      continue;
+    }
+    slot->replacement->for_operation = false;
+    memory_replacements_++;
   }
 }
 
@@ -343,6 +385,12 @@ void Supervisor::reap_children() {
 void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status, double cpu_seconds) {
   const pid_t pid = p.pid;
   if (p.status) poller_->unwatch(p.status.get());
+  if (is_program()) {
+    close_output(p);
+    logs_->note(slot.index, "pid " + std::to_string(pid) + " " + describe_exit(wait_status));
+    // Whatever it left running in its process group goes with it.
+    kill(-pid, SIGKILL);
+  }
   stop_listening(p);  // a dead worker's queue moves on now, not when we get round to it
   fold_into_history(slot, p, cpu_seconds);
 

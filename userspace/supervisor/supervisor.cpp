@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include <fmt/ranges.h>
+
 #include "common/log.h"
 #include "net/fd_passing.h"
 #include "net/listener.h"
@@ -46,7 +48,7 @@ int Supervisor::run() {
   if (auto ok = set_up(); !ok) {
     spdlog::error("{}", ok.error().message());
     for (auto& slot : slots_) {
-      if (slot->serving) kill(slot->serving->pid, SIGKILL);
+      if (slot->serving) kill_now(*slot->serving);
     }
     return 1;
   }
@@ -81,6 +83,12 @@ int Supervisor::run() {
           break;
         case Source::kAdminClient:
           if (admin_) admin_->on_client_event(e.index, e.events);
+          break;
+        case Source::kNotify:
+          on_notify(e.index);
+          break;
+        case Source::kOutput:
+          on_output(e.index);
           break;
       }
     }
@@ -159,6 +167,17 @@ Result<void> Supervisor::set_up() {
     spdlog::info("admin: serving http://{}", admin_->address().to_string());
   }
 
+  if (is_program()) {
+    const ProgramOptions& program = *options_.program;
+    if (auto found = find_program(program.command[0], program.cwd); !found) return found.error();
+    auto logs = logs::LogCollector::create({.dir = program.log_dir,
+                                            .app = options_.app,
+                                            .max_bytes = program.log_max_bytes,
+                                            .keep_files = program.log_files});
+    if (!logs) return logs.error().wrap("log");
+    logs_ = std::move(*logs);
+  }
+
   if (options_.mode == Mode::kBpf) {
     auto steering = Steering::load(options_.steering);
     if (!steering) return steering.error();
@@ -180,13 +199,19 @@ Result<void> Supervisor::set_up() {
     LBD_TRY(open_shared_listeners());
   }
 
-  spdlog::info("starting {} workers on {} (mode {}, policy {}, {}{})", options_.workers,
+  std::string what = "workers";
+  if (is_program()) {
+    what = fmt::format("workers of {} ({}; log {}/{}.log)", options_.app,
+                       fmt::join(options_.program->command, " "), options_.program->log_dir, options_.app);
+  }
+  spdlog::info("starting {} {} on {} (mode {}, policy {}, {}{})", options_.workers, what,
                listen_summary(), mode_name(options_.mode), policy_name(options_.steering.policy),
                options_.pin ? "pinned" : "not pinned",
                control_ ? ", control " + control_->path() : std::string());
+  // Every slot first: a program learns the worker count (LB_WORKERS) when it starts.
+  for (uint32_t i = 0; i < options_.workers; i++) add_slot();
   for (uint32_t i = 0; i < options_.workers; i++) {
-    Slot& slot = add_slot();
-    if (auto ok = start_serving(slot); !ok) return ok.error().wrap("start worker " + std::to_string(i));
+    if (auto ok = start_serving(*slots_[i]); !ok) return ok.error().wrap("start worker " + std::to_string(i));
   }
   return {};
 }
@@ -232,6 +257,13 @@ void Supervisor::run_timers() {
         }
       }
     }
+    // A program that has not said READY=1 counts as ready after --ready-delay.
+    for (WorkerProcess* p : {slot.serving.get(), slot.replacement.get()}) {
+      if (p && p->role == Role::kStarting && p->ready_at && *p->ready_at <= now) {
+        p->ready_at.reset();
+        on_ready(slot, *p);
+      }
+    }
     // Starting too long (a reload's new worker, or a start that hangs): kill it; its exit is
     // handled like any other failure to start.
     for (WorkerProcess* p : {slot.serving.get(), slot.replacement.get()}) {
@@ -240,14 +272,14 @@ void Supervisor::run_timers() {
                       std::chrono::duration<double>(now - p->started_at).count());
         p->ready_by.reset();
         p->timed_out = true;
-        kill(p->pid, SIGKILL);
+        kill_now(*p);
       }
     }
     for (auto& p : slot.retiring) {
       if (p->kill_at && *p->kill_at <= now) {
         spdlog::warn("worker {}: pid {} still draining at its deadline; killing it", slot.index, p->pid);
         p->kill_at.reset();
-        kill(p->pid, SIGKILL);
+        kill_now(*p);
       }
     }
   }
@@ -255,14 +287,23 @@ void Supervisor::run_timers() {
     stop_deadline_ = now + std::chrono::hours(24);  // once
     for (auto& slot : slots_) {
       for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
-        if (p) kill(p->pid, SIGKILL);
+        if (p) kill_now(*p);
       }
-      for (auto& p : slot->retiring) kill(p->pid, SIGKILL);
+      for (auto& p : slot->retiring) kill_now(*p);
     }
   }
+  if (is_program()) {
+    publish_program_loads(now);
+    sample_program_trees(now);
+  }
+  check_memory(now);
   if (control_ && now >= next_control_sweep_) {
     next_control_sweep_ = now + std::chrono::seconds(1);
     control_->expire_silent_clients();
+  }
+  if (logs_ && now >= next_log_check_) {
+    next_log_check_ = now + std::chrono::seconds(1);
+    if (auto error = logs_->take_error()) spdlog::warn("log: {}", error->message());
   }
   if (admin_) admin_->expire(now);
 }
@@ -273,13 +314,17 @@ int Supervisor::poll_timeout_ms() const {
     if (slot->restart_at) next = std::min(next, *slot->restart_at);
     for (const WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
       if (p && p->ready_by) next = std::min(next, *p->ready_by);
+      if (p && p->ready_at) next = std::min(next, *p->ready_at);
     }
     for (const auto& p : slot->retiring) {
       if (p->kill_at) next = std::min(next, *p->kill_at);
     }
   }
   if (stopping_) next = std::min(next, stop_deadline_);
+  if (is_program() && any_process()) next = std::min({next, next_load_publish_, next_tree_sample_});
+  if (options_.max_memory && !stopping_) next = std::min(next, next_memory_check_);
   if (control_) next = std::min(next, next_control_sweep_);
+  if (logs_) next = std::min(next, next_log_check_);
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
   }
@@ -345,10 +390,10 @@ void Supervisor::begin_stop(bool graceful) {
   for (auto& slot_ptr : slots_) {
     Slot& slot = *slot_ptr;
     slot.restart_at.reset();
-    if (slot.replacement) kill(slot.replacement->pid, SIGKILL);
+    if (slot.replacement) kill_now(*slot.replacement);
     if (!graceful) {
-      if (slot.serving) kill(slot.serving->pid, SIGKILL);
-      for (auto& p : slot.retiring) kill(p->pid, SIGKILL);
+      if (slot.serving) kill_now(*slot.serving);
+      for (auto& p : slot.retiring) kill_now(*p);
       continue;
     }
     if (slot.serving) retire(slot, std::move(slot.serving), Retire::kStop, options_.shutdown_timeout);

@@ -39,6 +39,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "control/protocol.h"
+#include "logs/log_collector.h"
 #include "metrics/worker_stats.h"
 #include "net/address.h"
 #include "steering/slot_table.h"
@@ -86,6 +87,16 @@ class Supervisor {
     bool for_operation = false;       // started by a reload/restart: its readiness completes it
     bool timed_out = false;           // killed for not being ready in time
     CpuMeter cpu;
+    // Exec mode (`lbd run`): the program has no status channel. It may say READY=1 on its own
+    // NOTIFY_SOCKET; otherwise it counts as ready at ready_at. Its stdout and stderr come through
+    // pipes into the app's log. The supervisor publishes its load for it (program.cpp).
+    UniqueFd notify;
+    std::optional<Clock::time_point> ready_at;
+    std::optional<logs::LogPipe> output[2];  // its stdout and stderr, into the app's log
+    uint64_t published_accepted = 0;  // what we last said it took off its queue
+    uint32_t open_connections = 0;    // from the kernel, sampled (process_tree.h)
+    uint64_t tree_rss = 0;            // its whole process tree's resident memory, sampled
+    bool replacing_for_memory = false;  // over --max-memory: a replacement is on its way
     std::optional<WorkerStatsBlock> stats;  // what it counts (requests, durations); we keep
                                             // reading it after it exits (fold_into_history)
   };
@@ -152,6 +163,8 @@ class Supervisor {
   void tell_to_drain(WorkerProcess& process, Retire how, std::chrono::milliseconds timeout,
                      int successor_inbox);
   void stop_listening(WorkerProcess& process);
+  void kill_now(const WorkerProcess& process);
+  void check_memory(Clock::time_point now);
   void check_all_ready();
   void reap_children();
   void on_exit(Slot& slot, WorkerProcess& process, int wait_status, double cpu_seconds);
@@ -176,6 +189,16 @@ class Supervisor {
   bool operation_involves(uint32_t slot) const;
   std::chrono::milliseconds drain_timeout(const control::Request& request) const;
 
+  // --- program.cpp (exec mode)
+  Result<void> open_listeners(WorkerProcess& process, std::vector<int>& fds);
+  Result<void> launch_program(Slot& slot, WorkerProcess& process);
+  void on_notify(uint32_t process_id);
+  void on_output(uint32_t index);
+  void close_output(WorkerProcess& process);
+  void publish_program_loads(Clock::time_point now);
+  void sample_program_trees(Clock::time_point now);
+  bool is_program() const { return options_.program.has_value(); }
+
   // --- metrics.cpp
   std::string metrics_text();
   std::string not_ready_because() const;
@@ -195,6 +218,13 @@ class Supervisor {
   uint64_t reloads_ = 0;
   uint64_t reload_failures_ = 0;
   std::vector<SlotHistory> history_ = std::vector<SlotHistory>(LBD_MAX_SLOTS);
+
+  std::unique_ptr<logs::LogCollector> logs_;  // exec mode: the app's log file
+  Clock::time_point next_load_publish_;
+  Clock::time_point next_tree_sample_;
+  Clock::time_point next_memory_check_;
+  Clock::time_point next_log_check_;
+  uint64_t memory_replacements_ = 0;
 
   std::optional<Poller> poller_;
   UniqueFd signal_fd_;

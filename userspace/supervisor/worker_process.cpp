@@ -5,8 +5,10 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,61 +23,132 @@ namespace lbd {
 
 namespace {
 
-constexpr size_t kMaxPassedFds = 5 + LBD_MAX_GROUPS;
+constexpr size_t kMaxPassedFds = 8 + LBD_MAX_GROUPS;
+constexpr char kListenPid[] = "LISTEN_PID=";
+constexpr size_t kListenPidDigits = 20;
 
-// In the child, after fork: only async-signal-safe calls from here to execve.
-[[noreturn]] void exec_child(const WorkerLaunch& launch, const std::vector<std::pair<int, int>>& moves,
-                             int cpu, pid_t parent, char* const* argv, char* const* envp,
-                             int child_status_fd) {
+// Async-signal-safe: the decimal digits of `value` into `out` (NUL-terminated).
+void format_decimal(unsigned long value, char* out) {
+  char digits[24];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value > 0);
+  for (int i = 0; i < n; i++) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+}
+
+void write_text(int fd, const char* text) {
+  ssize_t ignored = write(fd, text, strlen(text));
+  (void)ignored;
+}
+
+// In the child, after fork: only async-signal-safe calls from here to execve (the supervisor
+// may have other threads, e.g. the log writer).
+[[noreturn]] void exec_child(const ProcessLaunch& launch, pid_t parent, char* const* argv,
+                             char* const* envp, char* listen_pid_value) {
   // Lift every fd above all target numbers first, so that placing one cannot clobber another.
   int floor = 3;
-  for (const auto& [from, to] : moves) floor = std::max({floor, from + 1, to + 1});
+  for (const auto& [from, to] : launch.fds) floor = std::max({floor, from + 1, to + 1});
   int lifted[kMaxPassedFds];
-  for (size_t i = 0; i < moves.size(); i++) {
-    lifted[i] = fcntl(moves[i].first, F_DUPFD_CLOEXEC, floor);
+  for (size_t i = 0; i < launch.fds.size(); i++) {
+    lifted[i] = fcntl(launch.fds[i].first, F_DUPFD_CLOEXEC, floor);
     if (lifted[i] < 0) _exit(126);
   }
-  for (size_t i = 0; i < moves.size(); i++) {
-    if (dup2(lifted[i], moves[i].second) < 0) _exit(126);  // dup2 clears close-on-exec
+  for (size_t i = 0; i < launch.fds.size(); i++) {
+    if (dup2(lifted[i], launch.fds[i].second) < 0) _exit(126);  // dup2 clears close-on-exec
   }
 
-  if (cpu >= 0) {
+  if (launch.cpu >= 0) {
     cpu_set_t set;
     CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
+    CPU_SET(launch.cpu, &set);
     sched_setaffinity(0, sizeof(set), &set);
   }
-  // If the supervisor dies, workers drain and exit rather than serve unsupervised.
+  if (launch.own_process_group) setpgid(0, 0);
+  // If the supervisor dies, children stop (workers drain) rather than serve unsupervised.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != parent) _exit(0);
 
-  // The supervisor blocks signals for its signalfd; a worker starts with none blocked.
+  // The supervisor blocks signals for its signalfd and ignores SIGPIPE; a child starts with the
+  // defaults (ignored signals would survive exec).
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
   signal(SIGPIPE, SIG_DFL);
 
-  execve(launch.binary.c_str(), argv, envp);
-  int err = errno;
-  char message[32];
-  int n = snprintf(message, sizeof(message), "EXEC_FAILED=%d", err);
-  if (child_status_fd >= 0) send(child_status_fd, message, static_cast<size_t>(n), MSG_NOSIGNAL);
+  if (listen_pid_value) format_decimal(static_cast<unsigned long>(getpid()), listen_pid_value);
+  if (!launch.cwd.empty() && chdir(launch.cwd.c_str()) != 0) {
+    const char* name = strerrorname_np(errno);
+    write_text(2, "lbd: cannot change directory to ");
+    write_text(2, launch.cwd.c_str());
+    write_text(2, ": ");
+    write_text(2, name ? name : "error");
+    write_text(2, "\n");
+    _exit(127);
+  }
+
+  execve(launch.path.c_str(), argv, envp);
+  const int err = errno;
+  if (launch.exec_failed_fd >= 0) {
+    char message[32] = "EXEC_FAILED=";
+    format_decimal(static_cast<unsigned long>(err), message + strlen(message));
+    send(launch.exec_failed_fd, message, strlen(message), MSG_NOSIGNAL);
+  } else {
+    // strerrorname_np: a constant string, no locale lookup (strerror may take locks).
+    const char* name = strerrorname_np(err);
+    write_text(2, "lbd: cannot execute ");
+    write_text(2, launch.path.c_str());
+    write_text(2, ": ");
+    write_text(2, name ? name : "error");
+    write_text(2, "\n");
+  }
   _exit(127);
 }
 
 }  // namespace
 
-std::string current_binary_path() {
-  char path[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (n <= 0) return {};
-  return std::string(path, static_cast<size_t>(n));
+Result<pid_t> spawn_process(const ProcessLaunch& launch) {
+  if (launch.fds.size() > kMaxPassedFds) return Error::from_errno(E2BIG, "too many fds for a child");
+  // Everything the child needs is built before fork: after it, no allocation.
+  std::vector<std::string> env_storage = launch.env;
+  if (launch.listen_pid) {
+    env_storage.emplace_back(kListenPid);
+    env_storage.back().append(kListenPidDigits, '0');  // the child writes its pid over these
+  }
+  std::vector<char*> envp;
+  for (auto& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  char* listen_pid_value = launch.listen_pid ? env_storage.back().data() + strlen(kListenPid) : nullptr;
+  std::vector<std::string> argv_storage = launch.argv;
+  std::vector<char*> argv;
+  for (auto& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return Error::from_errno("fork");
+  if (pid == 0) exec_child(launch, parent, argv.data(), envp.data(), listen_pid_value);
+  if (launch.own_process_group) setpgid(pid, pid);  // also here: no race with a kill(-pid) soon after
+  return pid;
+}
+
+std::vector<std::string> inherited_environment(const std::vector<std::string>& drop) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; e++) {
+    std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    if (std::find(drop.begin(), drop.end(), name) != drop.end()) continue;
+    env.emplace_back(entry);
+  }
+  return env;
 }
 
 Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
   // The child's fd numbers: 3 status, 4 slot table, 5 handoff, 6 handover inbox, 7 stats block,
   // 8.. listeners.
-  std::vector<std::pair<int, int>> moves;
+  ProcessLaunch process;
   WorkerSpec spec = launch.spec;
   int next = 3;
   auto place = [&](int parent_fd) {
@@ -83,7 +156,7 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
       next++;
       return -1;
     }
-    moves.emplace_back(parent_fd, next);
+    process.fds.emplace_back(parent_fd, next);
     return next++;
   };
   spec.status_fd = place(launch.status_fd);
@@ -93,27 +166,46 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
   spec.stats_fd = place(launch.stats_fd);
   spec.listener_fds.clear();
   for (int fd : launch.listener_fds) spec.listener_fds.push_back(place(fd));
-  if (moves.size() > kMaxPassedFds) return Error::from_errno(E2BIG, "too many fds for a worker");
 
-  // Everything the child needs is built before fork: after it, no allocation.
-  std::string spec_env = std::string(kWorkerSpecEnv) + "=" + encode_worker_spec(spec);
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e; e++) {
-    if (std::strncmp(*e, kWorkerSpecEnv, std::strlen(kWorkerSpecEnv)) == 0) continue;
-    env_storage.emplace_back(*e);
+  process.path = launch.binary;
+  process.argv = {launch.title};
+  process.env = inherited_environment({kWorkerSpecEnv});
+  process.env.push_back(std::string(kWorkerSpecEnv) + "=" + encode_worker_spec(spec));
+  process.cpu = launch.cpu;
+  process.exec_failed_fd = spec.status_fd;
+  return spawn_process(process);
+}
+
+std::string current_binary_path() {
+  char path[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n <= 0) return {};
+  return std::string(path, static_cast<size_t>(n));
+}
+
+Result<std::string> find_program(const std::string& program, const std::string& cwd) {
+  auto executable = [](const std::string& path) {
+    struct stat st{};
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(path.c_str(), X_OK) == 0;
+  };
+  if (program.empty()) return Error::from_errno(ENOENT, "no program given");
+  if (program.find('/') != std::string::npos) {
+    const std::string path = program[0] != '/' && !cwd.empty() ? cwd + "/" + program : program;
+    if (executable(path)) return path;
+    const int err = access(path.c_str(), F_OK) == 0 ? EACCES : ENOENT;
+    return Error::from_errno(err, "cannot execute " + path);
   }
-  env_storage.push_back(spec_env);
-  std::vector<char*> envp;
-  for (auto& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::string title = launch.title;
-  char* argv[] = {title.data(), nullptr};
-
-  const pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid < 0) return Error::from_errno("fork worker");
-  if (pid == 0) exec_child(launch, moves, launch.cpu, parent, argv, envp.data(), launch.status_fd);
-  return pid;
+  const char* path_env = getenv("PATH");
+  std::string_view dirs = path_env && *path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const size_t colon = dirs.find(':');
+    const std::string_view dir = dirs.substr(0, colon);
+    const std::string candidate = (dir.empty() ? std::string(".") : std::string(dir)) + "/" + program;
+    if (executable(candidate)) return candidate;
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return Error::from_errno(ENOENT, "cannot execute " + program + " (not found on PATH)");
 }
 
 }  // namespace lbd

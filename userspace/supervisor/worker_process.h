@@ -1,18 +1,44 @@
-// Starting a worker process: fork, place the inherited fds at known numbers, pin to a CPU, and
-// execute the lbd binary on disk with the worker's spec in its environment. Executing (rather
-// than running the worker in the forked copy) means a worker is always a clean process with only
-// the fds it was given, and a reload runs whatever build is on disk now.
+// Starting a child process: fork, place the inherited fds at known numbers, pin to a CPU, and
+// execute a program. Workers execute the lbd binary on disk with the worker's spec in their
+// environment; exec mode (`lbd run`) executes the operator's program with its listeners as fds
+// 3.. and systemd's socket-activation variables. Executing (rather than running the worker in
+// the forked copy) means a child is always a clean process with only the fds it was given, and a
+// reload runs whatever build is on disk now.
 #pragma once
 
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
 #include "worker/worker_spec.h"
 
 namespace lbd {
+
+// Any child: what to execute, with what, where.
+struct ProcessLaunch {
+  std::string path;                      // the file to execute (absolute, or found on PATH)
+  std::vector<std::string> argv;
+  std::vector<std::string> env;          // the child's whole environment, "KEY=VALUE"
+  std::vector<std::pair<int, int>> fds;  // our fd -> its number in the child; all else closes
+  int cpu = -1;                          // pin to this CPU before exec; -1 = no pinning
+  std::string cwd;                       // empty: lbd's
+  // Exec mode: a process group of its own, so the terminal's ^C reaches lbd, which decides how
+  // the program stops (SIGTERM, then SIGKILL after --kill-timeout), and not the program directly.
+  bool own_process_group = false;
+  // Append LISTEN_PID=<the child's pid> to env (systemd's protocol: the variables are meant for
+  // the process whose pid they name, so a program's own children ignore them).
+  bool listen_pid = false;
+  // If exec fails: the child's fd number of a seqpacket socket to send "EXEC_FAILED=<errno>" on;
+  // -1: write "lbd: cannot execute ...: <errno>" to the child's fd 2 instead.
+  int exec_failed_fd = -1;
+};
+
+// Returns the child's pid. If exec fails the child reports it (see exec_failed_fd) and exits
+// with status 127.
+Result<pid_t> spawn_process(const ProcessLaunch& launch);
 
 struct WorkerLaunch {
   std::string binary;  // the program to execute (the path lbd was started from)
@@ -29,12 +55,21 @@ struct WorkerLaunch {
   WorkerSpec spec;     // everything else the worker needs
 };
 
-// Returns the child's pid. If exec fails, the child reports "EXEC_FAILED=<errno>" on its status
-// fd and exits with 127, so the supervisor learns why without waiting on it.
+// An lbd worker. If exec fails, the child reports "EXEC_FAILED=<errno>" on its status fd, so
+// the supervisor learns why without waiting on it.
 Result<pid_t> spawn_worker(const WorkerLaunch& launch);
+
+// The environment lbd was started with, minus the variables lbd sets for its children itself
+// (any name in `drop`).
+std::vector<std::string> inherited_environment(const std::vector<std::string>& drop);
 
 // The absolute path of the running binary, resolved at start-up so later launches execute the
 // file now at that path (a new build), not the deleted inode /proc/self/exe may point to.
 std::string current_binary_path();
+
+// `program` as execvp would find it: a name with a slash is used as is (a relative one from
+// `cwd` when given, where the child will run), otherwise the first executable match on PATH.
+// Resolved again for every start, so a reload runs the file on disk now.
+Result<std::string> find_program(const std::string& program, const std::string& cwd = {});
 
 }  // namespace lbd

@@ -1,0 +1,139 @@
+// `lbd start FILE.toml` (issue 5): one lbd runs the apps a config file declares, each its own
+// `lbd run` with its own port, control socket and log; lbctl names them. All or nothing: a bad
+// file names the file, line and key and starts nothing; an app that cannot start (a port in use)
+// stops the others. --mode reuseport here (no root).
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "net/listener.h"
+#include "support/lbctl.h"
+#include "support/http_client.h"
+#include "support/lbd_process.h"
+#include "support/temp_dir.h"
+
+namespace lbd::test {
+namespace {
+
+using nlohmann::json;
+
+// A port nobody listens on right now (the kernel's pick, released at once).
+uint16_t free_port() {
+  auto fd = net::listen_tcp(net::Address::parse("127.0.0.1:0"), {.backlog = 1, .reuseport = false});
+  EXPECT_TRUE(fd.ok());
+  auto address = net::local_address(fd->get());
+  return address ? address->port() : 0;
+}
+
+class ConfigStart : public ::testing::Test {
+ protected:
+  std::string write_config(const std::string& text) {
+    const std::string path = dir_.path("lbd.toml");
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  std::string app_block(const std::string& name, uint16_t port) {
+    return "[[app]]\nname = \"" + name + "\"\ncommand = [\"" + SOCKET_ACTIVATED_SERVER_PATH +
+           "\"]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\nworkers = 2\nmode = \"reuseport\"\n"
+           "wait_ready = true\n";
+  }
+
+  std::string lbd_table() {
+    return "[lbd]\ncontrol_dir = \"" + dir_.path("run") + "\"\nlog_dir = \"" + dir_.path("logs") + "\"\n";
+  }
+
+  CommandResult lbctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {LBCTL_PATH, "--control-dir", dir_.path("run")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_command(argv, after(30s));
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(ConfigStart, TwoAppsServeOnTheirPortsAndLbctlNamesThem) {
+  const uint16_t web_port = free_port(), api_port = free_port();
+  const std::string file = write_config(lbd_table() + app_block("web", web_port) + app_block("api", api_port));
+  LbdProcess lbd({"start", file});
+  ASSERT_TRUE(lbd.wait_for_log("\\[lbd\\] ready: 2 apps$", after(20s))) << lbd.log();
+
+  for (uint16_t port : {web_port, api_port}) {
+    HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(port)), http_get("/", true), after(5s));
+    EXPECT_TRUE(r.ok() && r.response.body.starts_with("hello from worker ")) << r.describe();
+  }
+  // Verbs take the app's name.
+  CommandResult web = lbctl({"status", "web", "--json"});
+  ASSERT_TRUE(web.exited(0)) << web.describe();
+  json s = json::parse(web.out);
+  EXPECT_EQ(s["lbd"]["app"], "web");
+  EXPECT_EQ(s["lbd"]["listen"], json::array({"127.0.0.1:" + std::to_string(web_port)}));
+  EXPECT_EQ(s["workers"].size(), 2u);
+  CommandResult reload = lbctl({"reload", "api"});
+  EXPECT_TRUE(reload.exited(0)) << reload.describe();
+  CommandResult drain = lbctl({"drain", "api", "1", "--wait"});
+  EXPECT_TRUE(drain.exited(0)) << drain.describe();
+  // Two apps and none named: lbctl asks which.
+  CommandResult unnamed = lbctl({"status"});
+  EXPECT_TRUE(unnamed.exited(1)) << unnamed.describe();
+  EXPECT_EQ(unnamed.err, "lbctl: several apps run here (api, web): name one, e.g. lbctl status api\n");
+  // Each app's log is its own file.
+  EXPECT_TRUE(eventually(after(5s), [&] {
+    std::ifstream web_log(dir_.path("logs") + "/web.log"), api_log(dir_.path("logs") + "/api.log");
+    return web_log.good() && api_log.good();
+  }));
+
+  lbd.signal(SIGTERM);
+  EXPECT_EQ(lbd.wait_exit(after(20s)), ExitStatus::exited(0)) << lbd.log();
+  EXPECT_EQ(lbd.count_log("app (web|api) \\(pid [0-9]+\\) exited with status 0"), 2u) << lbd.log();
+}
+
+TEST_F(ConfigStart, AnAppThatCannotStartStopsTheOthers) {
+  auto held = net::listen_tcp(net::Address::parse("127.0.0.1:0"), {.backlog = 1, .reuseport = false});
+  ASSERT_TRUE(held.ok());
+  const uint16_t taken = net::local_address(held->get())->port();
+  const uint16_t web_port = free_port();
+  const std::string file = write_config(lbd_table() + app_block("web", web_port) + app_block("api", taken));
+  LbdProcess lbd({"start", file});
+  EXPECT_EQ(lbd.wait_exit(after(30s)), ExitStatus::exited(1)) << lbd.log();
+  EXPECT_EQ(lbd.count_log("cannot listen on 127.0.0.1:" + std::to_string(taken) + ": Address already in use"), 1u)
+      << lbd.log();
+  EXPECT_EQ(lbd.count_log("app api \\(pid [0-9]+\\) exited with status 1; stopping the other apps"), 1u) << lbd.log();
+  // Nothing is left serving.
+  HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(web_port)), http_get("/", true), after(2s));
+  EXPECT_EQ(r.outcome, Outcome::kRefused) << r.describe();
+}
+
+TEST_F(ConfigStart, ABadFileNamesTheFileLineAndKeyAndStartsNothing) {
+  const uint16_t port = free_port();
+  const std::string good = lbd_table() + app_block("web", port);
+  struct Case {
+    std::string what, text, expected;
+  };
+  const std::vector<Case> cases = {
+      {"syntax error", good + "workers = = 3\n", "lbd.toml:11:11: syntax error"},
+      {"unknown key", good + "workrs = 3\n", "lbd.toml:11: app 'web': key 'workrs' is not known"},
+      {"wrong type", lbd_table() + "[[app]]\nname = \"web\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\nworkers = true\n",
+       "lbd.toml:8: app 'web': key 'workers' must be"},
+      {"missing command", lbd_table() + "[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\n",
+       "lbd.toml:4: app 'web': key 'command' is missing"},
+  };
+  for (const auto& c : cases) {
+    const std::string file = write_config(c.text);
+    CommandResult r = run_command({LBD_BINARY_PATH, "start", file}, after(10s));
+    EXPECT_TRUE(r.exited(2)) << c.what << ": " << r.describe();
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.what << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.what << ": one line: " << r.err;
+  }
+  HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(port)), http_get("/", true), after(2s));
+  EXPECT_EQ(r.outcome, Outcome::kRefused) << "nothing started: " << r.describe();
+}
+
+}  // namespace
+}  // namespace lbd::test

@@ -1,0 +1,131 @@
+// Exec mode under lbd's steering (issue 5; --mode bpf, root): a program lbd did not write is
+// steered by the load lbd reads from the kernel for it (its listener's queue, its connections),
+// so `least` avoids one that stopped; reloads and --max-memory replacements fail no request.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <iostream>
+#include <set>
+
+#include "support/exec_test.h"
+
+namespace lbd::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr auto kLoadBound = 40s;
+
+class ExecBpf : public ExecTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+
+  LoadOptions bounded(LoadOptions options) {
+    options.address = address();
+    options.duration = kLoadBound;
+    options.max_requests = 5'000'000;
+    options.nice = 19;  // the clients stand in for other machines (see reload_test.cpp)
+    return options;
+  }
+};
+
+TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "-i", "2", "--wait-ready", "--kill-timeout", "5"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto first = serving_pids();
+  ASSERT_EQ(first.size(), 2u);
+  LoadOptions options;
+  options.threads = 4;
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
+  const auto started = Clock::now();
+  for (int i = 1; i <= 10; i++) {
+    CommandResult r = lbctl({"reload"});
+    ASSERT_TRUE(r.exited(0)) << "reload " << i << ": " << r.describe();
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  EXPECT_TRUE(wait_for_requests(load, 500, after(5s))) << "the load stalled after the reloads";
+  LoadReport report = load.stop();
+  const auto last = serving_pids();
+  ASSERT_EQ(last.size(), 2u);
+  for (auto [slot, pid] : first) EXPECT_NE(last.at(slot), pid);
+  EXPECT_EQ(status()["lbd"].value("reloads", -1), 10);
+  std::cout << "exec mode: 10 reloads of 2 workers in " << seconds << " s; " << report.summary() << "\n";
+  RecordProperty("load", report.summary());
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_TRUE(report.all_ok()) << report.summary();
+  EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
+}
+
+TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "least", "-i", "2", "--wait-ready"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  // Both serve first.
+  std::set<int> seen;
+  ASSERT_TRUE(eventually(after(10s), [&] {
+    seen.insert(fetch(address(), http_get("/", true), after(2s)).worker());
+    return seen.count(0) && seen.count(1);
+  }, 1ms));
+
+  ASSERT_TRUE(stop_process(pids.at(1), after(5s)));
+  // A connection steered to the stopped program waits in its queue. lbd sees that queue stand
+  // still, the program's heartbeat goes stale after --stale-after (50 ms), and from then on every
+  // new connection goes to worker 0. Clients keep coming; at most a few may be caught before that.
+  const auto stopped_at = Clock::now();
+  std::atomic<unsigned> answered_by_0{0}, other{0};
+  for (int i = 0; i < 200; i++) {
+    HttpResult r = fetch(address(), http_get("/", true), after(300ms));
+    if (r.ok() && r.worker() == 0) {
+      answered_by_0++;
+    } else {
+      other++;
+    }
+  }
+  const auto took = Clock::now() - stopped_at;
+  const json s = status();
+  const auto steered_to_1 = rows_of(s, 1).at(0).value("steered", uint64_t{0});
+  kill(pids.at(1), SIGCONT);
+  std::cout << "least with worker 1 stopped: " << answered_by_0 << " of 200 answered by worker 0, " << other
+            << " caught by the stopped one, in " << std::chrono::duration<double>(took).count() << " s\n";
+  EXPECT_LE(other.load(), 3u) << s.dump(2);
+  EXPECT_GE(answered_by_0.load(), 197u);
+  (void)steered_to_1;
+}
+
+TEST_F(ExecBpf, MaxMemoryReplacesAGrowingProgramWithoutFailingARequest) {
+  ASSERT_NO_FATAL_FAILURE(start_program(
+      {"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready", "--max-memory", "96M", "--kill-timeout", "5"},
+      {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto before = serving_pids();
+  LoadOptions options;
+  options.threads = 2;
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+
+  // One worker grows past the limit: whichever the kernel steers this request to.
+  HttpResult grow = fetch(address(), http_get("/grow?mb=128", true), after(5s));
+  ASSERT_TRUE(grow.ok()) << grow.describe();
+  const unsigned grown = static_cast<unsigned>(grow.worker());
+  const unsigned other = 1 - grown;
+  // A new worker starts in its slot and serves; then the old one drains and exits.
+  const std::string old_pid = std::to_string(before.at(grown));
+  ASSERT_TRUE(lbd().wait_for_log("worker " + std::to_string(grown) + " \\(pid " + old_pid +
+                                     "\\) uses [0-9]+ MiB, over --max-memory 96 MiB; replacing it",
+                                 after(10s)))
+      << lbd().log();
+  EXPECT_TRUE(lbd().wait_for_log("\\(pid " + old_pid + "\\) exited with status 0", after(15s))) << lbd().log();
+  const auto after_growth = serving_pids();
+  ASSERT_EQ(after_growth.size(), 2u);
+  EXPECT_NE(after_growth.at(grown), before.at(grown));
+  EXPECT_EQ(after_growth.at(other), before.at(other)) << "only the worker that grew is replaced";
+  EXPECT_EQ(status()["lbd"].value("memory_replacements", -1), 1);
+  EXPECT_TRUE(wait_for_requests(load, 200, after(5s)));
+  LoadReport report = load.stop();
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+}
+
+}  // namespace
+}  // namespace lbd::test

@@ -1,0 +1,56 @@
+#include "lbctl/app_socket.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace lbd::ctl {
+
+namespace {
+
+bool is_socket(const std::string& path) {
+  struct stat st{};
+  return stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+Error plain(const std::string& message) { return Error(std::error_code(), message); }
+
+}  // namespace
+
+Result<std::string> control_socket_for(const std::optional<std::string>& explicit_path, const std::string& app,
+                                       const std::string& dir) {
+  if (explicit_path && !explicit_path->empty()) return *explicit_path;
+  if (!app.empty()) {
+    const std::string path = dir + "/" + app + ".sock";
+    if (!is_socket(path)) return plain("no app '" + app + "' is running (no control socket at " + path + ")");
+    return path;
+  }
+  const std::string plain_lbd = dir + "/lbd.sock";
+  if (is_socket(plain_lbd)) return plain_lbd;
+  std::vector<std::string> apps;
+  std::error_code ignored;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
+    const auto& path = entry.path();
+    if (path.extension() == ".sock" && is_socket(path.string())) apps.push_back(path.stem().string());
+  }
+  std::sort(apps.begin(), apps.end());
+  if (apps.size() == 1) return dir + "/" + apps[0] + ".sock";
+  if (apps.empty()) return plain_lbd;  // the usual "lbd is not running" from the client
+  std::string names;
+  for (const auto& name : apps) names += (names.empty() ? "" : ", ") + name;
+  return plain("several apps run here (" + names + "): name one, e.g. lbctl status " + apps[0]);
+}
+
+std::optional<AppAndValue> split_app_words(const std::vector<std::string>& words, bool wants_value) {
+  if (wants_value) {
+    if (words.size() == 1) return AppAndValue{"", words[0]};
+    if (words.size() == 2) return AppAndValue{words[0], words[1]};
+    return std::nullopt;
+  }
+  if (words.empty()) return AppAndValue{};
+  if (words.size() == 1) return AppAndValue{words[0], ""};
+  return std::nullopt;
+}
+
+}  // namespace lbd::ctl

@@ -1,0 +1,239 @@
+#include "supervisor/app_launcher.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <vector>
+
+#include "common/log.h"
+#include "common/unique_fd.h"
+#include "config/app_config.h"
+#include "supervisor/notify.h"
+#include "supervisor/worker_process.h"
+
+namespace lbd {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long an app's supervisor may take to say READY=1 (its workers' own --ready-timeout is
+// 30 s by default; this covers that plus a slow start).
+constexpr std::chrono::seconds kAppStartTimeout{90};
+
+struct App {
+  std::string name;
+  pid_t pid = 0;
+  UniqueFd notify;  // its supervisor's NOTIFY_SOCKET: READY=1 once every worker serves
+  bool ready = false;
+  bool running = false;
+};
+
+Result<UniqueFd> bound_notify_socket(const std::string& name) {
+  UniqueFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Error::from_errno("notify socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path + 1, name.data(), std::min(name.size(), sizeof(addr.sun_path) - 2));
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) != 0) {
+    return Error::from_errno("bind notify socket");
+  }
+  return fd;
+}
+
+bool said_ready(int fd) {
+  bool ready = false;
+  char buffer[512];
+  ssize_t n;
+  while ((n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT)) > 0) {
+    std::string_view text(buffer, static_cast<size_t>(n));
+    if (text == "READY=1" || text.starts_with("READY=1\n") || text.find("\nREADY=1") != std::string_view::npos) {
+      ready = true;
+    }
+  }
+  return ready;
+}
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "was killed by signal " + std::to_string(WTERMSIG(status));
+  return "ended";
+}
+
+class AppLauncher {
+ public:
+  explicit AppLauncher(config::FileConfig file) : file_(std::move(file)) {}
+
+  int run() {
+    if (auto ok = start_all(); !ok) {
+      spdlog::error("{}", ok.error().message());
+      stop_all(SIGTERM);
+      wait_all();
+      return 1;
+    }
+    return serve();
+  }
+
+ private:
+  Result<void> start_all() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
+    if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block signals");
+    signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!signal_fd_) return Error::from_errno("signalfd");
+
+    const std::string binary = current_binary_path();
+    spdlog::info("starting {} apps from the config file", file_.apps.size());
+    for (size_t i = 0; i < file_.apps.size(); i++) {
+      const auto& config = file_.apps[i];
+      App app;
+      app.name = config.name;
+      const std::string notify_name = "lbd/" + std::to_string(getpid()) + "/app/" + std::to_string(i);
+      auto notify = bound_notify_socket(notify_name);
+      if (!notify) return notify.error().wrap("app '" + app.name + "'");
+      app.notify = std::move(*notify);
+
+      ProcessLaunch launch;
+      launch.path = binary;
+      launch.argv = {"lbd"};
+      for (auto& arg : config::lbd_run_arguments(config, file_)) launch.argv.push_back(arg);
+      launch.env = inherited_environment({"NOTIFY_SOCKET"});
+      launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
+      // stdin, stdout and stderr: ours (the app supervisors log where we log).
+      for (int fd = 0; fd < 3; fd++) launch.fds.emplace_back(fd, fd);
+      auto pid = spawn_process(launch);
+      if (!pid) return pid.error().wrap("start app '" + app.name + "'");
+      app.pid = *pid;
+      app.running = true;
+      apps_.push_back(std::move(app));
+    }
+
+    // All ready, or one failed: nothing half-started stays up.
+    const auto deadline = Clock::now() + kAppStartTimeout;
+    while (true) {
+      size_t ready = 0;
+      for (auto& app : apps_) {
+        if (!app.ready && app.notify && said_ready(app.notify.get())) {
+          app.ready = true;
+          spdlog::info("app {} ready (pid {})", app.name, app.pid);
+        }
+        ready += app.ready ? 1 : 0;
+      }
+      if (ready == apps_.size()) break;
+      if (auto failed = reap(); !failed.empty()) {
+        return Error(std::error_code(), failed + "; stopping the other apps");
+      }
+      if (stop_signal_) return Error(std::error_code(), "stopped before every app was ready");
+      if (Clock::now() >= deadline) {
+        return Error(std::error_code(), "not every app was ready within " +
+                                            std::to_string(kAppStartTimeout.count()) + " s");
+      }
+      wait_for_events(100);
+    }
+    spdlog::info("ready: {} apps", apps_.size());
+    notify_service_manager("READY=1");
+    return {};
+  }
+
+  int serve() {
+    int exit_code = 0;
+    while (std::any_of(apps_.begin(), apps_.end(), [](const App& a) { return a.running; })) {
+      wait_for_events(-1);
+      if (auto failed = reap(); !failed.empty() && !stopping_) {
+        spdlog::error("{}; the other apps keep running", failed);
+        exit_code = 1;
+      }
+      if (stop_signal_ && !stopping_) {
+        stopping_ = true;
+        notify_service_manager("STOPPING=1");
+        stop_all(stop_signal_);
+      } else if (stop_signal_ == SIGQUIT) {
+        stop_all(SIGQUIT);
+      }
+    }
+    spdlog::info("stopped");
+    return exit_code;
+  }
+
+  // Reads signals: HUP is passed on at once; a stop is recorded for the loop.
+  void wait_for_events(int timeout_ms) {
+    std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
+    for (auto& app : apps_) {
+      if (!app.ready && app.notify) fds.push_back({app.notify.get(), POLLIN, 0});
+    }
+    poll(fds.data(), fds.size(), timeout_ms);
+    signalfd_siginfo info{};
+    while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+      const int sig = static_cast<int>(info.ssi_signo);
+      if (sig == SIGHUP) {
+        spdlog::info("SIGHUP: reloading every app");
+        stop_all(SIGHUP);
+      } else if (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT) {
+        if (stopping_ && sig != SIGQUIT) {
+          spdlog::warn("second SIG{}: stopping at once", sigabbrev_np(sig));
+          stop_signal_ = SIGQUIT;
+        } else if (!stop_signal_ || sig == SIGQUIT) {
+          spdlog::info("SIG{}: stopping every app", sigabbrev_np(sig));
+          stop_signal_ = sig;
+        }
+      }
+    }
+  }
+
+  // Reaps exited app supervisors; returns a description of those that ended, if any.
+  std::string reap() {
+    std::string ended;
+    int status = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      for (auto& app : apps_) {
+        if (app.pid != pid || !app.running) continue;
+        app.running = false;
+        const std::string what = "app " + app.name + " (pid " + std::to_string(pid) + ") " + describe(status);
+        if (stopping_) {
+          spdlog::info("{}", what);
+        } else {
+          ended += (ended.empty() ? "" : "; ") + what;
+        }
+      }
+    }
+    return ended;
+  }
+
+  void stop_all(int sig) {
+    for (auto& app : apps_) {
+      if (app.running) kill(app.pid, sig);
+    }
+  }
+
+  void wait_all() {
+    for (auto& app : apps_) {
+      if (app.running) waitpid(app.pid, nullptr, 0);
+      app.running = false;
+    }
+  }
+
+  config::FileConfig file_;
+  std::vector<App> apps_;
+  UniqueFd signal_fd_;
+  int stop_signal_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace
+
+int run_apps(const std::string& config_path) {
+  config::FileConfig file = config::load_config_file(config_path);  // throws ConfigError
+  return AppLauncher(std::move(file)).run();
+}
+
+}  // namespace lbd

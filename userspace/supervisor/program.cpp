@@ -1,0 +1,288 @@
+// Exec mode (`lbd run -- PROGRAM ARGS`): the workers are the operator's program, not lbd's
+// worker. Each is started the way systemd starts a socket-activated service, so a program that
+// supports that runs unchanged (gunicorn, anything built on sd_listen_fds, Node's
+// `listen({fd: 3})`):
+//
+//   fd 0      /dev/null
+//   fd 1, 2   pipes into the app's log (logs/log_collector.h): whole lines, stamped
+//   fd 3..    its own listener of each address's reuseport group
+//   LISTEN_FDS=n  LISTEN_PID=<its pid>  LISTEN_FDNAMES=<app>:...   NOTIFY_SOCKET=@...
+//   LB_WORKER_ID=<slot>  LB_WORKERS=<slots>  (PM2's NODE_APP_INSTANCE)
+//
+// A program has no status channel, so the supervisor does for it what lbd's worker does itself:
+// - readiness: READY=1 on its own NOTIFY_SOCKET, or --ready-delay after it started;
+// - load: every 10 ms, its listener's accept queue (TCP_INFO) says how much of what was steered
+//   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
+//   policy `least` stops choosing it; its open connections are counted from the kernel every
+//   250 ms under `least`, every second otherwise (process_tree.h);
+// - drain: out of steering, our copy of its listener closed, SIGTERM; when the program closes
+//   its listener (or exits) the kernel migrates what is still queued; SIGKILL to its process
+//   group after --kill-timeout. (Not shutdown(): a program's accept would fail with EINVAL,
+//   which many treat as fatal.)
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/log.h"
+#include "net/listener.h"
+#include "supervisor/process_tree.h"
+#include "supervisor/supervisor.h"
+#include "supervisor/worker_process.h"
+
+namespace lbd {
+
+namespace {
+
+constexpr std::chrono::milliseconds kLoadPublishInterval{10};
+// Counting a program's connections costs about 5 ms per 1000 held (one readlink per fd,
+// process_tree.h): often enough for `least`, which steers by them, rarely for the others.
+constexpr std::chrono::milliseconds kTreeSampleInterval{250};
+constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // the steering program's bpf_ktime_get_ns clock
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// A datagram socket in the abstract namespace (no file to clean up), the program's
+// NOTIFY_SOCKET. SO_PASSCRED: each message says which process sent it.
+Result<UniqueFd> notify_socket(const std::string& name) {
+  UniqueFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Error::from_errno("notify socket");
+  int one = 1;
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0) {
+    return Error::from_errno("notify socket SO_PASSCRED");
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (name.size() + 1 > sizeof(addr.sun_path)) return Error::from_errno(ENAMETOOLONG, "notify socket");
+  memcpy(addr.sun_path + 1, name.data(), name.size());  // sun_path[0] = '\0': abstract
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) != 0) {
+    return Error::from_errno("bind notify socket @" + name);
+  }
+  return fd;
+}
+
+}  // namespace
+
+// One listener per address, in the address's reuseport group. In --mode bpf it enters the
+// sockarray only when the worker is ready (on_ready).
+Result<void> Supervisor::open_listeners(WorkerProcess& p, std::vector<int>& fds) {
+  for (const auto& address : bound_) {
+    net::ListenerOptions listener_options;
+    listener_options.backlog = options_.backlog;
+    auto fd = net::listen_tcp(address, listener_options);
+    if (!fd) return fd.error();
+    if (steering_) LBD_TRY(steering_->attach(fd->get()));
+    fds.push_back(fd->get());
+    p.listeners.push_back(std::move(*fd));
+  }
+  return {};
+}
+
+Result<void> Supervisor::launch_program(Slot& slot, WorkerProcess& p) {
+  const ProgramOptions& program = *options_.program;
+  // Looked up for every start: a reload runs the file on disk now, and a missing program is
+  // one clear line instead of a child that exits 127.
+  auto path = find_program(program.command[0], program.cwd);
+  if (!path) return path.error();
+
+  ProcessLaunch launch;
+  launch.path = *path;
+  launch.argv = program.command;
+  launch.cwd = program.cwd;
+  launch.cpu = slot.cpu;
+  launch.own_process_group = true;
+  launch.listen_pid = true;
+
+  std::vector<int> listener_fds;
+  LBD_TRY(open_listeners(p, listener_fds));
+  UniqueFd devnull(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!devnull) return Error::from_errno("open /dev/null");
+  auto pipes = logs_->make_child_pipes(slot.index);
+  if (!pipes) return pipes.error();
+  launch.fds = {{devnull.get(), 0}, {pipes->out_write.get(), 1}, {pipes->err_write.get(), 2}};
+  std::string names;
+  for (size_t i = 0; i < listener_fds.size(); i++) {
+    launch.fds.emplace_back(listener_fds[i], 3 + static_cast<int>(i));
+    names += (i ? ":" : "") + options_.app;
+  }
+
+  const std::string notify_name = fmt::format("lbd/{}/notify/{}", getpid(), p.id);
+  auto notify = notify_socket(notify_name);
+  if (!notify) return notify.error();
+
+  // lbd's environment, then the operator's --env, then the protocol's variables (which win).
+  static const std::vector<std::string> kOurs = {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                                                 "LB_WORKER_ID", "LB_WORKERS", "LB_APP", kWorkerSpecEnv};
+  std::vector<std::string> drop = kOurs;
+  for (const auto& entry : program.env) drop.push_back(entry.substr(0, entry.find('=')));
+  launch.env = inherited_environment(drop);
+  for (const auto& entry : program.env) {
+    if (std::find(kOurs.begin(), kOurs.end(), entry.substr(0, entry.find('='))) == kOurs.end()) {
+      launch.env.push_back(entry);
+    }
+  }
+  launch.env.push_back("LISTEN_FDS=" + std::to_string(listener_fds.size()));
+  launch.env.push_back("LISTEN_FDNAMES=" + names);
+  launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
+  launch.env.push_back("LB_WORKER_ID=" + std::to_string(slot.index));
+  const auto workers = std::count_if(slots_.begin(), slots_.end(), [](const auto& s) { return !s->removing; });
+  launch.env.push_back("LB_WORKERS=" + std::to_string(workers));
+  launch.env.push_back("LB_APP=" + options_.app);
+
+  auto pid = spawn_process(launch);
+  if (!pid) return pid.error();
+  p.pid = *pid;
+  p.started_at = Clock::now();
+  p.ready_by = p.started_at + program.ready_timeout;
+  if (!program.wait_ready) p.ready_at = p.started_at + program.ready_delay;
+  p.notify = std::move(*notify);
+  LBD_TRY(poller_->watch(p.notify.get(), Source::kNotify, p.id));
+  // Our copies of the write ends close as `pipes` goes: the child holds the only ones, so its
+  // exit is the pipes' EOF.
+  p.output[0].emplace(std::move(pipes->out));
+  p.output[1].emplace(std::move(pipes->err));
+  for (uint32_t stream = 0; stream < 2; stream++) {
+    LBD_TRY(poller_->watch(p.output[stream]->fd(), Source::kOutput, p.id * 2 + stream));
+  }
+  return {};
+}
+
+void Supervisor::on_notify(uint32_t process_id) {
+  Slot* slot = nullptr;
+  WorkerProcess* p = find_process(process_id, &slot);
+  if (!p || !p->notify) return;
+  while (true) {
+    char buffer[4096];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    iovec iov{buffer, sizeof(buffer) - 1};
+    msghdr message{};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    const ssize_t n = recvmsg(p->notify.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) return;  // EAGAIN: all read
+    // Anyone on the machine can send to an abstract socket: believe only the program's own uid
+    // (or root). Its children may notify for it (gunicorn's master does).
+    const cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+    if (!cmsg || cmsg->cmsg_type != SCM_CREDENTIALS) continue;
+    ucred cred{};
+    memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
+    if (cred.uid != 0 && cred.uid != getuid()) continue;
+    std::string_view text(buffer, static_cast<size_t>(n));
+    bool ready = false;
+    while (!text.empty()) {
+      const size_t end = text.find('\n');
+      const std::string_view line = text.substr(0, end);
+      if (line == "READY=1") ready = true;
+      if (line.starts_with("STATUS=")) spdlog::debug("worker {} (pid {}): {}", slot->index, p->pid, line);
+      if (end == std::string_view::npos) break;
+      text.remove_prefix(end + 1);
+    }
+    if (ready && p->role == Role::kStarting) {
+      spdlog::debug("worker {} (pid {}): READY=1", slot->index, p->pid);
+      on_ready(*slot, *p);
+      if (!find_process(process_id, &slot)) return;
+    }
+  }
+}
+
+void Supervisor::on_output(uint32_t index) {
+  Slot* slot = nullptr;
+  WorkerProcess* p = find_process(index / 2, &slot);
+  const uint32_t stream = index % 2;
+  if (!p || !p->output[stream]) return;
+  if (logs_->on_readable(*p->output[stream]) == logs::PipeState::kClosed) {
+    poller_->unwatch(p->output[stream]->fd());
+    p->output[stream].reset();
+  }
+}
+
+// At exit: what the program wrote last is still in the pipes. Read it now (the pipes are
+// non-blocking, and the writer is gone unless it left children holding them).
+void Supervisor::close_output(WorkerProcess& p) {
+  for (uint32_t stream = 0; stream < 2; stream++) {
+    if (!p.output[stream]) continue;
+    logs_->flush(*p.output[stream]);
+    poller_->unwatch(p.output[stream]->fd());
+    p.output[stream].reset();
+  }
+  if (p.notify) {
+    poller_->unwatch(p.notify.get());
+    p.notify.reset();
+  }
+}
+
+// What lbd's worker publishes about itself, the supervisor publishes for a program: `accepted`
+// is what was steered to it minus what still waits in its queue, and its heartbeat moves only
+// while it makes progress (an empty queue, or one it is taking from). A program that stops
+// accepting (SIGSTOP, a long computation, a deadlock) stops beating, and after --stale-after
+// policy `least` no longer chooses it.
+void Supervisor::publish_program_loads(Clock::time_point now) {
+  if (now < next_load_publish_) return;
+  next_load_publish_ = now + kLoadPublishInterval;
+  const uint64_t now_ns = monotonic_ns();
+  for (auto& slot : slots_) {
+    WorkerProcess* p = slot->serving.get();
+    if (!p || p->role != Role::kServing) continue;
+    uint64_t queued = 0;
+    for (const auto& fd : p->listeners) {
+      if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
+    }
+    lbd_slot& entry = table().slot(slot->index);
+    const uint64_t steered = load_field(entry.steered);
+    const uint64_t accepted = std::max(p->published_accepted, steered > queued ? steered - queued : 0);
+    const bool progress = queued == 0 || accepted > p->published_accepted;
+    p->published_accepted = accepted;
+    publish_load(entry, {.heartbeat_ns = progress ? now_ns : load_field(entry.heartbeat_ns),
+                         .accepted = accepted,
+                         .open = p->open_connections,
+                         .inflight = 0,
+                         .requests = 0,
+                         .pid = static_cast<uint32_t>(p->pid)});
+  }
+}
+
+// Each program's open connections and memory, over its whole process tree (a program may accept
+// in children it forked, like gunicorn's workers).
+void Supervisor::sample_program_trees(Clock::time_point now) {
+  if (now < next_tree_sample_) return;
+  const bool by_load = steering_ && steering_->policy() == Policy::kLeast;
+  next_tree_sample_ = now + (by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering);
+  std::vector<WorkerProcess*> processes;
+  std::vector<pid_t> roots;
+  for (auto& slot : slots_) {
+    for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
+      if (p) processes.push_back(p);
+    }
+    for (auto& p : slot->retiring) processes.push_back(p.get());
+  }
+  if (processes.empty()) return;
+  for (WorkerProcess* p : processes) roots.push_back(p->pid);
+  const auto trees = process_trees(roots);
+  if (!trees) {
+    spdlog::debug("process trees: {}", trees.error().message());
+    return;
+  }
+  std::vector<uint16_t> ports;
+  for (const auto& address : bound_) ports.push_back(address.port());
+  auto open = open_connections(*trees, ports);
+  if (!open) spdlog::debug("open connections: {}", open.error().message());
+  for (size_t i = 0; i < processes.size(); i++) {
+    processes[i]->tree_rss = tree_rss_bytes((*trees)[i]);
+    if (open) processes[i]->open_connections = (*open)[i];
+    if (processes[i]->role == Role::kRetiring) processes[i]->reported_open = processes[i]->open_connections;
+  }
+}
+
+}  // namespace lbd
