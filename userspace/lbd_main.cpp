@@ -51,7 +51,7 @@ int run_supervisor(int argc, char** argv) {
     if (parsed.config_file) {
       init_logging("lbd", "info");
       try {
-        return run_apps(*parsed.config_file);
+        return parsed.check_only ? check_apps(*parsed.config_file) : run_apps(*parsed.config_file);
       } catch (const ConfigError& e) {
         fprintf(stderr, "lbd: %s\n", e.what());  // names the file, line and key already
         return 2;

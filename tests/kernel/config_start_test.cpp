@@ -130,7 +130,15 @@ TEST_F(ConfigStart, ABadFileNamesTheFileLineAndKeyAndStartsNothing) {
     EXPECT_TRUE(r.exited(2)) << c.what << ": " << r.describe();
     EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.what << ": " << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.what << ": one line: " << r.err;
+    // `lbd start --check` (nginx -t) says the same without starting anything.
+    CommandResult check = run_command({LBD_BINARY_PATH, "start", "--check", file}, after(10s));
+    EXPECT_TRUE(check.exited(2)) << c.what << ": " << check.describe();
+    EXPECT_EQ(check.err, r.err);
   }
+  const std::string file = write_config(good);
+  CommandResult check = run_command({LBD_BINARY_PATH, "start", "--check", file}, after(10s));
+  EXPECT_TRUE(check.exited(0)) << check.describe();
+  EXPECT_EQ(check.out, file + ": good: 1 app (web)\n");
   HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(port)), http_get("/", true), after(2s));
   EXPECT_EQ(r.outcome, Outcome::kRefused) << "nothing started: " << r.describe();
 }

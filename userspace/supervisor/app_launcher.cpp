@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <vector>
 
 #include "common/log.h"
@@ -234,6 +235,15 @@ class AppLauncher {
 int run_apps(const std::string& config_path) {
   config::FileConfig file = config::load_config_file(config_path);  // throws ConfigError
   return AppLauncher(std::move(file)).run();
+}
+
+int check_apps(const std::string& config_path) {
+  config::FileConfig file = config::load_config_file(config_path);  // throws ConfigError
+  std::string names;
+  for (const auto& app : file.apps) names += (names.empty() ? "" : ", ") + app.name;
+  printf("%s: good: %zu app%s (%s)\n", config_path.c_str(), file.apps.size(), file.apps.size() == 1 ? "" : "s",
+         names.c_str());
+  return 0;
 }
 
 }  // namespace lbd

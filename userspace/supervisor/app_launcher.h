@@ -16,5 +16,7 @@ namespace lbd {
 
 // Returns the process exit code. Throws ConfigError for a bad file.
 int run_apps(const std::string& config_path);
+// Only reads and checks the file; prints one line about it. Throws ConfigError for a bad file.
+int check_apps(const std::string& config_path);
 
 }  // namespace lbd

@@ -274,6 +274,8 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   std::string config_file;
   auto* start = app.add_subcommand("start", "Run every app a TOML config file declares (see examples/lbd.toml)");
   start->add_option("file", config_file, "The config file")->required();
+  bool check_only = false;
+  start->add_flag("-t,--check", check_only, "Only check the file (like nginx -t): exit 0 if it is good");
 
   try {
     app.parse(cli_argc, argv);
@@ -292,11 +294,11 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
 
   if (*start) {
     if (!command.empty()) throw ConfigError("lbd start takes a config file, not a program");
-    return {.options = std::nullopt, .config_file = config_file};
+    return {.options = std::nullopt, .config_file = config_file, .check_only = check_only};
   }
   if (!*run) {
     if (!command.empty()) throw ConfigError("a program to run needs `lbd run`: lbd run [flags] -- PROGRAM ARGS");
-    return {.options = serving_options(flags, "--workers"), .config_file = std::nullopt};
+    return {.options = serving_options(flags, "--workers"), .config_file = std::nullopt, .check_only = false};
   }
 
   if (command.empty()) command = positional_command;
@@ -326,7 +328,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   options.app = name;
   if (!options.control_path_given) options.control_path = default_control_path(name);
   options.program = std::move(program);
-  return {.options = std::move(options), .config_file = std::nullopt};
+  return {.options = std::move(options), .config_file = std::nullopt, .check_only = false};
 }
 
 }  // namespace lbd

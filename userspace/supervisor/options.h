@@ -70,6 +70,7 @@ struct SupervisorOptions {
 struct ParsedCommandLine {
   std::optional<SupervisorOptions> options;  // `lbd [flags]` or `lbd run`
   std::optional<std::string> config_file;    // `lbd start FILE`
+  bool check_only = false;                    // `lbd start --check FILE`: check it, start nothing
   // Neither: help or version was printed, exit 0.
 };
 
