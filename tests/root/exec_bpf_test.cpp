@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <iostream>
+#include <map>
 #include <set>
 
 #include "support/exec_test.h"
@@ -56,6 +57,22 @@ TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
   EXPECT_EQ(report.failed(), 0u) << report.summary();
   EXPECT_TRUE(report.all_ok()) << report.summary();
   EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
+}
+
+TEST_F(ExecBpf, RoundRobinSpreadsNewConnectionsEvenlyAndScaleAddsAProgram) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  std::map<int, int> per_worker;
+  for (int i = 0; i < 100; i++) per_worker[fetch(address(), http_get("/", true), after(5s)).worker()]++;
+  EXPECT_EQ(per_worker, (std::map<int, int>{{0, 50}, {1, 50}}));
+
+  // A third program joins the rotation.
+  CommandResult scale = lbctl({"scale", "3"});
+  ASSERT_TRUE(scale.exited(0)) << scale.describe();
+  ASSERT_EQ(serving_pids().size(), 3u);
+  per_worker.clear();
+  for (int i = 0; i < 99; i++) per_worker[fetch(address(), http_get("/", true), after(5s)).worker()]++;
+  EXPECT_EQ(per_worker, (std::map<int, int>{{0, 33}, {1, 33}, {2, 33}}));
 }
 
 TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
