@@ -103,13 +103,40 @@ TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
   }
   const auto took = Clock::now() - stopped_at;
   const json s = status();
-  const auto steered_to_1 = rows_of(s, 1).at(0).value("steered", uint64_t{0});
   kill(pids.at(1), SIGCONT);
   std::cout << "least with worker 1 stopped: " << answered_by_0 << " of 200 answered by worker 0, " << other
             << " caught by the stopped one, in " << std::chrono::duration<double>(took).count() << " s\n";
   EXPECT_LE(other.load(), 3u) << s.dump(2);
   EXPECT_GE(answered_by_0.load(), 197u);
-  (void)steered_to_1;
+
+  // Running again, it is chosen again.
+  EXPECT_TRUE(eventually(after(10s), [&] { return fetch(address(), http_get("/", true), after(2s)).worker() == 1; }, 1ms));
+}
+
+TEST_F(ExecBpf, DrainingAStoppedProgramMovesItsQueueToTheOthersAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready",
+                                         "--kill-timeout", "30"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  ASSERT_TRUE(stop_process(pids.at(1), after(5s)));
+  // rr sends every other connection to the stopped program: they wait in its queue.
+  LoadOptions options;
+  options.threads = 8;
+  options.request_timeout = 20s;
+  LoadGenerator load(bounded(options));
+  // Clients soon wait on connections queued at the stopped program.
+  ASSERT_TRUE(eventually(after(10s), [&] { return rows_of(status(), 1).at(0).value("steered", 0) >= 4; }, 10ms));
+  // Draining it must not wait for it to close its listener (it never will, stopped): the queue
+  // moves to worker 0 now, and no request fails.
+  CommandResult drain = lbctl({"drain", "1"});
+  ASSERT_TRUE(drain.exited(0)) << drain.describe();
+  const uint64_t at_drain = load.completed();
+  EXPECT_TRUE(wait_for_requests(load, 200, after(5s))) << "requests stalled after the drain";
+  LoadReport report = load.stop();
+  kill(pids.at(1), SIGCONT);
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_GT(report.total(), at_drain);
 }
 
 TEST_F(ExecBpf, MaxMemoryReplacesAGrowingProgramWithoutFailingARequest) {

@@ -1,9 +1,14 @@
 #include "lbctl/app_socket.h"
 
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <filesystem>
+
+#include "common/unique_fd.h"
 
 namespace lbd::ctl {
 
@@ -14,25 +19,42 @@ bool is_socket(const std::string& path) {
   return stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+// A socket file someone answers on: a crashed lbd leaves its file behind.
+bool is_live_socket(const std::string& path) {
+  if (!is_socket(path) || path.size() >= sizeof(sockaddr_un::sun_path)) return false;
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  memcpy(addr.sun_path, path.c_str(), path.size());
+  return fd && connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+}
+
 Error plain(const std::string& message) { return Error(std::error_code(), message); }
 
 }  // namespace
 
 Result<std::string> control_socket_for(const std::optional<std::string>& explicit_path, const std::string& app,
                                        const std::string& dir) {
-  if (explicit_path && !explicit_path->empty()) return *explicit_path;
+  if (explicit_path && !explicit_path->empty()) {
+    // Both: they must agree, or a verb could reach the wrong app (LBD_CONTROL left in a shell).
+    if (!app.empty() && std::filesystem::path(*explicit_path).stem() != app) {
+      return plain("the app '" + app + "' is not the one at " + *explicit_path +
+                   " (-s or $LBD_CONTROL); name one or the other");
+    }
+    return *explicit_path;
+  }
   if (!app.empty()) {
     const std::string path = dir + "/" + app + ".sock";
     if (!is_socket(path)) return plain("no app '" + app + "' is running (no control socket at " + path + ")");
     return path;
   }
   const std::string plain_lbd = dir + "/lbd.sock";
-  if (is_socket(plain_lbd)) return plain_lbd;
+  if (is_live_socket(plain_lbd)) return plain_lbd;
   std::vector<std::string> apps;
   std::error_code ignored;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
     const auto& path = entry.path();
-    if (path.extension() == ".sock" && is_socket(path.string())) apps.push_back(path.stem().string());
+    if (path.extension() == ".sock" && is_live_socket(path.string())) apps.push_back(path.stem().string());
   }
   std::sort(apps.begin(), apps.end());
   if (apps.size() == 1) return dir + "/" + apps[0] + ".sock";

@@ -25,9 +25,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// How long an app's supervisor may take to say READY=1 (its workers' own --ready-timeout is
-// 30 s by default; this covers that plus a slow start).
-constexpr std::chrono::seconds kAppStartTimeout{90};
+// How long an app's supervisor may take to say READY=1 beyond its workers' --ready-timeout.
+constexpr std::chrono::seconds kAppStartMargin{60};
 
 struct App {
   std::string name;
@@ -111,6 +110,9 @@ class AppLauncher {
       launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
       // stdin, stdout and stderr: ours (the app supervisors log where we log).
       for (int fd = 0; fd < 3; fd++) launch.fds.emplace_back(fd, fd);
+      // Its own process group: a terminal's ^C (or a service manager's TERM to the group) reaches
+      // this process alone, which passes it on once. Two would mean "stop at once" to an app.
+      launch.own_process_group = true;
       auto pid = spawn_process(launch);
       if (!pid) return pid.error().wrap("start app '" + app.name + "'");
       app.pid = *pid;
@@ -119,7 +121,10 @@ class AppLauncher {
     }
 
     // All ready, or one failed: nothing half-started stays up.
-    const auto deadline = Clock::now() + kAppStartTimeout;
+    double longest_ready_s = 30;
+    for (const auto& app : file_.apps) longest_ready_s = std::max(longest_ready_s, app.ready_timeout_s.value_or(30));
+    const auto start_timeout = std::chrono::seconds(static_cast<int64_t>(longest_ready_s)) + kAppStartMargin;
+    const auto deadline = Clock::now() + start_timeout;
     while (true) {
       size_t ready = 0;
       for (auto& app : apps_) {
@@ -136,7 +141,7 @@ class AppLauncher {
       if (stop_signal_) return Error(std::error_code(), "stopped before every app was ready");
       if (Clock::now() >= deadline) {
         return Error(std::error_code(), "not every app was ready within " +
-                                            std::to_string(kAppStartTimeout.count()) + " s");
+                                            std::to_string(start_timeout.count()) + " s");
       }
       wait_for_events(100);
     }
@@ -200,8 +205,8 @@ class AppLauncher {
         if (app.pid != pid || !app.running) continue;
         app.running = false;
         const std::string what = "app " + app.name + " (pid " + std::to_string(pid) + ") " + describe(status);
-        if (stopping_) {
-          spdlog::info("{}", what);
+        if (stopping_ || (app.ready && WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+          spdlog::info("{}", what);  // asked to stop (lbctl stop APP): not a failure
         } else {
           ended += (ended.empty() ? "" : "; ") + what;
         }

@@ -41,11 +41,6 @@ std::chrono::milliseconds Supervisor::drain_timeout(const control::Request& requ
   return request.timeout_s ? to_ms(*request.timeout_s) : options_.shutdown_timeout;
 }
 
-bool Supervisor::operation_involves(uint32_t slot) const {
-  return op_ && (op_->active.count(slot) ||
-                 std::find(op_->pending.begin(), op_->pending.end(), slot) != op_->pending.end());
-}
-
 void Supervisor::on_request(ClientId client, const control::Request& request) {
   auto reply_error = [&](const std::string& message) { control_->finish_error(client, message); };
   auto busy = [&]() -> bool {
@@ -163,7 +158,7 @@ void Supervisor::on_request(ClientId client, const control::Request& request) {
         }
       }
       start_reload(client, request.verb, std::move(targets), request.parallel,
-                   request.timeout_s ? to_ms(*request.timeout_s) : std::chrono::milliseconds(30'000));
+                   request.timeout_s ? to_ms(*request.timeout_s) : ready_timeout());
       return;
     }
 
@@ -255,7 +250,12 @@ void Supervisor::advance_operation() {
         const uint32_t index = op_->pending.front();
         op_->pending.pop_front();
         auto found = slot_at(index);
-        if (!found || (*found)->removing || (*found)->replacement) continue;
+        if (!found || (*found)->removing) continue;
+        if ((*found)->replacement) {
+          operation_progress("slot " + std::to_string(index) + ": a new worker is starting there already (pid " +
+                             std::to_string((*found)->replacement->pid) + "); skipped");
+          continue;
+        }
         Slot& slot = **found;
         if (slot.serving && slot.serving->role == Role::kStarting) {
           // Already starting (a crash restart): it runs the binary on disk anyway.

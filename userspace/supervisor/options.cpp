@@ -7,6 +7,7 @@
 #include <iostream>
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <set>
 
 #include "common/app_name.h"
@@ -27,7 +28,7 @@ int parse_int(std::string_view text, const std::string& what) {
 
 std::chrono::milliseconds seconds_to_ms(double seconds, const char* flag) {
   if (!(seconds > 0) || seconds > 86400) {
-    throw ConfigError(std::string(flag) + ": expected seconds between 0 and 86400");
+    throw ConfigError(std::string(flag) + ": expected seconds, more than 0 and at most 86400");
   }
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
@@ -322,6 +323,12 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   program.command = std::move(command);
   program.ready_delay = seconds_to_ms(ready_delay_s, "--ready-delay");
   program.ready_timeout = seconds_to_ms(ready_timeout_s, "--ready-timeout");
+  if (!program.wait_ready && program.ready_delay >= program.ready_timeout) {
+    throw ConfigError("--ready-delay must be shorter than --ready-timeout (a worker would be killed before it "
+                      "counts as ready)");
+  }
+  // Absolute: the child changes into it before exec, and a relative program path is found from it.
+  if (!program.cwd.empty()) program.cwd = std::filesystem::absolute(program.cwd).lexically_normal().string();
   program.log_max_bytes = config::parse_size(log_max_text, "--log-max-size");
   if (program.log_max_bytes < 4096) throw ConfigError("--log-max-size: at least 4K");
   if (program.log_files < 1 || program.log_files > 1000) throw ConfigError("--log-files: expected 1 to 1000");

@@ -15,10 +15,9 @@
 //   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
 //   policy `least` stops choosing it; its open connections are counted from the kernel every
 //   250 ms under `least`, every second otherwise (process_tree.h);
-// - drain: out of steering, our copy of its listener closed, SIGTERM; when the program closes
-//   its listener (or exits) the kernel migrates what is still queued; SIGKILL to its process
-//   group after --kill-timeout. (Not shutdown(): a program's accept would fail with EINVAL,
-//   which many treat as fatal.)
+// - drain: out of steering, SIGTERM; when the program closes its listener (or exits) the kernel
+//   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
+//   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -28,6 +27,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "common/log.h"
 #include "net/listener.h"
@@ -178,7 +178,13 @@ void Supervisor::on_notify(uint32_t process_id) {
     if (!cmsg || cmsg->cmsg_type != SCM_CREDENTIALS) continue;
     ucred cred{};
     memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
-    if (cred.uid != 0 && cred.uid != getuid()) continue;
+    if (cred.uid != 0 && cred.uid != getuid()) {
+      static bool warned = false;  // once: anyone may send here, and a flood must not flood the log
+      if (std::exchange(warned, true)) continue;
+      spdlog::warn("worker {}: ignored a notification from uid {} (pid {}): only root and lbd's uid count",
+                   slot->index, cred.uid, cred.pid);
+      continue;
+    }
     std::string_view text(buffer, static_cast<size_t>(n));
     bool ready = false;
     while (!text.empty()) {
@@ -232,6 +238,7 @@ void Supervisor::publish_program_loads(Clock::time_point now) {
   if (now < next_load_publish_) return;
   next_load_publish_ = now + kLoadPublishInterval;
   const uint64_t now_ns = monotonic_ns();
+  watch_retiring_queues(now);
   for (auto& slot : slots_) {
     WorkerProcess* p = slot->serving.get();
     if (!p || p->role != Role::kServing) continue;
@@ -250,6 +257,32 @@ void Supervisor::publish_program_loads(Clock::time_point now) {
                          .inflight = 0,
                          .requests = 0,
                          .pid = static_cast<uint32_t>(p->pid)});
+  }
+}
+
+// A retiring program's queue: once empty, our copy of its listener goes (the program's own
+// close, or exit, migrates anything that arrives later); if it stops shrinking for --stale-after,
+// the program is not taking from it (stopped, stuck, or it closed its own copy and ours keeps the
+// socket open), so we shut the listener down and the kernel moves the queue to the others now.
+void Supervisor::watch_retiring_queues(Clock::time_point now) {
+  for (auto& slot : slots_) {
+    for (auto& p : slot->retiring) {
+      if (p->listeners.empty()) continue;
+      uint32_t queued = 0;
+      for (const auto& fd : p->listeners) {
+        if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
+      }
+      if (queued == 0) {
+        p->listeners.clear();
+      } else if (queued < p->retiring_queue) {
+        p->queue_moved_at = now;
+      } else if (now - p->queue_moved_at >= options_.steering.stale_after) {
+        spdlog::info("worker {}: pid {} is not taking its {} queued connections; moving them to the others",
+                     slot->index, p->pid, queued);
+        stop_listening(*p);
+      }
+      p->retiring_queue = queued;
+    }
   }
 }
 

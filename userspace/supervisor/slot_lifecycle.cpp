@@ -229,11 +229,8 @@ void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
   p.ready_at.reset();
   // It owns the slot's load entry now (a replacement waited for this; the worker it replaces
   // stops writing the entry when it is told to drain, just below). A program's entry is ours to
-  // write: at once, so that it does not look stalled before the next round.
-  if (is_program()) {
-    next_load_publish_ = Clock::now();
-    publish_program_loads(Clock::now());
-  } else if (!p.status || !net::send_message(p.status.get(), "SERVING")) {
+  // write, once it has the slot (below).
+  if (!is_program() && (!p.status || !net::send_message(p.status.get(), "SERVING"))) {
     spdlog::warn("worker {}: cannot tell pid {} that it serves", slot.index, p.pid);
   }
   const std::string cpu = slot.cpu >= 0 ? std::to_string(slot.cpu) : std::string("any");
@@ -249,6 +246,10 @@ void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
     p.handover_sender.reset();  // the old worker holds its own copy now
   } else {
     spdlog::info("worker {} ready: pid {}, cpu {}", slot.index, p.pid, cpu);
+  }
+  if (is_program()) {  // at once: it must not look stalled until the next round
+    next_load_publish_ = Clock::now();
+    publish_program_loads(Clock::now());
   }
   update_state(slot);
   if (p.for_operation && op_ && op_->active.count(slot.index) &&
@@ -295,9 +296,11 @@ void Supervisor::retire(Slot& slot, std::unique_ptr<WorkerProcess> p, Retire how
   p->ready_by.reset();
   update_state(slot);  // out of steering before its listener goes
   if (is_program()) {
-    // The program stops its own listener on SIGTERM (tell_to_drain); its queue migrates when
-    // it closes it. Our copy must not keep the socket alive after that.
-    p->listeners.clear();
+    // The program stops its own listener on SIGTERM (tell_to_drain). We keep our copy while
+    // its queue empties (watch_retiring_queues): not shutdown() at once, since its accept would
+    // fail with EINVAL, which many programs treat as fatal; shut down only if the queue stops
+    // moving (the program is stopped, stuck, or has closed its own copy).
+    p->queue_moved_at = Clock::now();
   } else {
     stop_listening(*p);
   }
@@ -333,10 +336,9 @@ void Supervisor::check_memory(Clock::time_point now) {
   next_memory_check_ = now + std::chrono::seconds(1);
   for (auto& slot : slots_) {
     WorkerProcess* p = slot->serving.get();
-    if (!p || p->role != Role::kServing || slot->replacement || !slot->wanted ||
-        operation_involves(slot->index)) {
-      continue;
-    }
+    // Not during a reload or restart, which replaces workers anyway (and would skip a slot
+    // whose replacement is already starting).
+    if (!p || p->role != Role::kServing || slot->replacement || !slot->wanted || op_) continue;
     uint64_t rss = p->tree_rss;
     if (!is_program()) {
       auto usage = read_process_usage(p->pid);
@@ -345,8 +347,7 @@ void Supervisor::check_memory(Clock::time_point now) {
     if (rss <= options_.max_memory) continue;
     spdlog::warn("worker {} (pid {}) uses {} MiB, over --max-memory {} MiB; replacing it", slot->index,
                  p->pid, rss >> 20, options_.max_memory >> 20);
-    const auto timeout = is_program() ? options_.program->ready_timeout : std::chrono::milliseconds(30'000);
-    if (auto ok = start_replacement(*slot, timeout); !ok) {
+    if (auto ok = start_replacement(*slot, ready_timeout()); !ok) {
       spdlog::error("worker {}: cannot start its replacement: {}", slot->index, ok.error().message());
       continue;
     }
@@ -388,8 +389,11 @@ void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status, double c
   if (is_program()) {
     close_output(p);
     logs_->note(slot.index, "pid " + std::to_string(pid) + " " + describe_exit(wait_status));
-    // Whatever it left running in its process group goes with it.
-    kill(-pid, SIGKILL);
+    // What it left running in its process group goes with it: asked to finish, if it was
+    // draining (its children may still be answering); at once, if it crashed.
+    const bool retiring_now = std::any_of(slot.retiring.begin(), slot.retiring.end(),
+                                          [&](const auto& r) { return r.get() == &p; });
+    kill(-pid, retiring_now ? SIGTERM : SIGKILL);
   }
   stop_listening(p);  // a dead worker's queue moves on now, not when we get round to it
   fold_into_history(slot, p, cpu_seconds);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
 
 #include <fmt/ranges.h>
 
@@ -169,6 +170,9 @@ Result<void> Supervisor::set_up() {
 
   if (is_program()) {
     const ProgramOptions& program = *options_.program;
+    if (!program.cwd.empty() && !std::filesystem::is_directory(program.cwd)) {
+      return Error::from_errno(ENOENT, "--cwd " + program.cwd);
+    }
     if (auto found = find_program(program.command[0], program.cwd); !found) return found.error();
     auto logs = logs::LogCollector::create({.dir = program.log_dir,
                                             .app = options_.app,
@@ -368,7 +372,7 @@ void Supervisor::on_signal() {
           std::deque<uint32_t> all;
           for (const auto& slot : slots_) all.push_back(slot->index);
           start_reload(std::nullopt, control::Verb::kReload, std::move(all), 1,
-                       std::chrono::milliseconds(30'000));
+                       ready_timeout());
         }
         break;
     }
@@ -397,8 +401,11 @@ void Supervisor::begin_stop(bool graceful) {
       continue;
     }
     if (slot.serving) retire(slot, std::move(slot.serving), Retire::kStop, options_.shutdown_timeout);
-    // Those already draining close their idle connections now, too.
-    for (auto& p : slot.retiring) tell_to_drain(*p, Retire::kStop, options_.shutdown_timeout, -1);
+    // Those already draining close their idle connections now, too. (Not a program: it has its
+    // SIGTERM already, and many treat a second one as "exit now".)
+    if (!is_program()) {
+      for (auto& p : slot.retiring) tell_to_drain(*p, Retire::kStop, options_.shutdown_timeout, -1);
+    }
     update_state(slot);
   }
 }

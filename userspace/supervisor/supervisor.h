@@ -94,9 +94,10 @@ class Supervisor {
     std::optional<Clock::time_point> ready_at;
     std::optional<logs::LogPipe> output[2];  // its stdout and stderr, into the app's log
     uint64_t published_accepted = 0;  // what we last said it took off its queue
+    uint32_t retiring_queue = 0;      // retiring: its queue at the last look, and when it last
+    Clock::time_point queue_moved_at;  // shrank (or was seen)
     uint32_t open_connections = 0;    // from the kernel, sampled (process_tree.h)
     uint64_t tree_rss = 0;            // its whole process tree's resident memory, sampled
-    bool replacing_for_memory = false;  // over --max-memory: a replacement is on its way
     std::optional<WorkerStatsBlock> stats;  // what it counts (requests, durations); we keep
                                             // reading it after it exits (fold_into_history)
   };
@@ -186,7 +187,6 @@ class Supervisor {
   void operation_progress(const std::string& message);
   void operation_slot_failed(uint32_t slot, const std::string& why);
   void finish_operation();
-  bool operation_involves(uint32_t slot) const;
   std::chrono::milliseconds drain_timeout(const control::Request& request) const;
 
   // --- program.cpp (exec mode)
@@ -198,6 +198,11 @@ class Supervisor {
   void publish_program_loads(Clock::time_point now);
   void sample_program_trees(Clock::time_point now);
   bool is_program() const { return options_.program.has_value(); }
+  void watch_retiring_queues(Clock::time_point now);
+  // How long a new worker has to get ready when no one said: lbd run's --ready-timeout.
+  std::chrono::milliseconds ready_timeout() const {
+    return is_program() ? options_.program->ready_timeout : std::chrono::milliseconds(30'000);
+  }
 
   // --- metrics.cpp
   std::string metrics_text();

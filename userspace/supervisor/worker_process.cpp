@@ -190,7 +190,12 @@ Result<std::string> find_program(const std::string& program, const std::string& 
   };
   if (program.empty()) return Error::from_errno(ENOENT, "no program given");
   if (program.find('/') != std::string::npos) {
-    const std::string path = program[0] != '/' && !cwd.empty() ? cwd + "/" + program : program;
+    // Absolute, so that the child's chdir(cwd) before exec cannot change what it names.
+    std::string path = program[0] != '/' && !cwd.empty() ? cwd + "/" + program : program;
+    if (path[0] != '/') {
+      char here[PATH_MAX];
+      if (getcwd(here, sizeof(here))) path = std::string(here) + "/" + path;
+    }
     if (executable(path)) return path;
     const int err = access(path.c_str(), F_OK) == 0 ? EACCES : ENOENT;
     return Error::from_errno(err, "cannot execute " + path);
