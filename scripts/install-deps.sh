@@ -18,6 +18,7 @@ packages=(
   python3                # bench/compare and its smoke test
   prometheus             # promtool and a real Prometheus for the /metrics tests
   tmux                   # a real terminal for lbctl top's test
+  gunicorn               # a real third-party server run by `lbd run` (exec_test)
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)

@@ -199,7 +199,8 @@ TEST_F(Exec, GunicornRunsUnchanged) {
   std::string last;
   EXPECT_TRUE(every_worker_answers(address(), 2, "hello from gunicorn worker ", last, after(10s))) << last;
   // Its memory is the whole tree's: the master and its two workers.
-  for (const auto& w : status()["workers"]) {
+  const json s = status();
+  for (const auto& w : s["workers"]) {
     EXPECT_GT(w.value("rss_bytes", uint64_t{0}), process_rss_bytes(w.value("pid", 0))) << w.dump();
   }
   CommandResult r = lbctl({"reload"});

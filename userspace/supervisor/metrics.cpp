@@ -19,8 +19,6 @@ namespace {
 using metrics::Label;
 using metrics::MetricType;
 
-constexpr std::string_view kApp = "lbd";
-
 // One slot's numbers, gathered before writing: the text format wants each family's samples
 // together, so the slots are walked once per family.
 struct SlotSample {
@@ -58,7 +56,8 @@ WorkerStatsSnapshot Supervisor::slot_stats(const Slot& slot) const {
 }
 
 std::string Supervisor::metrics_text() {
-  const Label app{"app", kApp};
+  if (is_program()) sample_program_trees(Clock::now(), /*now_even_if_sampled_lately=*/true);
+  const Label app{"app", options_.app};  // "lbd", or lbd run --name / a config file's app
   metrics::Exposition out;
 
   out.family("lbd_build_info", MetricType::kGauge, "lbd's version, as a label; always 1.");
@@ -114,7 +113,7 @@ std::string Supervisor::metrics_text() {
       if (p->role == Role::kRetiring) s.connections += p->reported_open;
       if (auto usage = read_process_usage(p->pid)) {
         s.cpu_seconds += usage->cpu_seconds;
-        s.rss_bytes += usage->rss_bytes;
+        s.rss_bytes += is_program() && p->tree_rss ? p->tree_rss : usage->rss_bytes;  // a program's whole tree
       }
     };
     add_process(slot.serving.get());

@@ -235,7 +235,8 @@ void Supervisor::start_reload(std::optional<ClientId> client, Verb verb, std::de
   op_->timeout = timeout;
   op_->started_at = Clock::now();
   operation_progress(std::string(verb == Verb::kReload ? "reloading " : "restarting ") +
-                     std::to_string(op_->pending.size()) + " worker(s) from " + binary_);
+                     std::to_string(op_->pending.size()) + " worker(s) from " +
+                             (is_program() ? options_.program->command[0] : binary_));
   advance_operation();
 }
 
@@ -371,6 +372,7 @@ void Supervisor::finish_operation() {
 
 json Supervisor::status() {
   const auto now = Clock::now();
+  if (is_program()) sample_program_trees(now, /*now_even_if_sampled_lately=*/true);
   json workers = json::array();
   auto row = [&](const Slot& slot, WorkerProcess& p, const char* state) {
     json w = {{"slot", slot.index},

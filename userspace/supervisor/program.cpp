@@ -288,8 +288,8 @@ void Supervisor::watch_retiring_queues(Clock::time_point now) {
 
 // Each program's open connections and memory, over its whole process tree (a program may accept
 // in children it forked, like gunicorn's workers).
-void Supervisor::sample_program_trees(Clock::time_point now) {
-  if (now < next_tree_sample_) return;
+void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately) {
+  if (now < next_tree_sample_ && !now_even_if_sampled_lately) return;
   const bool by_load = steering_ && steering_->policy() == Policy::kLeast;
   next_tree_sample_ = now + (by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering);
   std::vector<WorkerProcess*> processes;

@@ -196,7 +196,7 @@ class Supervisor {
   void on_output(uint32_t index);
   void close_output(WorkerProcess& process);
   void publish_program_loads(Clock::time_point now);
-  void sample_program_trees(Clock::time_point now);
+  void sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately = false);
   bool is_program() const { return options_.program.has_value(); }
   void watch_retiring_queues(Clock::time_point now);
   // How long a new worker has to get ready when no one said: lbd run's --ready-timeout.
