@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "logs/log_collector.h"
+#include "support/log_collector.h"
 #include "support/deadline.h"
 #include "support/lbctl.h"
 #include "support/lbd_process.h"
@@ -27,15 +28,6 @@ using logs::LogOptions;
 using logs::LogPipe;
 using logs::parse_record;
 using logs::PipeState;
-
-std::unique_ptr<LogCollector> make_collector(LogOptions options) {
-  auto created = LogCollector::create(std::move(options));
-  if (!created) {
-    ADD_FAILURE() << created.error().message();
-    return nullptr;
-  }
-  return std::move(*created);
-}
 
 // Writes `lines` as worker `worker`'s stdout through a real pipe into the collector: a child's
 // output without the child. Each write is drained before the next, so none can block.

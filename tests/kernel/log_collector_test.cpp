@@ -11,6 +11,7 @@
 //   - long lines come out in pieces (out, out+, ...), stderr and lbd's notes are tagged, a last
 //     line without '\n' is kept at EOF or when a pipe is given up early, options are checked.
 #include "logs/log_collector.h"
+#include "support/log_collector.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -44,6 +45,7 @@ using test::Clock;
 using test::Deadline;
 using test::TempDir;
 using namespace std::chrono_literals;
+using lbd::test::make_collector;
 
 // Child `child`'s line number n. Lengths vary, so lines straddle the odd-sized writes differently.
 std::string line_text(uint32_t child, uint64_t n) {
@@ -158,15 +160,6 @@ Drive drive(LogCollector& collector, std::vector<LogPipe>& pipes, Deadline deadl
   }
   result.finished = true;
   return result;
-}
-
-std::unique_ptr<LogCollector> make_collector(LogOptions options) {
-  auto created = LogCollector::create(std::move(options));
-  if (!created) {
-    ADD_FAILURE() << created.error().message();
-    return nullptr;
-  }
-  return std::move(*created);
 }
 
 std::string read_file(const std::string& path) {

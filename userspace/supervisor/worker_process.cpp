@@ -44,6 +44,13 @@ void write_text(int fd, const char* text) {
   (void)ignored;
 }
 
+// "lbd: cannot <what> <subject>: ENOENT" on the child's stderr (the app's log in exec mode).
+// strerrorname_np: a constant string, no locale lookup (strerror may take locks).
+void report_failure(const char* what, const char* subject, int err) {
+  const char* name = strerrorname_np(err);
+  for (const char* part : {"lbd: cannot ", what, " ", subject, ": ", name ? name : "error", "\n"}) write_text(2, part);
+}
+
 // In the child, after fork: only async-signal-safe calls from here to execve (the supervisor
 // may have other threads, e.g. the log writer).
 [[noreturn]] void exec_child(const ProcessLaunch& launch, pid_t parent, char* const* argv,
@@ -80,12 +87,7 @@ void write_text(int fd, const char* text) {
 
   if (listen_pid_value) format_decimal(static_cast<unsigned long>(getpid()), listen_pid_value);
   if (!launch.cwd.empty() && chdir(launch.cwd.c_str()) != 0) {
-    const char* name = strerrorname_np(errno);
-    write_text(2, "lbd: cannot change directory to ");
-    write_text(2, launch.cwd.c_str());
-    write_text(2, ": ");
-    write_text(2, name ? name : "error");
-    write_text(2, "\n");
+    report_failure("change directory to", launch.cwd.c_str(), errno);
     _exit(127);
   }
 
@@ -96,13 +98,7 @@ void write_text(int fd, const char* text) {
     format_decimal(static_cast<unsigned long>(err), message + strlen(message));
     send(launch.exec_failed_fd, message, strlen(message), MSG_NOSIGNAL);
   } else {
-    // strerrorname_np: a constant string, no locale lookup (strerror may take locks).
-    const char* name = strerrorname_np(err);
-    write_text(2, "lbd: cannot execute ");
-    write_text(2, launch.path.c_str());
-    write_text(2, ": ");
-    write_text(2, name ? name : "error");
-    write_text(2, "\n");
+    report_failure("execute", launch.path.c_str(), err);
   }
   _exit(127);
 }
