@@ -5,7 +5,6 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,19 +34,6 @@ struct App {
   bool ready = false;
   bool running = false;
 };
-
-Result<UniqueFd> bound_notify_socket(const std::string& name) {
-  UniqueFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) return Error::from_errno("notify socket");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  memcpy(addr.sun_path + 1, name.data(), std::min(name.size(), sizeof(addr.sun_path) - 2));
-  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr),
-           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) != 0) {
-    return Error::from_errno("bind notify socket");
-  }
-  return fd;
-}
 
 bool said_ready(int fd) {
   bool ready = false;
@@ -98,7 +84,7 @@ class AppLauncher {
       App app;
       app.name = config.name;
       const std::string notify_name = "lbd/" + std::to_string(getpid()) + "/app/" + std::to_string(i);
-      auto notify = bound_notify_socket(notify_name);
+      auto notify = notify_listener(notify_name);
       if (!notify) return notify.error().wrap("app '" + app.name + "'");
       app.notify = std::move(*notify);
 

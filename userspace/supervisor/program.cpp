@@ -31,6 +31,7 @@
 
 #include "common/log.h"
 #include "net/listener.h"
+#include "supervisor/notify.h"
 #include "supervisor/process_tree.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/worker_process.h"
@@ -49,26 +50,6 @@ uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);  // the steering program's bpf_ktime_get_ns clock
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-// A datagram socket in the abstract namespace (no file to clean up), the program's
-// NOTIFY_SOCKET. SO_PASSCRED: each message says which process sent it.
-Result<UniqueFd> notify_socket(const std::string& name) {
-  UniqueFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) return Error::from_errno("notify socket");
-  int one = 1;
-  if (setsockopt(fd.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0) {
-    return Error::from_errno("notify socket SO_PASSCRED");
-  }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (name.size() + 1 > sizeof(addr.sun_path)) return Error::from_errno(ENAMETOOLONG, "notify socket");
-  memcpy(addr.sun_path + 1, name.data(), name.size());  // sun_path[0] = '\0': abstract
-  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr),
-           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) != 0) {
-    return Error::from_errno("bind notify socket @" + name);
-  }
-  return fd;
 }
 
 }  // namespace
@@ -117,7 +98,7 @@ Result<void> Supervisor::launch_program(Slot& slot, WorkerProcess& p) {
   }
 
   const std::string notify_name = fmt::format("lbd/{}/notify/{}", getpid(), p.id);
-  auto notify = notify_socket(notify_name);
+  auto notify = notify_listener(notify_name);
   if (!notify) return notify.error();
 
   // lbd's environment, then the operator's --env, then the protocol's variables (which win).
