@@ -7,7 +7,8 @@
  * Use: lbd_scan_init(), then lbd_scan_visit() for every slot 0..nr_slots-1 in order (the program
  * does it with bpf_loop(), so the verifier checks one visit instead of 64 unrolled ones), then
  * lbd_scan_choice(scan, 0) is the policy's pick; choices 1, 2, ... are the slots to try next if
- * the pick's socket turns out to be missing from the sockarray.
+ * the pick's socket turns out to be missing from the sockarray. (The program computes the pick
+ * once, lbd_scan_first(), and walks on from it with lbd_scan_choice_from().)
  *
  * The promise (DESIGN.md invariant 2): a slot that is not ACTIVE is never returned. When no
  * active slot exists the answer is LBD_NO_SLOT and the caller lets the kernel choose.
@@ -35,11 +36,18 @@ struct lbd_pick_args {
 
 struct lbd_scan {
 	struct lbd_pick_args args;
-	__u32 count;           /* active slots seen */
+	__u64 active;          /* bit i set = slot i is ACTIVE */
 	__u64 best_rank;       /* least: the lowest rank so far (load, plus a penalty if stalled) */
-	__u64 tied;            /* least: bit p set = eligible[p] has best_rank */
-	__u8 eligible[LBD_MAX_SLOTS]; /* active slots in index order */
+	__u64 tied;            /* least: bit i set = slot i is active and has best_rank */
 };
+
+/*
+ * Written for the verifier as much as for the CPU: slots are bits in a mask, never positions in an
+ * array indexed by a running count, and the n-th slot of a mask is found without a branch. An
+ * array indexed by a count makes the verifier track that count exactly, and walk every value it
+ * can take (64 of them) through the rest of the program; on a 6.18 kernel that passed its
+ * 1,000,000-instruction limit.
+ */
 
 /*
  * A slot's load: connections sent to it that it has not finished. "Sent but not yet accepted"
@@ -71,7 +79,7 @@ static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_p
 	s->args = *a;
 	if (s->args.nr_slots > LBD_MAX_SLOTS)
 		s->args.nr_slots = LBD_MAX_SLOTS;
-	s->count = 0;
+	s->active = 0;
 	s->best_rank = ~0ULL;
 	s->tied = 0;
 }
@@ -84,14 +92,12 @@ static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_p
 static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const struct lbd_slot *slot)
 {
 	const __u64 stalled_penalty = 1ULL << 62;
-	__u32 position;
-	__u64 rank;
+	__u64 bit, rank;
 
 	if (!slot || i >= LBD_MAX_SLOTS || LBD_READ_ONCE(slot->state) != LBD_SLOT_ACTIVE)
 		return;
-	position = s->count & (LBD_MAX_SLOTS - 1);
-	s->eligible[position] = (__u8)i;
-	s->count++;
+	bit = 1ULL << (i & (LBD_MAX_SLOTS - 1));
+	s->active |= bit;
 	if (s->args.policy != LBD_POLICY_LEAST)
 		return;
 
@@ -100,44 +106,81 @@ static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const st
 		rank += stalled_penalty;
 	if (rank < s->best_rank) {
 		s->best_rank = rank;
-		s->tied = 1ULL << position;
+		s->tied = bit;
 	} else if (rank == s->best_rank) {
-		s->tied |= 1ULL << position;
+		s->tied |= bit;
 	}
 }
 
-/* least: the (cursor % ties)-th of the tied positions, so equal loads are served in turn. */
-static __always_inline __u32 lbd_tied_position(const struct lbd_scan *s)
+/* Bits set in x (BPF has no popcount instruction: the usual sum of bit fields). */
+static __always_inline __u32 lbd_bits(__u64 x)
 {
-	__u32 ties = __builtin_popcountll(s->tied), k, p;
-
-	if (!ties)
-		return 0;
-	k = s->args.cursor % ties;
-	for (p = 0; p < LBD_MAX_SLOTS; p++) {
-		if (!(s->tied & (1ULL << p)))
-			continue;
-		if (k-- == 0)
-			return p;
-	}
-	return 0;
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (__u32)((x * 0x0101010101010101ULL) >> 56);
 }
 
-/* The attempt-th slot to try: 0 is the policy's pick, then the active slots after it in turn.
- * LBD_NO_SLOT once every active slot has been offered. */
+/* The index of the n-th (from 0) set bit of mask; n must be below lbd_bits(mask). A binary
+ * search over halves, without branches: each step moves past the low half when n lies beyond
+ * the bits it holds. */
+static __always_inline __u32 lbd_nth_bit(__u64 mask, __u32 n)
+{
+	__u32 position = 0, width;
+
+	for (width = 32; width; width >>= 1) {
+		__u64 low = lbd_bits(mask & ((1ULL << width) - 1));
+		/* 1 when n >= low: the sign of low - n - 1, both below 2^32 */
+		__u64 beyond = (__u64)((__s64)low - (__s64)n - 1) >> 63;
+
+		n -= (__u32)(beyond * low);
+		mask >>= beyond * width;
+		position += (__u32)(beyond * width);
+	}
+	return position;
+}
+
+/* Active slots seen. */
+static __always_inline __u32 lbd_scan_active_count(const struct lbd_scan *s)
+{
+	return lbd_bits(s->active);
+}
+
+/* The policy's pick, as its rank among the active slots (0 = the lowest active index). Computed
+ * once per decision; lbd_scan_choice_from() walks on from it. */
+static __always_inline __u32 lbd_scan_first(const struct lbd_scan *s)
+{
+	__u32 count = lbd_bits(s->active), ties, slot;
+
+	if (!count)
+		return 0;
+	if (s->args.policy == LBD_POLICY_LEAST) {
+		/* the (cursor % ties)-th tied slot, so equal loads are served in turn */
+		ties = lbd_bits(s->tied);
+		if (!ties)
+			return 0;
+		slot = lbd_nth_bit(s->tied, s->args.cursor % ties);
+		return lbd_bits(s->active & ((1ULL << slot) - 1));
+	}
+	if (s->args.policy == LBD_POLICY_HASH)
+		return s->args.hash % count;
+	return s->args.cursor % count; /* LBD_POLICY_RR */
+}
+
+/* The attempt-th slot to try, from the pick's rank `first`: 0 is the pick, then the active slots
+ * after it in turn. LBD_NO_SLOT once every active slot has been offered. */
+static __always_inline __u32 lbd_scan_choice_from(const struct lbd_scan *s, __u32 first, __u32 attempt)
+{
+	__u32 count = lbd_bits(s->active);
+
+	if (!count || attempt >= count)
+		return LBD_NO_SLOT;
+	return lbd_nth_bit(s->active, (first + attempt) % count);
+}
+
 static __always_inline __u32 lbd_scan_choice(const struct lbd_scan *s, __u32 attempt)
 {
-	__u32 first;
-
-	if (!s->count || attempt >= s->count)
-		return LBD_NO_SLOT;
-	if (s->args.policy == LBD_POLICY_LEAST)
-		first = lbd_tied_position(s);
-	else if (s->args.policy == LBD_POLICY_HASH)
-		first = s->args.hash % s->count;
-	else
-		first = s->args.cursor % s->count; /* LBD_POLICY_RR */
-	return s->eligible[((first + attempt) % s->count) & (LBD_MAX_SLOTS - 1)];
+	return lbd_scan_choice_from(s, lbd_scan_first(s), attempt);
 }
 
 #endif /* LBD_STEER_POLICY_H */

@@ -156,7 +156,7 @@ TEST(SteerPolicy, SlotCountAboveTheMaximumIsClampedToLbdMaxSlots) {
   lbd_slot extra{};
   extra.state = LBD_SLOT_ACTIVE;
   lbd_scan_visit(&s, LBD_MAX_SLOTS, &extra);
-  EXPECT_EQ(s.count, static_cast<uint32_t>(LBD_MAX_SLOTS));
+  EXPECT_EQ(lbd_scan_active_count(&s), static_cast<uint32_t>(LBD_MAX_SLOTS));
   EXPECT_EQ(lbd_scan_choice(&s, 0), 5u);  // ticket 69 over 64 active slots
 }
 
