@@ -94,6 +94,37 @@ TEST_F(ConfigStart, TwoAppsServeOnTheirPortsAndLbctlNamesThem) {
   EXPECT_EQ(lbd.count_log("app (web|api) \\(pid [0-9]+\\) exited with status 0"), 2u) << lbd.log();
 }
 
+TEST_F(ConfigStart, AnAppWhoseSupervisorDiesIsStartedAgainAndTheOthersStay) {
+  const uint16_t web_port = free_port(), api_port = free_port();
+  const std::string file = write_config(lbd_table() + app_block("web", web_port) + app_block("api", api_port));
+  LbdProcess lbd({"start", file});
+  ASSERT_TRUE(lbd.wait_for_log("\\[lbd\\] ready: 2 apps$", after(20s))) << lbd.log();
+  auto supervisor_pid = [&](const std::string& app) -> pid_t {
+    CommandResult r = lbctl({"status", app, "--json"});
+    if (!r.exited(0)) return 0;
+    return json::parse(r.out)["lbd"].value("pid", 0);
+  };
+  const pid_t web_before = supervisor_pid("web"), api_before = supervisor_pid("api");
+  ASSERT_GT(web_before, 0);
+  ASSERT_GT(api_before, 0);
+
+  // Killed outright (the OOM killer, an operator's kill -9): lbd start runs it again.
+  ASSERT_EQ(kill(web_before, SIGKILL), 0);
+  ASSERT_TRUE(lbd.wait_for_log("app web \\(pid " + std::to_string(web_before) + "\\) was killed by signal 9", after(10s)))
+      << lbd.log();
+  ASSERT_TRUE(lbd.wait_for_log("app web: restarting it in [0-9]+ ms", after(10s))) << lbd.log();
+  ASSERT_TRUE(lbd.wait_for_log("app web ready again", after(30s))) << lbd.log();
+  const pid_t web_after = supervisor_pid("web");
+  EXPECT_GT(web_after, 0);
+  EXPECT_NE(web_after, web_before);
+  EXPECT_EQ(supervisor_pid("api"), api_before) << "the other app was left alone";
+  HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(web_port)), http_get("/", true), after(5s));
+  EXPECT_TRUE(r.ok() && r.response.body.starts_with("hello from worker ")) << r.describe();
+
+  lbd.signal(SIGTERM);
+  EXPECT_EQ(lbd.wait_exit(after(20s)), ExitStatus::exited(0)) << lbd.log();
+}
+
 TEST_F(ConfigStart, AnAppThatCannotStartStopsTheOthers) {
   auto held = net::listen_tcp(net::Address::parse("127.0.0.1:0"), {.backlog = 1, .reuseport = false});
   ASSERT_TRUE(held.ok());

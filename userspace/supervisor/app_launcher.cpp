@@ -8,7 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
+#include <optional>
 #include <cstdio>
 #include <vector>
 
@@ -16,6 +19,7 @@
 #include "common/unique_fd.h"
 #include "config/app_config.h"
 #include "supervisor/notify.h"
+#include "supervisor/restart_policy.h"
 #include "supervisor/worker_process.h"
 
 namespace lbd {
@@ -28,11 +32,17 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kAppStartMargin{60};
 
 struct App {
+  size_t index = 0;  // in the config file
   std::string name;
   pid_t pid = 0;
   UniqueFd notify;  // its supervisor's NOTIFY_SOCKET: READY=1 once every worker serves
   bool ready = false;
   bool running = false;
+  // An app supervisor that dies while serving (killed, out of memory, a bug) is started again,
+  // with backoff; after 5 deaths in a minute it is left down and lbd start exits 1 in the end.
+  RestartPolicy restarts{5, std::chrono::minutes(1), std::chrono::milliseconds(500), std::chrono::seconds(30)};
+  std::optional<Clock::time_point> restart_at;
+  bool died = false;  // ended on its own while serving; not restarted yet
 };
 
 bool said_ready(int fd) {
@@ -77,33 +87,16 @@ class AppLauncher {
     signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!signal_fd_) return Error::from_errno("signalfd");
 
-    const std::string binary = current_binary_path();
     spdlog::info("starting {} apps from the config file", file_.apps.size());
     for (size_t i = 0; i < file_.apps.size(); i++) {
-      const auto& config = file_.apps[i];
-      App app;
-      app.name = config.name;
-      const std::string notify_name = "lbd/" + std::to_string(getpid()) + "/app/" + std::to_string(i);
+      App& app = apps_.emplace_back();
+      app.index = i;
+      app.name = file_.apps[i].name;
+      const std::string notify_name = notify_name_of(app);
       auto notify = notify_listener(notify_name);
       if (!notify) return notify.error().wrap("app '" + app.name + "'");
       app.notify = std::move(*notify);
-
-      ProcessLaunch launch;
-      launch.path = binary;
-      launch.argv = {"lbd"};
-      for (auto& arg : config::lbd_run_arguments(config, file_)) launch.argv.push_back(arg);
-      launch.env = inherited_environment({"NOTIFY_SOCKET"});
-      launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
-      // stdin, stdout and stderr: ours (the app supervisors log where we log).
-      for (int fd = 0; fd < 3; fd++) launch.fds.emplace_back(fd, fd);
-      // Its own process group: a terminal's ^C (or a service manager's TERM to the group) reaches
-      // this process alone, which passes it on once. Two would mean "stop at once" to an app.
-      launch.own_process_group = true;
-      auto pid = spawn_process(launch);
-      if (!pid) return pid.error().wrap("start app '" + app.name + "'");
-      app.pid = *pid;
-      app.running = true;
-      apps_.push_back(std::move(app));
+      LBD_TRY(spawn(app));
     }
 
     // All ready, or one failed: nothing half-started stays up.
@@ -136,13 +129,48 @@ class AppLauncher {
     return {};
   }
 
+  // The app's supervisor: `lbd run` with the app's flags, telling us READY=1 on our socket.
+  std::string notify_name_of(const App& app) const {
+    return "lbd/" + std::to_string(getpid()) + "/app/" + std::to_string(app.index);
+  }
+
+  Result<void> spawn(App& app) {
+    ProcessLaunch launch;
+    launch.path = binary_;
+    launch.argv = {"lbd"};
+    for (auto& arg : config::lbd_run_arguments(file_.apps[app.index], file_)) launch.argv.push_back(arg);
+    launch.env = inherited_environment({"NOTIFY_SOCKET"});
+    launch.env.push_back("NOTIFY_SOCKET=@" + notify_name_of(app));
+    // stdin, stdout and stderr: ours (the app supervisors log where we log).
+    for (int fd = 0; fd < 3; fd++) launch.fds.emplace_back(fd, fd);
+    // Its own process group: a terminal's ^C (or a service manager's TERM to the group) reaches
+    // this process alone, which passes it on once. Two would mean "stop at once" to an app.
+    launch.own_process_group = true;
+    auto pid = spawn_process(launch);
+    if (!pid) return pid.error().wrap("start app '" + app.name + "'");
+    app.pid = *pid;
+    app.running = true;
+    app.ready = false;
+    return {};
+  }
+
   int serve() {
     int exit_code = 0;
-    while (std::any_of(apps_.begin(), apps_.end(), [](const App& a) { return a.running; })) {
-      wait_for_events(-1);
+    auto any_app = [&] {
+      return std::any_of(apps_.begin(), apps_.end(), [](const App& a) { return a.running || a.restart_at; });
+    };
+    while (any_app()) {
+      wait_for_events(poll_timeout_ms());
       if (auto failed = reap(); !failed.empty() && !stopping_) {
-        spdlog::error("{}; the other apps keep running", failed);
-        exit_code = 1;
+        spdlog::error("{}", failed);
+        if (!schedule_restarts()) exit_code = 1;
+      }
+      restart_due_apps();
+      for (auto& app : apps_) {
+        if (app.running && !app.ready && app.notify && said_ready(app.notify.get())) {
+          app.ready = true;
+          spdlog::info("app {} ready again (pid {})", app.name, app.pid);
+        }
       }
       if (stop_signal_ && !stopping_) {
         stopping_ = true;
@@ -154,6 +182,51 @@ class AppLauncher {
     }
     spdlog::info("stopped");
     return exit_code;
+  }
+
+  // Every app that died while serving gets a restart time, unless it died too often: then it is
+  // left down (false: some app was given up).
+  bool schedule_restarts() {
+    bool all_kept = true;
+    const auto now = Clock::now();
+    for (auto& app : apps_) {
+      if (!app.died) continue;
+      app.died = false;
+      if (auto delay = app.restarts.on_crash(now)) {
+        spdlog::warn("app {}: restarting it in {} ms", app.name, delay->count());
+        app.restart_at = now + *delay;
+      } else {
+        spdlog::error("app {}: died {} times within a minute; not restarting it; the other apps keep running",
+                      app.name, app.restarts.recent_crashes(now));
+        all_kept = false;
+      }
+    }
+    return all_kept;
+  }
+
+  void restart_due_apps() {
+    const auto now = Clock::now();
+    for (auto& app : apps_) {
+      if (!app.restart_at || *app.restart_at > now) continue;
+      app.restart_at.reset();
+      if (stopping_) continue;
+      if (auto ok = spawn(app); !ok) {
+        spdlog::error("{}", ok.error().message());
+        app.died = true;
+        schedule_restarts();
+      }
+    }
+  }
+
+  int poll_timeout_ms() const {
+    auto next = Clock::time_point::max();
+    for (const auto& app : apps_) {
+      if (app.restart_at) next = std::min(next, *app.restart_at);
+      if (app.running && !app.ready) next = std::min(next, Clock::now() + std::chrono::milliseconds(100));
+    }
+    if (next == Clock::time_point::max()) return -1;
+    const auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - Clock::now()).count();
+    return static_cast<int>(std::clamp<int64_t>(ms, 0, 60'000));
   }
 
   // Reads signals: HUP is passed on at once; a stop is recorded for the loop.
@@ -195,6 +268,7 @@ class AppLauncher {
           spdlog::info("{}", what);  // asked to stop (lbctl stop APP): not a failure
         } else {
           ended += (ended.empty() ? "" : "; ") + what;
+          app.died = true;
         }
       }
     }
@@ -215,7 +289,8 @@ class AppLauncher {
   }
 
   config::FileConfig file_;
-  std::vector<App> apps_;
+  const std::string binary_ = current_binary_path();
+  std::deque<App> apps_;  // a deque: spawn() and the loops hold references while apps are added
   UniqueFd signal_fd_;
   int stop_signal_ = 0;
   bool stopping_ = false;
