@@ -14,6 +14,7 @@
  */
 #include "vmlinux.h"
 
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "steer_abi.h"
@@ -21,8 +22,11 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 
-/* slot -> the worker's listening socket, one row of LBD_MAX_SLOTS per reuseport group. */
+/* slot -> the worker's listening socket, one row of LBD_MAX_SLOTS per reuseport group; then the
+ * probe places of starting workers (LBD_PROBE_INDEX). */
 struct {
 	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
 	__uint(max_entries, LBD_SOCKARRAY_SIZE);
@@ -55,6 +59,14 @@ struct {
 	__type(value, __u32);
 } groups SEC(".maps");
 
+/* Readiness probes in flight: the probe's source -> its LBD_PROBE_INDEX place in the sockarray. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LBD_MAX_GROUPS * LBD_MAX_SLOTS);
+	__type(key, struct lbd_probe_key);
+	__type(value, struct lbd_probe);
+} probes SEC(".maps");
+
 /* Set before load: a slot whose heartbeat is older than this is treated as stalled by `least`. */
 const volatile __u64 stale_after_ns = 50 * 1000 * 1000;
 
@@ -63,6 +75,8 @@ volatile __u32 policy = LBD_POLICY_LEAST;
 volatile __u32 nr_slots;
 /* Shared round-robin ticket; every decision takes the next one. */
 __u32 rr_cursor;
+/* Entries in `probes`, kept by user space: while it is 0 a connection costs no probe lookup. */
+volatile __u32 probes_pending;
 
 static __always_inline struct lbd_slot_stats *stats_for(__u32 slot)
 {
@@ -103,6 +117,41 @@ static __always_inline int fall_back(void)
 	return SK_PASS;
 }
 
+/*
+ * A readiness probe goes to the starting worker it is meant for, and nowhere else; every other
+ * connection returns -1 here. data starts at the TCP header (the kernel has pulled the IP header),
+ * which is still readable relative to the network header. Not inlined: in its own frame it
+ * leaves the caller's stack as it found it, so the verifier can merge the paths after the call
+ * (inlined, the probe's key on the stack doubled the states of everything after it).
+ */
+static __noinline int select_probe_target(struct sk_reuseport_md *md)
+{
+	struct lbd_probe_key key = {};
+	__u16 source_port;
+	struct lbd_probe *probe;
+
+	if (md->ip_protocol != IPPROTO_TCP ||
+	    bpf_skb_load_bytes(md, 0, &source_port, sizeof(source_port)))
+		return -1;
+	key.port = bpf_ntohs(source_port);
+	if (md->eth_protocol == bpf_htons(ETH_P_IP)) {
+		key.family = AF_INET;
+		if (bpf_skb_load_bytes_relative(md, 12, &key.addr[0], 4, BPF_HDR_START_NET))
+			return -1;
+	} else if (md->eth_protocol == bpf_htons(ETH_P_IPV6)) {
+		key.family = AF_INET6;
+		if (bpf_skb_load_bytes_relative(md, 8, key.addr, 16, BPF_HDR_START_NET))
+			return -1;
+	} else {
+		return -1;
+	}
+	probe = bpf_map_lookup_elem(&probes, &key);
+	if (!probe || bpf_sk_select_reuseport(md, &sockarray, &probe->place, 0))
+		return -1;
+	probe->delivered = 1;
+	return 0;
+}
+
 /* Tries this many slots before giving up; each failure moves on to the next active slot. */
 #define LBD_SELECT_ATTEMPTS 4
 
@@ -121,10 +170,13 @@ int lbd_steer(struct sk_reuseport_md *md)
 	struct lbd_scan scan;
 	struct bpf_sock *sk = md->sk;
 	int migrating = md->migrating_sk != NULL;
-	__u32 group, attempt;
+	__u32 group, attempt, first;
 
 	if (!sk || group_of(sk, &group) || group >= LBD_MAX_GROUPS)
 		return fall_back();
+	/* Not counted in the stats: a probe is lbd's own connection, not a client's. */
+	if (!migrating && probes_pending && select_probe_target(md) == 0)
+		return SK_PASS;
 
 	args.policy = policy;
 	args.nr_slots = nr_slots;
@@ -135,11 +187,12 @@ int lbd_steer(struct sk_reuseport_md *md)
 		args.cursor = __sync_fetch_and_add(&rr_cursor, 1);
 	lbd_scan_init(&scan, &args);
 	bpf_loop(scan.args.nr_slots, visit_slot, &scan, 0);
+	first = lbd_scan_first(&scan);
 
 	for (attempt = 0; attempt < LBD_SELECT_ATTEMPTS; attempt++) {
 		struct lbd_slot_stats *st;
 		struct lbd_slot *slot_info;
-		__u32 slot = lbd_scan_choice(&scan, attempt);
+		__u32 slot = lbd_scan_choice_from(&scan, first, attempt);
 		__u32 index;
 
 		if (slot >= LBD_MAX_SLOTS)

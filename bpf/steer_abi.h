@@ -23,7 +23,10 @@
 
 /* The slot's place in the reuseport sockarray: one row of LBD_MAX_SLOTS per group. */
 #define LBD_SOCKARRAY_INDEX(group, slot) ((group) * LBD_MAX_SLOTS + (slot))
-#define LBD_SOCKARRAY_SIZE (LBD_MAX_GROUPS * LBD_MAX_SLOTS)
+/* A starting worker's listener, reachable only by its readiness probe (struct lbd_probe_key):
+ * the second half of the sockarray, same layout. A socket sits in one place at a time. */
+#define LBD_PROBE_INDEX(group, slot) (LBD_MAX_GROUPS * LBD_MAX_SLOTS + LBD_SOCKARRAY_INDEX(group, slot))
+#define LBD_SOCKARRAY_SIZE (2 * LBD_MAX_GROUPS * LBD_MAX_SLOTS)
 
 /* Who may receive new connections. Only ACTIVE slots are ever chosen while one exists. */
 enum lbd_slot_state {
@@ -82,6 +85,23 @@ struct lbd_group_key {
 	__u32 family;  /* AF_INET or AF_INET6 */
 	__u32 port;
 	__u32 addr[4]; /* IPv4 in addr[0]; zero for a wildcard bind */
+};
+
+/* A readiness probe: the supervisor's own connection to a starting program's listener (exec mode),
+ * named by its source address and port. The program sends it to the listener in the probe place
+ * the entry names, whatever the slot's state, and says it did; once the program takes it off its
+ * queue, the program is accepting, so it is ready. Address in network order (IPv4 in addr[0]),
+ * port in host order. */
+struct lbd_probe_key {
+	__u32 family; /* AF_INET or AF_INET6 */
+	__u32 port;
+	__u32 addr[4];
+};
+
+struct lbd_probe {
+	__u32 place;     /* LBD_PROBE_INDEX of the starting listener (written by user space) */
+	__u32 delivered; /* set by the program once the probe's SYN went there: only then does an
+			    empty queue mean the listener's program took it */
 };
 
 #endif /* LBD_STEER_ABI_H */

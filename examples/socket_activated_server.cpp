@@ -13,7 +13,8 @@
 //   GET /grow?mb=N   keeps N more MiB of memory (to try --max-memory)
 //
 // Build: part of the CMake build (examples/). Run: lbd run -i 2 -- build/socket_activated_server
-// Flag: --ready-after-ms N: wait this long before READY=1 (a slow start).
+// Flags: --ready-after-ms N: wait this long before serving and READY=1 (a slow start);
+//        --no-notify: never send READY=1 (like most programs: lbd sees it accept instead).
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -84,8 +85,10 @@ std::string answer(const std::string& request_line, const std::string& worker,
 
 int main(int argc, char** argv) {
   long ready_after_ms = 0;
-  for (int i = 1; i + 1 < argc; i++) {
-    if (strcmp(argv[i], "--ready-after-ms") == 0) ready_after_ms = atol(argv[i + 1]);
+  bool notify_ready = true;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--ready-after-ms") == 0 && i + 1 < argc) ready_after_ms = atol(argv[i + 1]);
+    if (strcmp(argv[i], "--no-notify") == 0) notify_ready = false;
   }
   if (listen_fds() < 1) {
     fprintf(stderr, "socket_activated_server: no listening socket passed (LISTEN_FDS); run it under "
@@ -109,7 +112,7 @@ int main(int argc, char** argv) {
   }
   printf("worker %s (pid %d) serving on fd %d\n", worker.c_str(), getpid(), listener);
   fflush(stdout);
-  notify("READY=1");
+  if (notify_ready) notify("READY=1");
 
   std::map<int, Connection> connections;
   std::vector<std::unique_ptr<char[]>> kept;

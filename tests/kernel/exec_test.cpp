@@ -17,10 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-bool on_path(const std::string& program) {
-  return run_command({"/bin/sh", "-c", "command -v " + program}, after(5s)).exited(0);
-}
-
 // Fetches on new connections until every one of `workers` has answered (the kernel's hash picks
 // a worker per connection); false at the deadline.
 bool every_worker_answers(const net::Address& address, unsigned workers, const std::string& body_prefix,
@@ -96,6 +92,24 @@ TEST_F(Exec, AProgramThatExitsAtOnceIsReportedAndNotRestartedInATightLoop) {
   EXPECT_EQ(lbd_run.count_log("every worker has failed; lbd is exiting"), 1u) << lbd_run.log();
   // The app's log says it too, line by line.
   EXPECT_GE(count_records(" app 0 lbd pid "), delays.size() + 1) << testing::PrintToString(log_records());
+}
+
+TEST_F(Exec, AProgramOverMaxMemoryFromTheStartIsNotReplacedInATightLoop) {
+  // Every process of this program is over 1 MiB as soon as it starts: each replacement is over
+  // the limit too. lbd replaces it, but waits longer each time (2 s, 4 s, 8 s ...) and says why.
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "reuseport", "-i", "1", "--wait-ready", "--max-memory", "1M"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  ASSERT_TRUE(lbd().wait_for_log("3 replacements in 10 min; next look in 8 s", after(30s))) << lbd().log();
+  std::vector<int> quiet_s;
+  static const std::regex kNextLook(R"(replacements in 10 min; next look in ([0-9]+) s: is the limit below)");
+  for (const auto& line : lbd().lines()) {
+    std::smatch m;
+    if (std::regex_search(line, m, kNextLook)) quiet_s.push_back(std::stoi(m[1]));
+  }
+  EXPECT_EQ(quiet_s, (std::vector<int>{4, 8})) << lbd().log();
+  EXPECT_EQ(lbd().count_log("over --max-memory 1 MiB.*replacing it"), 3u) << lbd().log();
+  std::string last;
+  EXPECT_TRUE(every_worker_answers(address(), 1, "hello from worker ", last, after(10s))) << last;
 }
 
 TEST_F(Exec, AProgramThatDoesNotExistIsOneClearLine) {

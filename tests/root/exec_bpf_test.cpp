@@ -59,6 +59,76 @@ TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
   EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
 }
 
+// Most programs never send READY=1. In --mode bpf lbd sees them accept instead: a program is
+// ready once it takes lbd's probe connection off its queue. So a reload waits for a build that
+// starts slowly, and refuses one that never accepts, leaving the old one serving: no request
+// fails either way.
+TEST_F(ExecBpf, AProgramThatDoesNotNotifyIsReadyOnlyOnceItAccepts) {
+  const std::string program = dir_.path("server.sh");
+  auto deploy = [&](const std::string& command) {
+    replace_executable_with_text(program, "#!/bin/sh\nexec " + command + "\n");
+  };
+  deploy(std::string(SOCKET_ACTIVATED_SERVER_PATH) + " --no-notify");
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "-i", "2", "--ready-timeout", "4", "--kill-timeout", "5"},
+                                        {program}));
+  const auto first = serving_pids();
+  ASSERT_EQ(first.size(), 2u);
+  LoadOptions options;
+  options.threads = 4;
+  options.request_timeout = 20s;
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
+
+  // A slow start: 1.5 s before it accepts. Each slot's new program is ready only then.
+  deploy(std::string(SOCKET_ACTIVATED_SERVER_PATH) + " --no-notify --ready-after-ms 1500");
+  const auto slow_started = Clock::now();
+  CommandResult slow = lbctl({"reload"});
+  const auto slow_took = Clock::now() - slow_started;
+  ASSERT_TRUE(slow.exited(0)) << slow.describe();
+  EXPECT_GE(slow_took, 3s) << "two slots, one after the other, each ready only once it accepts";
+  const auto second = serving_pids();
+  ASSERT_EQ(second.size(), 2u);
+  for (auto [slot, pid] : first) EXPECT_NE(second.at(slot), pid);
+
+  // A build that never accepts (it holds fd 3 and sleeps): never ready, killed at --ready-timeout,
+  // the reload fails and the programs that accept keep serving.
+  deploy("sleep 600");
+  CommandResult broken = lbctl({"reload"});
+  EXPECT_TRUE(broken.exited(1)) << broken.describe();
+  EXPECT_TRUE(broken.err.starts_with("lbctl: reload failed: slot 0: new worker pid ")) << broken.describe();
+  EXPECT_NE(broken.err.find("not ready"), std::string::npos) << broken.describe();
+  EXPECT_EQ(serving_pids(), second);
+
+  EXPECT_TRUE(wait_for_requests(load, 500, after(5s))) << "the load stalled";
+  LoadReport report = load.stop();
+  std::cout << "exec mode, readiness by accepting: slow reload " << std::chrono::duration<double>(slow_took).count()
+            << " s; " << report.summary() << "\n";
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_TRUE(report.all_ok()) << report.summary();
+}
+
+// Node.js as PM2 would run it (no READY=1, ever), under lbd's steering: ready when it accepts, and
+// reloads under load fail nothing.
+TEST_F(ExecBpf, NodeIsReadyWhenItAcceptsAndReloadsUnderLoadFailNothing) {
+  if (!on_path("node")) GTEST_SKIP() << "needs Node.js";
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "-i", "2", "--kill-timeout", "5"},
+                                        {"node", std::string(FIXTURES_DIR) + "/node_hello.js"}));
+  LoadOptions options;
+  options.threads = 4;
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
+  for (int i = 1; i <= 3; i++) {
+    CommandResult r = lbctl({"reload"});
+    ASSERT_TRUE(r.exited(0)) << "reload " << i << ": " << r.describe();
+  }
+  EXPECT_TRUE(wait_for_requests(load, 500, after(5s))) << "the load stalled after the reloads";
+  LoadReport report = load.stop();
+  std::cout << "node under lbd run --mode bpf, 3 reloads: " << report.summary() << "\n";
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_TRUE(report.all_ok()) << report.summary();
+  EXPECT_EQ(lbd().count_log("cannot see whether"), 0u) << lbd().log();
+}
+
 TEST_F(ExecBpf, RoundRobinSpreadsNewConnectionsEvenlyAndScaleAddsAProgram) {
   ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready"},
                                         {SOCKET_ACTIVATED_SERVER_PATH}));

@@ -197,6 +197,37 @@ class SteeringTest : public ::testing::Test {
     return q ? q->queued : 0;
   }
 
+  // Exec mode's readiness probe on a group of `host`: slot 0 active, slot 1's listener starting
+  // (in no slot). The probe reaches slot 1's listener and nothing else does; the probe is not
+  // counted as a client's connection; once removed, the listener can take its slot.
+  void expect_probe_reaches_only_the_starting_listener(const char* host) {
+    ASSERT_NO_FATAL_FAILURE(load(Policy::kRoundRobin));
+    Group& g = add_group(2, host);
+    ASSERT_TRUE(steering_->clear_socket(g.row, 1));
+    set_state(0, LBD_SLOT_ACTIVE);
+    set_state(1, LBD_SLOT_STARTING);
+
+    auto probe = net::bind_probe(g.address);
+    ASSERT_TRUE(probe) << probe.error().message();
+    auto added = steering_->add_probe(g.row, 1, g.listeners[1].get(), probe->source);
+    ASSERT_TRUE(added) << added.error().message();
+    std::optional<Steering::ProbeRegistration> registration(std::move(*added));
+    EXPECT_FALSE(registration->delivered());
+    ASSERT_TRUE(net::connect_probe(*probe));
+    connect_clients(g.address, 10);
+    EXPECT_EQ(accept_all(g, 11), (std::vector<int>{10, 1})) << "10 clients, and the probe on slot 1";
+    EXPECT_EQ(steering_->counters(0).selected, 10u);
+    EXPECT_EQ(steering_->counters(1).selected, 0u) << "a probe is not a client's connection";
+    EXPECT_EQ(load_field(slot(1).steered), 0u);
+    EXPECT_TRUE(registration->delivered());
+
+    registration.reset();  // the registration ends: its place is free
+    auto put = steering_->set_socket(g.row, 1, g.listeners[1].get());
+    ASSERT_TRUE(put) << "the probe place still held the listener: " << put.error().message();
+    set_state(1, LBD_SLOT_ACTIVE);
+    EXPECT_EQ(distribute(g, 10), (std::vector<int>{5, 5}));
+  }
+
   std::optional<Steering> steering_;
   std::deque<Group> groups_;  // a deque: add_group() hands out references that must stay valid
   std::vector<UniqueFd> clients_;
@@ -350,6 +381,24 @@ TEST_F(SteeringTest, SetSocketSwapsTheListenerBehindASlot) {
   g.listeners.push_back(std::move(*replacement));  // index 2: slot 0's new listener
 
   EXPECT_EQ(distribute(g, 10), (std::vector<int>{0, 5, 5}));
+}
+
+TEST_F(SteeringTest, AReadinessProbeReachesOnlyTheStartingListenerItIsFor) {
+  expect_probe_reaches_only_the_starting_listener("127.0.0.1:0");
+}
+
+TEST_F(SteeringTest, AReadinessProbeReachesOnlyTheStartingListenerItIsForOverIPv6) {
+  if (auto v6_loopback = net::reserve_port(net::Address::parse("[::1]:0")); !v6_loopback) {
+    GTEST_SKIP() << "no IPv6 loopback here: " << v6_loopback.error().message();
+  }
+  expect_probe_reaches_only_the_starting_listener("[::1]:0");
+}
+
+TEST_F(SteeringTest, AReadinessProbeToAWildcardListenerComesFromLoopback) {
+  if (auto wildcard = net::reserve_port(net::Address::parse("0.0.0.0:0")); !wildcard) {
+    GTEST_SKIP() << "cannot bind 0.0.0.0 here: " << wildcard.error().message();
+  }
+  expect_probe_reaches_only_the_starting_listener("0.0.0.0:0");
 }
 
 TEST_F(SteeringTest, NoActiveSlotFallsBackToTheKernelAndStillConnects) {

@@ -14,6 +14,11 @@
 
 namespace lbd::test {
 
+// A third-party program the tests run unchanged (node, gunicorn) is installed.
+inline bool on_path(const std::string& program) {
+  return run_command({"/bin/sh", "-c", "command -v " + program}, after(std::chrono::seconds(5))).exited(0);
+}
+
 class ExecTest : public ControlTest {
  protected:
   static constexpr const char* kApp = "app";

@@ -249,7 +249,6 @@ TEST(ConfigFile, TheShippedExampleLoads) {
                   "--cwd", "/srv/web",
                   "--max-memory", "512M",
                   "--kill-timeout", "10",
-                  "--ready-delay", "2",
                   "--ready-timeout", "30",
                   "--max-restarts", "5",
                   "--restart-window", "60",

@@ -278,6 +278,21 @@ TEST(CommandLine, RejectsBadValuesWithAOneLineMessage) {
   }
 }
 
+TEST(CommandLine, RunReadinessDefaultsDependOnTheMode) {
+  using std::chrono::milliseconds;
+  // bpf: a program is ready when seen accepting; no delay unless asked for.
+  SupervisorOptions bpf = parse({"run", "--mode", "bpf", "--", "server"});
+  ASSERT_TRUE(bpf.program.has_value());
+  EXPECT_FALSE(bpf.program->ready_delay.has_value());
+  // reuseport: nothing can be probed, so the delay is the default signal.
+  SupervisorOptions reuseport = parse({"run", "--mode", "reuseport", "--", "server"});
+  EXPECT_EQ(reuseport.program->ready_delay, milliseconds(1000));
+  // Asked for: in either mode.
+  SupervisorOptions asked = parse({"run", "--mode", "bpf", "--ready-delay", "2.5", "--", "server"});
+  EXPECT_EQ(asked.program->ready_delay, milliseconds(2500));
+  EXPECT_THROW(parse({"run", "--ready-delay", "40", "--ready-timeout", "30", "--", "server"}), ConfigError);
+}
+
 TEST(CommandLine, VersionPrintsAndAsksMainToExit) {
   Argv a({"--version"});
   testing::internal::CaptureStdout();

@@ -3,7 +3,10 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <arpa/inet.h>
+
 #include <cerrno>
+#include <cstring>
 
 namespace lbd::net {
 
@@ -80,6 +83,51 @@ Result<void> stop_listening(int listener_fd) {
     return Error::from_errno("shutdown listener");
   }
   return {};
+}
+
+namespace {
+
+// The listen address with a wildcard host replaced by its family's loopback, and port 0.
+Address probe_host(const Address& listen_address) {
+  sockaddr_storage storage{};
+  std::memcpy(&storage, listen_address.sockaddr_ptr(), listen_address.length());
+  if (listen_address.is_v6()) {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+    if (IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr)) v6->sin6_addr = in6addr_loopback;
+  } else {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+    if (v4->sin_addr.s_addr == htonl(INADDR_ANY)) v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  }
+  return Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&storage), listen_address.length());
+}
+
+}  // namespace
+
+Result<ProbeConnection> bind_probe(const Address& listen_address) {
+  const Address host = probe_host(listen_address);
+  UniqueFd fd(socket(host.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("probe socket");
+  const Address source = host.with_port(0);
+  if (bind(fd.get(), source.sockaddr_ptr(), source.length()) != 0) {
+    return Error::from_errno("bind probe to " + source.to_string());
+  }
+  auto bound = local_address(fd.get());
+  if (!bound) return bound.error();
+  return ProbeConnection{std::move(fd), *bound, host.with_port(listen_address.port())};
+}
+
+Result<void> connect_probe(const ProbeConnection& probe) {
+  if (connect(probe.fd.get(), probe.target.sockaddr_ptr(), probe.target.length()) != 0 && errno != EINPROGRESS) {
+    return Error::from_errno("connect probe to " + probe.target.to_string());
+  }
+  return {};
+}
+
+Result<int> tcp_state(int fd) {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return Error::from_errno("TCP_INFO");
+  return static_cast<int>(info.tcpi_state);
 }
 
 }  // namespace lbd::net

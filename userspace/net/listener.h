@@ -54,4 +54,20 @@ Result<AcceptQueue> accept_queue(int listener_fd);
 // any copy of the socket, so the supervisor can drain a worker that is stopped or stuck.
 Result<void> stop_listening(int listener_fd);
 
+// lbd's own connection to one of its listeners (exec mode's readiness probe). Bound first, to a
+// source whose port the kernel picks, so that the steering program can be told which connection
+// it is before its SYN goes out; then connected without waiting. A wildcard listen address is
+// reached on its family's loopback; a specific one is local (lbd listens on it), so the source is
+// that address itself and the probe never leaves the machine.
+struct ProbeConnection {
+  UniqueFd fd;
+  Address source;
+  Address target;
+};
+Result<ProbeConnection> bind_probe(const Address& listen_address);
+Result<void> connect_probe(const ProbeConnection& probe);
+
+// A connection's TCP state (TCP_INFO tcpi_state): TCP_SYN_SENT, TCP_ESTABLISHED, TCP_CLOSE, ...
+Result<int> tcp_state(int fd);
+
 }  // namespace lbd::net

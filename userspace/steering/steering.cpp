@@ -9,6 +9,7 @@
 
 #include <cstdarg>
 #include <cstring>
+#include <utility>
 
 #include "common/log.h"
 #include "steer_bpf.skel.h"
@@ -40,6 +41,21 @@ Error load_error(int err) {
                              "CAP_NET_ADMIN, for --mode bpf; --mode reuseport runs without them)");
   }
   return Error::from_errno(err, "cannot load the BPF steering program");
+}
+
+// A reuseport group's or a probe's key: what the program reads from the packet or struct bpf_sock,
+// the port in host order and the address in network order (IPv4 in addr[0]; zero for a wildcard).
+template <class Key>
+Key address_key(const net::Address& address) {
+  Key key{};
+  key.family = address.family();
+  key.port = address.port();
+  if (address.is_v6()) {
+    std::memcpy(key.addr, &reinterpret_cast<const sockaddr_in6*>(address.sockaddr_ptr())->sin6_addr, 16);
+  } else {
+    key.addr[0] = reinterpret_cast<const sockaddr_in*>(address.sockaddr_ptr())->sin_addr.s_addr;
+  }
+  return key;
 }
 
 }  // namespace
@@ -86,16 +102,7 @@ Result<uint32_t> Steering::add_group(const net::Address& bound) {
     return Error::from_errno(E2BIG, "too many listen addresses (at most " +
                                         std::to_string(LBD_MAX_GROUPS) + ")");
   }
-  // The key is what the program reads from struct bpf_sock: port in host order, address in
-  // network order.
-  lbd_group_key key{};
-  key.family = bound.family();
-  key.port = bound.port();
-  if (bound.is_v6()) {
-    std::memcpy(key.addr, &reinterpret_cast<const sockaddr_in6*>(bound.sockaddr_ptr())->sin6_addr, 16);
-  } else {
-    key.addr[0] = reinterpret_cast<const sockaddr_in*>(bound.sockaddr_ptr())->sin_addr.s_addr;
-  }
+  const auto key = address_key<lbd_group_key>(bound);
   uint32_t group = groups_;
   if (bpf_map__update_elem(skeleton_->maps.groups, &key, sizeof(key), &group, sizeof(group),
                            BPF_NOEXIST) != 0) {
@@ -130,6 +137,50 @@ Result<void> Steering::clear_socket(uint32_t group, uint32_t slot) {
     return Error::from_errno("clear slot " + std::to_string(slot));
   }
   return {};
+}
+
+Result<Steering::ProbeRegistration> Steering::add_probe(uint32_t group, uint32_t slot, int listener_fd,
+                                                       const net::Address& source) {
+  uint32_t place = LBD_PROBE_INDEX(group, slot);
+  uint64_t fd = static_cast<uint64_t>(listener_fd);
+  if (bpf_map__update_elem(skeleton_->maps.sockarray, &place, sizeof(place), &fd, sizeof(fd), BPF_ANY) != 0) {
+    return Error::from_errno("put a starting worker's listener into its probe place");
+  }
+  const auto key = address_key<lbd_probe_key>(source);
+  const lbd_probe probe{.place = place, .delivered = 0};
+  if (bpf_map__update_elem(skeleton_->maps.probes, &key, sizeof(key), &probe, sizeof(probe), BPF_ANY) != 0) {
+    auto error = Error::from_errno("register a readiness probe");
+    bpf_map__delete_elem(skeleton_->maps.sockarray, &place, sizeof(place), 0);
+    return error;
+  }
+  auto& pending = const_cast<uint32_t&>(skeleton_->bss->probes_pending);
+  store_field(pending, load_field(pending) + 1);
+  return ProbeRegistration(this, place, source);
+}
+
+void Steering::remove_probe(uint32_t place, const net::Address& source) {
+  const auto key = address_key<lbd_probe_key>(source);
+  if (bpf_map__delete_elem(skeleton_->maps.probes, &key, sizeof(key), 0) == 0) {
+    auto& pending = const_cast<uint32_t&>(skeleton_->bss->probes_pending);
+    const uint32_t now = load_field(pending);
+    store_field(pending, now > 0 ? now - 1 : 0);
+  }
+  bpf_map__delete_elem(skeleton_->maps.sockarray, &place, sizeof(place), 0);
+}
+
+Steering::ProbeRegistration::ProbeRegistration(ProbeRegistration&& other) noexcept
+    : steering_(std::exchange(other.steering_, nullptr)), place_(other.place_), source_(other.source_) {}
+
+bool Steering::ProbeRegistration::delivered() const {
+  if (!steering_) return false;
+  const auto key = address_key<lbd_probe_key>(source_);
+  lbd_probe probe{};
+  return bpf_map__lookup_elem(steering_->skeleton_->maps.probes, &key, sizeof(key), &probe, sizeof(probe), 0) == 0 &&
+         probe.delivered != 0;
+}
+
+Steering::ProbeRegistration::~ProbeRegistration() {
+  if (steering_) steering_->remove_probe(place_, source_);
 }
 
 int Steering::program_fd() const { return bpf_program__fd(skeleton_->progs.lbd_steer); }

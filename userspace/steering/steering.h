@@ -58,6 +58,29 @@ class Steering {
   Result<void> set_socket(uint32_t group, uint32_t slot, int listener_fd);
   Result<void> clear_socket(uint32_t group, uint32_t slot);
 
+  // Readiness probes (exec mode): while the returned registration lives, a connection from
+  // `source` (address and port) goes to `listener_fd`, a starting worker's listener that is in no
+  // slot yet, whatever the slots' states. Register before connecting. The listener can go into
+  // its slot (set_socket) only once the registration is gone: a socket sits in one place.
+  class ProbeRegistration {
+   public:
+    ProbeRegistration(ProbeRegistration&& other) noexcept;
+    ProbeRegistration& operator=(ProbeRegistration&&) = delete;
+    ~ProbeRegistration();
+    // The probe's SYN reached the listener (not some other one because the place was empty).
+    bool delivered() const;
+
+   private:
+    friend class Steering;
+    ProbeRegistration(Steering* steering, uint32_t place, const net::Address& source)
+        : steering_(steering), place_(place), source_(source) {}
+    Steering* steering_;
+    uint32_t place_;
+    net::Address source_;
+  };
+  Result<ProbeRegistration> add_probe(uint32_t group, uint32_t slot, int listener_fd,
+                                      const net::Address& source);
+
   void set_policy(Policy policy);
   Policy policy() const;
   // Slots [0, count) are considered by the program.
@@ -73,6 +96,7 @@ class Steering {
  private:
   Steering(std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton, SlotTable table);
   uint64_t sum_stats(uint32_t index, SlotCounters* out) const;
+  void remove_probe(uint32_t place, const net::Address& source);
 
   std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton_;
   SlotTable table_;

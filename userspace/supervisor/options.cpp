@@ -253,16 +253,18 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
       ->capture_default_str();
   std::string name;
   ProgramOptions program;
-  double ready_delay_s = 1;
+  double ready_delay_s = 1;  // the default applies only where a program cannot be probed
   double ready_timeout_s = 30;
   std::string log_max_text = "10M";
   std::vector<std::string> positional_command;
   run->add_option("--name", name, "The app's name, for lbctl and the logs (default: the program's file name)");
   run->add_option("--cwd", program.cwd, "The program's working directory");
   run->add_option("--env", program.env, "KEY=VALUE for the program; repeat for more");
-  run->add_option("--ready-delay", ready_delay_s,
-                  "A worker that does not send READY=1 counts as ready this long after it started (s)")
-      ->capture_default_str();
+  auto* ready_delay_option = run->add_option(
+      "--ready-delay", ready_delay_s,
+      "A worker counts as ready this long after it started, even if it has neither sent READY=1 nor been "
+      "seen accepting (s). Default: in --mode bpf a worker is ready once it accepts lbd's probe connection "
+      "(a worker that never accepts never is); in --mode reuseport, 1 s");
   run->add_flag("--wait-ready", program.wait_ready, "Only READY=1 on NOTIFY_SOCKET makes a worker ready");
   run->add_option("--ready-timeout", ready_timeout_s, "A worker not ready by then is killed and reported (s)")
       ->capture_default_str();
@@ -321,9 +323,11 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
     if (eq == 0 || eq == std::string::npos) throw ConfigError("--env: expected KEY=VALUE, got '" + entry + "'");
   }
   program.command = std::move(command);
-  program.ready_delay = seconds_to_ms(ready_delay_s, "--ready-delay");
+  if (ready_delay_option->count() > 0 || options.mode != Mode::kBpf) {
+    program.ready_delay = seconds_to_ms(ready_delay_s, "--ready-delay");
+  }
   program.ready_timeout = seconds_to_ms(ready_timeout_s, "--ready-timeout");
-  if (!program.wait_ready && program.ready_delay >= program.ready_timeout) {
+  if (!program.wait_ready && program.ready_delay && *program.ready_delay >= program.ready_timeout) {
     throw ConfigError("--ready-delay must be shorter than --ready-timeout (a worker would be killed before it "
                       "counts as ready)");
   }

@@ -31,9 +31,10 @@ struct ProgramOptions {
   std::vector<std::string> command;  // the program, then its arguments
   std::string cwd;                   // empty: lbd's
   std::vector<std::string> env;      // "KEY=VALUE", over lbd's own environment
-  // Ready when it sends READY=1, or this long after it started if it has not by then (most
-  // programs never notify); with wait_ready only READY=1 counts (PM2's --wait-ready).
-  std::chrono::milliseconds ready_delay{1000};
+  // Ready when it sends READY=1; in --mode bpf, also once it is seen accepting (lbd's probe
+  // connection, program.cpp); and, if set, this long after it started (set by default in --mode
+  // reuseport, where nothing else tells). With wait_ready only READY=1 counts (PM2's --wait-ready).
+  std::optional<std::chrono::milliseconds> ready_delay;
   bool wait_ready = false;
   std::chrono::milliseconds ready_timeout{30'000};  // not ready by then: killed, reported
   // Children's stdout and stderr, stamped line by line, go to <log_dir>/<app>.log.

@@ -10,7 +10,12 @@
 //   LB_WORKER_ID=<slot>  LB_WORKERS=<slots>  (PM2's NODE_APP_INSTANCE)
 //
 // A program has no status channel, so the supervisor does for it what lbd's worker does itself:
-// - readiness: READY=1 on its own NOTIFY_SOCKET, or --ready-delay after it started;
+// - readiness: READY=1 on its own NOTIFY_SOCKET; or, in --mode bpf, once it is seen accepting: lbd
+//   connects to its listener (a probe the steering program sends there alone, while the listener
+//   is not in steering yet), and when the program has taken that connection off its queue, it
+//   accepts; or --ready-delay after it started, if given (the default in --mode reuseport, 1 s,
+//   where a listener cannot be probed alone). A program that never accepts is never ready: a
+//   reload to a broken build fails at --ready-timeout and leaves the old one serving;
 // - load: every 10 ms, its listener's accept queue (TCP_INFO) says how much of what was steered
 //   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
 //   policy `least` stops choosing it; its open connections are counted from the kernel every
@@ -19,6 +24,7 @@
 //   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
 //   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -45,6 +51,8 @@ constexpr std::chrono::milliseconds kLoadPublishInterval{10};
 // process_tree.h): often enough for `least`, which steers by them, rarely for the others.
 constexpr std::chrono::milliseconds kTreeSampleInterval{250};
 constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
+// A program whose listener cannot be probed counts as ready this long after it started.
+constexpr std::chrono::milliseconds kProbeFallbackDelay{1000};
 
 uint64_t monotonic_ns() {
   timespec ts{};
@@ -125,7 +133,15 @@ Result<void> Supervisor::launch_program(Slot& slot, WorkerProcess& p) {
   p.pid = *pid;
   p.started_at = Clock::now();
   p.ready_by = p.started_at + program.ready_timeout;
-  if (!program.wait_ready) p.ready_at = p.started_at + program.ready_delay;
+  if (!program.wait_ready && program.ready_delay) p.ready_at = p.started_at + *program.ready_delay;
+  if (steering_ && !program.wait_ready) {
+    if (auto probed = start_probe(slot, p); !probed) {
+      const auto delay = program.ready_delay.value_or(kProbeFallbackDelay);
+      spdlog::warn("worker {}: cannot see whether pid {} accepts ({}); it counts as ready after {} s", slot.index,
+                   p.pid, probed.error().message(), std::chrono::duration<double>(delay).count());
+      p.ready_at = p.started_at + delay;
+    }
+  }
   p.notify = std::move(*notify);
   LBD_TRY(poller_->watch(p.notify.get(), Source::kNotify, p.id));
   // Our copies of the write ends close as `pipes` goes: the child holds the only ones, so its
@@ -210,9 +226,54 @@ void Supervisor::close_output(WorkerProcess& p) {
   }
 }
 
+// Connects to the starting program's first listener, after telling the steering program where
+// this one connection must go (the listener is in no slot yet: nothing else reaches it).
+Result<void> Supervisor::start_probe(Slot& slot, WorkerProcess& p) {
+  auto connection = net::bind_probe(bound_.front());
+  if (!connection) return connection.error();
+  auto registration = steering_->add_probe(groups_.front(), slot.index, p.listeners.front().get(), connection->source);
+  if (!registration) return registration.error();
+  LBD_TRY(net::connect_probe(*connection));
+  p.probe.emplace(WorkerProcess::Probe{std::move(*connection), std::move(*registration)});
+  return {};
+}
+
+// Every 10 ms for each starting program with a probe: once the probe's handshake is complete
+// (seen at an earlier look, so the listener's side has surely queued it: loopback takes
+// microseconds) and it reached this listener, an empty queue means the program accepted it.
+void Supervisor::check_probes() {
+  for (auto& slot : slots_) {
+    for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
+      if (!p || p->role != Role::kStarting || !p->probe) continue;
+      auto state = net::tcp_state(p->probe->connection.fd.get());
+      if (!state || *state == TCP_SYN_SENT) continue;
+      const bool connected = *state != TCP_CLOSE;
+      if (connected && !p->probe->established) {
+        p->probe->established = true;
+        continue;
+      }
+      auto queue = net::accept_queue(p->listeners.front().get());
+      if (connected && p->probe->registration.delivered() && queue && queue->queued == 0) {
+        spdlog::debug("worker {}: pid {} accepts (it took lbd's probe connection)", slot->index, p->pid);
+        on_ready(*slot, *p);
+        continue;
+      }
+      if (!connected || !p->probe->registration.delivered()) {
+        // Refused, reset, or steered elsewhere: nothing to learn from this one; try another.
+        spdlog::debug("worker {}: probe {} ended in state {}; probing again", slot->index,
+                      p->probe->connection.source.to_string(), *state);
+        p->probe.reset();
+        if (auto again = start_probe(*slot, *p); !again) {
+          spdlog::warn("worker {}: cannot probe pid {}: {}", slot->index, p->pid, again.error().message());
+        }
+      }
+    }
+  }
+}
+
 // What lbd's worker publishes about itself, the supervisor publishes for a program: `accepted`
-// is what was steered to it minus what still waits in its queue, and its heartbeat moves only
-// while it makes progress (an empty queue, or one it is taking from). A program that stops
+// is what was steered to it minus what still waits in its queue (program_load.h), and its
+// heartbeat moves only while it makes progress (an empty queue, or one it is taking from). A program that stops
 // accepting (SIGSTOP, a long computation, a deadlock) stops beating, and after --stale-after
 // policy `least` no longer chooses it.
 void Supervisor::publish_program_loads(Clock::time_point now) {
@@ -220,6 +281,7 @@ void Supervisor::publish_program_loads(Clock::time_point now) {
   next_load_publish_ = now + kLoadPublishInterval;
   const uint64_t now_ns = monotonic_ns();
   watch_retiring_queues(now);
+  check_probes();
   for (auto& slot : slots_) {
     WorkerProcess* p = slot->serving.get();
     if (!p || p->role != Role::kServing) continue;
@@ -229,11 +291,10 @@ void Supervisor::publish_program_loads(Clock::time_point now) {
     }
     lbd_slot& entry = table().slot(slot->index);
     const uint64_t steered = load_field(entry.steered);
-    const uint64_t accepted = std::max(p->published_accepted, steered > queued ? steered - queued : 0);
-    const bool progress = queued == 0 || accepted > p->published_accepted;
-    p->published_accepted = accepted;
-    publish_load(entry, {.heartbeat_ns = progress ? now_ns : load_field(entry.heartbeat_ns),
-                         .accepted = accepted,
+    if (!p->load) p->load.emplace(steered, queued);
+    const auto look = p->load->look(steered, queued);
+    publish_load(entry, {.heartbeat_ns = look.progress ? now_ns : load_field(entry.heartbeat_ns),
+                         .accepted = look.accepted,
                          .open = p->open_connections,
                          .inflight = 0,
                          .requests = 0,

@@ -207,6 +207,7 @@ void Supervisor::on_status(uint32_t process_id) {
 
 void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
   if (p.role != Role::kStarting) return;
+  p.probe.reset();  // its listener leaves the probe place, so that it can go into the slot
   if (steering_) {
     for (uint32_t g = 0; g < groups_.size(); g++) {
       // Into the slot; for a replacement this is the swap: from now on the slot's connections
@@ -344,9 +345,22 @@ void Supervisor::check_memory(Clock::time_point now) {
       auto usage = read_process_usage(p->pid);
       rss = usage ? usage->rss_bytes : 0;
     }
-    if (rss <= options_.max_memory) continue;
-    spdlog::warn("worker {} (pid {}) uses {} MiB, over --max-memory {} MiB; replacing it", slot->index,
-                 p->pid, rss >> 20, options_.max_memory >> 20);
+    if (rss <= options_.max_memory || now < slot->memory_check_after) continue;
+    // The next look at this slot's memory waits 2 s after a replacement, then 4, 8 ... up to
+    // 5 min while replacements keep coming within 10 minutes of each other.
+    const auto quiet = *slot->memory_replacements.on_crash(now);
+    slot->memory_check_after = now + quiet;
+    const unsigned recent = slot->memory_replacements.recent_crashes(now);
+    const double age_s = std::chrono::duration<double>(now - p->started_at).count();
+    if (recent > 1) {
+      spdlog::warn("worker {} (pid {}) uses {} MiB, over --max-memory {} MiB {:.0f} s after it started; replacing "
+                   "it ({} replacements in 10 min; next look in {} s: is the limit below what the program needs?)",
+                   slot->index, p->pid, rss >> 20, options_.max_memory >> 20, age_s, recent,
+                   std::chrono::duration_cast<std::chrono::seconds>(quiet).count());
+    } else {
+      spdlog::warn("worker {} (pid {}) uses {} MiB, over --max-memory {} MiB; replacing it", slot->index, p->pid,
+                   rss >> 20, options_.max_memory >> 20);
+    }
     if (auto ok = start_replacement(*slot, ready_timeout()); !ok) {
       spdlog::error("worker {}: cannot start its replacement: {}", slot->index, ok.error().message());
       continue;

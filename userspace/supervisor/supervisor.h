@@ -28,6 +28,7 @@
 
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <set>
@@ -42,6 +43,7 @@
 #include "logs/log_collector.h"
 #include "metrics/worker_stats.h"
 #include "net/address.h"
+#include "net/listener.h"
 #include "steering/slot_table.h"
 #include "steering/steering.h"
 #include "supervisor/admin_server.h"
@@ -49,6 +51,7 @@
 #include "supervisor/options.h"
 #include "supervisor/poller.h"
 #include "supervisor/process_stats.h"
+#include "supervisor/program_load.h"
 #include "supervisor/restart_policy.h"
 
 namespace lbd {
@@ -92,8 +95,16 @@ class Supervisor {
     // pipes into the app's log. The supervisor publishes its load for it (program.cpp).
     UniqueFd notify;
     std::optional<Clock::time_point> ready_at;
+    // --mode bpf: while it starts, lbd's own connection to its first listener, steered there
+    // alone. Once the program has taken it off the queue, it accepts: it is ready (program.cpp).
+    struct Probe {
+      net::ProbeConnection connection;
+      Steering::ProbeRegistration registration;
+      bool established = false;  // seen connected at an earlier look
+    };
+    std::optional<Probe> probe;
     std::optional<logs::LogPipe> output[2];  // its stdout and stderr, into the app's log
-    uint64_t published_accepted = 0;  // what we last said it took off its queue
+    std::optional<ProgramLoadEstimate> load;  // serving: what it has taken, by our looks
     uint32_t retiring_queue = 0;      // retiring: its queue at the last look, and when it last
     Clock::time_point queue_moved_at;  // shrank (or was seen)
     uint32_t open_connections = 0;    // from the kernel, sampled (process_tree.h)
@@ -125,6 +136,11 @@ class Supervisor {
     RestartPolicy restarts;
     std::optional<Clock::time_point> restart_at;
     unsigned restart_count = 0;
+    // --max-memory: replacements back off when they come in quick succession (a program that is
+    // over the limit as soon as it starts must not be replaced every second).
+    RestartPolicy memory_replacements{std::numeric_limits<unsigned>::max(), std::chrono::minutes(10),
+                                      std::chrono::seconds(2), std::chrono::minutes(5)};
+    Clock::time_point memory_check_after;
   };
 
   // A long request (reload, restart, drain --wait, undrain, scale) in progress. One at a time.
@@ -196,6 +212,8 @@ class Supervisor {
   void on_output(uint32_t index);
   void close_output(WorkerProcess& process);
   void publish_program_loads(Clock::time_point now);
+  Result<void> start_probe(Slot& slot, WorkerProcess& process);
+  void check_probes();
   void sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately = false);
   bool is_program() const { return options_.program.has_value(); }
   void watch_retiring_queues(Clock::time_point now);

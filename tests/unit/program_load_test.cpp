@@ -1,0 +1,70 @@
+// What the supervisor publishes for a program's slot (supervisor/program_load.h): the
+// connections it has taken, and whether it makes progress (its heartbeat under `least`).
+#include <gtest/gtest.h>
+
+#include "supervisor/program_load.h"
+
+namespace lbd {
+namespace {
+
+TEST(ProgramLoad, AProgramThatStartsServingHasTakenEverythingButItsQueue) {
+  ProgramLoadEstimate load(/*steered=*/100, /*queued=*/2);
+  EXPECT_EQ(load.accepted(), 98u);
+}
+
+TEST(ProgramLoad, WhatItTakesIsCountedOneLookLater) {
+  ProgramLoadEstimate load(10, 0);
+  auto look = load.look(/*steered=*/15, /*queued=*/0);
+  EXPECT_EQ(look.accepted, 10u) << "the 5 sent since the last look may still be in their handshake";
+  EXPECT_TRUE(look.progress);
+  look = load.look(15, 0);
+  EXPECT_EQ(look.accepted, 15u);
+  EXPECT_TRUE(look.progress);
+}
+
+TEST(ProgramLoad, AConnectionStillInItsHandshakeDoesNotPassForTaken) {
+  // The program is stopped. One SYN was steered to it just before this look: its handshake is
+  // not complete, so it is in no queue yet. It must not count as taken, or the stopped program
+  // would look less loaded by one, forever.
+  ProgramLoadEstimate load(10, 0);
+  auto look = load.look(/*steered=*/11, /*queued=*/0);
+  EXPECT_EQ(look.accepted, 10u);
+  look = load.look(11, /*queued=*/1);  // the handshake completed: it waits in the queue
+  EXPECT_EQ(look.accepted, 10u);
+  EXPECT_FALSE(look.progress) << "a queue that does not move is no progress";
+}
+
+TEST(ProgramLoad, AStoppedProgramMakesNoProgressWhileItsQueueGrows) {
+  // One connection is steered to it between looks; each waits in the queue from the next look.
+  ProgramLoadEstimate load(50, 0);
+  for (uint64_t k = 1; k <= 20; k++) {
+    const auto look = load.look(/*steered=*/50 + k, /*queued=*/k - 1);
+    EXPECT_EQ(look.accepted, 50u) << "look " << k;
+    if (k > 1) {
+      EXPECT_FALSE(look.progress) << "look " << k;
+    }
+  }
+}
+
+TEST(ProgramLoad, TakingFromAQueueIsProgressEvenIfTheQueueIsNotEmpty) {
+  ProgramLoadEstimate load(0, 0);
+  load.look(100, 60);
+  auto look = load.look(100, 40);
+  EXPECT_EQ(look.accepted, 60u);
+  EXPECT_TRUE(look.progress);
+  look = load.look(100, 40);
+  EXPECT_FALSE(look.progress) << "the same 40 still waiting";
+}
+
+TEST(ProgramLoad, AcceptedNeverGoesBackwards) {
+  // A burst arrives between two looks and is already queued at the second: steered minus queued
+  // dips below what was taken before. The count holds.
+  ProgramLoadEstimate load(100, 0);
+  load.look(100, 0);
+  const auto look = load.look(130, 25);
+  EXPECT_EQ(look.accepted, 100u);
+  EXPECT_EQ(load.look(130, 0).accepted, 130u);
+}
+
+}  // namespace
+}  // namespace lbd
