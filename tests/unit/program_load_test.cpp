@@ -12,6 +12,13 @@ TEST(ProgramLoad, AProgramThatStartsServingHasTakenEverythingButItsQueue) {
   EXPECT_EQ(load.accepted(), 98u);
 }
 
+TEST(ProgramLoad, TheFirstLookIsProgressEvenWithAQueue) {
+  // It just started serving: a queue it has not had 10 ms to take from is no sign of a stall.
+  ProgramLoadEstimate load(100, 5);
+  EXPECT_TRUE(load.look(100, 5).progress);
+  EXPECT_FALSE(load.look(100, 5).progress);
+}
+
 TEST(ProgramLoad, WhatItTakesIsCountedOneLookLater) {
   ProgramLoadEstimate load(10, 0);
   auto look = load.look(/*steered=*/15, /*queued=*/0);

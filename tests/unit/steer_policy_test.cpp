@@ -385,4 +385,28 @@ TEST(SteerPolicyHash, SameHashSameSlotWhateverTheCursor) {
   }
 }
 
+// The branch-free bit arithmetic the program picks with, against the obvious loops, over masks
+// from a fixed-seed generator (and the edges: bit 0, bit 63, all 64).
+TEST(SteerPolicy, BitCountAndNthBitAgreeWithASimpleLoop) {
+  std::vector<uint64_t> masks = {1, 1ULL << 63, ~0ULL, 0x8000000000000001ULL, 0x5555555555555555ULL};
+  uint64_t x = 0x9E3779B97F4A7C15ULL;  // xorshift64
+  for (int i = 0; i < 2000; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    masks.push_back(x & (i % 2 ? x >> 11 : ~0ULL));  // sparse and dense
+  }
+  for (uint64_t mask : masks) {
+    std::vector<uint32_t> set_bits;
+    for (uint32_t b = 0; b < 64; b++) {
+      if (mask & (1ULL << b)) set_bits.push_back(b);
+    }
+    ASSERT_EQ(lbd_bits(mask), set_bits.size()) << std::hex << mask;
+    for (uint32_t n = 0; n < set_bits.size(); n++) {
+      ASSERT_EQ(lbd_nth_bit(mask, n), set_bits[n]) << std::hex << mask << " n=" << std::dec << n;
+    }
+  }
+  EXPECT_EQ(lbd_bits(0), 0u);
+}
+
 }  // namespace

@@ -148,7 +148,9 @@ Result<Steering::ProbeRegistration> Steering::add_probe(uint32_t group, uint32_t
   }
   const auto key = address_key<lbd_probe_key>(source);
   const lbd_probe probe{.place = place, .delivered = 0};
-  if (bpf_map__update_elem(skeleton_->maps.probes, &key, sizeof(key), &probe, sizeof(probe), BPF_ANY) != 0) {
+  // BPF_NOEXIST: the source is ours alone (our socket holds its port), so an entry there is a
+  // bug, and replacing it would leave probes_pending one too high.
+  if (bpf_map__update_elem(skeleton_->maps.probes, &key, sizeof(key), &probe, sizeof(probe), BPF_NOEXIST) != 0) {
     auto error = Error::from_errno("register a readiness probe");
     bpf_map__delete_elem(skeleton_->maps.sockarray, &place, sizeof(place), 0);
     return error;

@@ -61,7 +61,8 @@ class Steering {
   // Readiness probes (exec mode): while the returned registration lives, a connection from
   // `source` (address and port) goes to `listener_fd`, a starting worker's listener that is in no
   // slot yet, whatever the slots' states. Register before connecting. The listener can go into
-  // its slot (set_socket) only once the registration is gone: a socket sits in one place.
+  // its slot (set_socket) only once the registration is gone: a socket sits in one place. A
+  // registration refers to this Steering, which must outlive it (and not move meanwhile).
   class ProbeRegistration {
    public:
     ProbeRegistration(ProbeRegistration&& other) noexcept;

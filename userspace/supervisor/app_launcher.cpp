@@ -165,19 +165,20 @@ class AppLauncher {
         spdlog::error("{}", failed);
         if (!schedule_restarts()) exit_code = 1;
       }
-      restart_due_apps();
+      if (stop_signal_ && !stopping_) {
+        stopping_ = true;
+        for (auto& app : apps_) app.restart_at.reset();  // nothing starts once stopping
+        notify_service_manager("STOPPING=1");
+        stop_all(stop_signal_);
+      } else if (stop_signal_ == SIGQUIT) {
+        stop_all(SIGQUIT);
+      }
+      if (!restart_due_apps()) exit_code = 1;
       for (auto& app : apps_) {
         if (app.running && !app.ready && app.notify && said_ready(app.notify.get())) {
           app.ready = true;
           spdlog::info("app {} ready again (pid {})", app.name, app.pid);
         }
-      }
-      if (stop_signal_ && !stopping_) {
-        stopping_ = true;
-        notify_service_manager("STOPPING=1");
-        stop_all(stop_signal_);
-      } else if (stop_signal_ == SIGQUIT) {
-        stop_all(SIGQUIT);
       }
     }
     spdlog::info("stopped");
@@ -204,18 +205,20 @@ class AppLauncher {
     return all_kept;
   }
 
-  void restart_due_apps() {
+  // Starts the apps whose restart is due; false if one could not be started and was given up.
+  bool restart_due_apps() {
+    bool all_kept = true;
     const auto now = Clock::now();
     for (auto& app : apps_) {
       if (!app.restart_at || *app.restart_at > now) continue;
       app.restart_at.reset();
-      if (stopping_) continue;
       if (auto ok = spawn(app); !ok) {
         spdlog::error("{}", ok.error().message());
         app.died = true;
-        schedule_restarts();
+        all_kept = schedule_restarts() && all_kept;
       }
     }
+    return all_kept;
   }
 
   int poll_timeout_ms() const {

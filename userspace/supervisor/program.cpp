@@ -135,12 +135,7 @@ Result<void> Supervisor::launch_program(Slot& slot, WorkerProcess& p) {
   p.ready_by = p.started_at + program.ready_timeout;
   if (!program.wait_ready && program.ready_delay) p.ready_at = p.started_at + *program.ready_delay;
   if (steering_ && !program.wait_ready) {
-    if (auto probed = start_probe(slot, p); !probed) {
-      const auto delay = program.ready_delay.value_or(kProbeFallbackDelay);
-      spdlog::warn("worker {}: cannot see whether pid {} accepts ({}); it counts as ready after {} s", slot.index,
-                   p.pid, probed.error().message(), std::chrono::duration<double>(delay).count());
-      p.ready_at = p.started_at + delay;
-    }
+    if (auto probed = start_probe(slot, p); !probed) fall_back_to_ready_delay(slot, p, probed.error().message());
   }
   p.notify = std::move(*notify);
   LBD_TRY(poller_->watch(p.notify.get(), Source::kNotify, p.id));
@@ -235,40 +230,59 @@ Result<void> Supervisor::start_probe(Slot& slot, WorkerProcess& p) {
   if (!registration) return registration.error();
   LBD_TRY(net::connect_probe(*connection));
   p.probe.emplace(WorkerProcess::Probe{std::move(*connection), std::move(*registration)});
+  p.probes_started++;
   return {};
 }
 
-// Every 10 ms for each starting program with a probe: once the probe's handshake is complete
-// (seen at an earlier look, so the listener's side has surely queued it: loopback takes
-// microseconds) and it reached this listener, an empty queue means the program accepted it.
+// Every 10 ms for each starting program with a probe. Once the probe reached its listener and
+// its handshake is complete (seen at an earlier look, so the listener's side has surely queued
+// it: loopback takes microseconds), the program accepts if its queue is empty or shrank since the
+// last look. (Shrank: with no slot active yet the kernel's hash also sends clients to starting
+// listeners, and under load the queue may never be seen empty.)
 void Supervisor::check_probes() {
+  constexpr unsigned kProbesBeforeGivingUp = 5;
+  std::vector<std::pair<Slot*, WorkerProcess*>> accepting;
   for (auto& slot : slots_) {
     for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
-      if (!p || p->role != Role::kStarting || !p->probe) continue;
-      auto state = net::tcp_state(p->probe->connection.fd.get());
-      if (!state || *state == TCP_SYN_SENT) continue;
-      const bool connected = *state != TCP_CLOSE;
-      if (connected && !p->probe->established) {
-        p->probe->established = true;
-        continue;
-      }
+      if (!p || p->role != Role::kStarting || !p->probe || p->killed) continue;
+      WorkerProcess::Probe& probe = *p->probe;
+      auto state = net::tcp_state(probe.connection.fd.get());
       auto queue = net::accept_queue(p->listeners.front().get());
-      if (connected && p->probe->registration.delivered() && queue && queue->queued == 0) {
-        spdlog::debug("worker {}: pid {} accepts (it took lbd's probe connection)", slot->index, p->pid);
-        on_ready(*slot, *p);
+      if (!state || !queue || *state == TCP_SYN_SENT) continue;
+      const bool connected = *state != TCP_CLOSE;
+      const bool delivered = probe.registration.delivered();
+      if (connected && delivered && !probe.established) {
+        probe.established = true;
+      } else if (connected && delivered) {
+        if (queue->queued == 0 || queue->queued < probe.queued) accepting.emplace_back(slot.get(), p);
+      } else {
+        // Refused, reset, or steered elsewhere: nothing to learn from this one.
+        spdlog::debug("worker {}: probe from {} ended in state {}{}", slot->index, probe.connection.source.to_string(),
+                      *state, delivered ? "" : ", not delivered");
+        p->probe.reset();
+        if (p->probes_started >= kProbesBeforeGivingUp) {
+          fall_back_to_ready_delay(*slot, *p, std::to_string(p->probes_started) + " probes came to nothing");
+        } else if (auto again = start_probe(*slot, *p); !again) {
+          fall_back_to_ready_delay(*slot, *p, again.error().message());
+        }
         continue;
       }
-      if (!connected || !p->probe->registration.delivered()) {
-        // Refused, reset, or steered elsewhere: nothing to learn from this one; try another.
-        spdlog::debug("worker {}: probe {} ended in state {}; probing again", slot->index,
-                      p->probe->connection.source.to_string(), *state);
-        p->probe.reset();
-        if (auto again = start_probe(*slot, *p); !again) {
-          spdlog::warn("worker {}: cannot probe pid {}: {}", slot->index, p->pid, again.error().message());
-        }
-      }
+      probe.queued = queue->queued;
     }
   }
+  // Not inside the loop: on_ready changes the slot's processes.
+  for (auto [slot, p] : accepting) {
+    spdlog::debug("worker {}: pid {} accepts (it took lbd's probe connection)", slot->index, p->pid);
+    on_ready(*slot, *p);
+  }
+}
+
+void Supervisor::fall_back_to_ready_delay(Slot& slot, WorkerProcess& p, const std::string& why) {
+  const auto delay = options_.program->ready_delay.value_or(kProbeFallbackDelay);
+  spdlog::warn("worker {}: cannot see whether pid {} accepts ({}); it counts as ready {} s after it started",
+               slot.index, p.pid, why, std::chrono::duration<double>(delay).count());
+  p.probe.reset();
+  p.ready_at = p.started_at + delay;
 }
 
 // What lbd's worker publishes about itself, the supervisor publishes for a program: `accepted`
@@ -279,27 +293,28 @@ void Supervisor::check_probes() {
 void Supervisor::publish_program_loads(Clock::time_point now) {
   if (now < next_load_publish_) return;
   next_load_publish_ = now + kLoadPublishInterval;
-  const uint64_t now_ns = monotonic_ns();
   watch_retiring_queues(now);
   check_probes();
-  for (auto& slot : slots_) {
-    WorkerProcess* p = slot->serving.get();
-    if (!p || p->role != Role::kServing) continue;
-    uint64_t queued = 0;
-    for (const auto& fd : p->listeners) {
-      if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
-    }
-    lbd_slot& entry = table().slot(slot->index);
-    const uint64_t steered = load_field(entry.steered);
-    if (!p->load) p->load.emplace(steered, queued);
-    const auto look = p->load->look(steered, queued);
-    publish_load(entry, {.heartbeat_ns = look.progress ? now_ns : load_field(entry.heartbeat_ns),
-                         .accepted = look.accepted,
-                         .open = p->open_connections,
-                         .inflight = 0,
-                         .requests = 0,
-                         .pid = static_cast<uint32_t>(p->pid)});
+  for (auto& slot : slots_) publish_program_load(*slot);
+}
+
+void Supervisor::publish_program_load(Slot& slot) {
+  WorkerProcess* p = slot.serving.get();
+  if (!p || p->role != Role::kServing) return;
+  uint64_t queued = 0;
+  for (const auto& fd : p->listeners) {
+    if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
   }
+  lbd_slot& entry = table().slot(slot.index);
+  const uint64_t steered = load_field(entry.steered);
+  if (!p->load) p->load.emplace(steered, queued);
+  const auto look = p->load->look(steered, queued);
+  publish_load(entry, {.heartbeat_ns = look.progress ? monotonic_ns() : load_field(entry.heartbeat_ns),
+                       .accepted = look.accepted,
+                       .open = p->open_connections,
+                       .inflight = 0,
+                       .requests = 0,
+                       .pid = static_cast<uint32_t>(p->pid)});
 }
 
 // A retiring program's queue: once empty, our copy of its listener goes (the program's own

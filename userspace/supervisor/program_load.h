@@ -30,7 +30,9 @@ class ProgramLoadEstimate {
   Look look(uint64_t steered, uint64_t queued) {
     const uint64_t taken = steered_last_look_ > queued ? steered_last_look_ - queued : 0;
     const uint64_t accepted = std::max(accepted_, taken);
-    const bool progress = queued == 0 || accepted > accepted_;
+    // The first look after it started serving counts as progress: nothing says otherwise yet.
+    const bool progress = first_look_ || queued == 0 || accepted > accepted_;
+    first_look_ = false;
     accepted_ = accepted;
     steered_last_look_ = steered;
     return {accepted, progress};
@@ -41,6 +43,7 @@ class ProgramLoadEstimate {
  private:
   uint64_t accepted_;
   uint64_t steered_last_look_;
+  bool first_look_ = true;
 };
 
 }  // namespace lbd

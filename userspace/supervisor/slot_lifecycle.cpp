@@ -206,8 +206,9 @@ void Supervisor::on_status(uint32_t process_id) {
 }
 
 void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
-  if (p.role != Role::kStarting) return;
+  if (p.role != Role::kStarting || p.killed) return;
   p.probe.reset();  // its listener leaves the probe place, so that it can go into the slot
+  p.ready_at.reset();
   if (steering_) {
     for (uint32_t g = 0; g < groups_.size(); g++) {
       // Into the slot; for a replacement this is the swap: from now on the slot's connections
@@ -248,10 +249,7 @@ void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
   } else {
     spdlog::info("worker {} ready: pid {}, cpu {}", slot.index, p.pid, cpu);
   }
-  if (is_program()) {  // at once: it must not look stalled until the next round
-    next_load_publish_ = Clock::now();
-    publish_program_loads(Clock::now());
-  }
+  if (is_program()) publish_program_load(slot);  // at once: not stalled until the next look
   update_state(slot);
   if (p.for_operation && op_ && op_->active.count(slot.index) &&
       (op_->verb == control::Verb::kReload || op_->verb == control::Verb::kRestart)) {
@@ -295,6 +293,8 @@ void Supervisor::retire(Slot& slot, std::unique_ptr<WorkerProcess> p, Retire how
   if (!p) return;
   p->role = Role::kRetiring;
   p->ready_by.reset();
+  p->ready_at.reset();
+  p->probe.reset();
   update_state(slot);  // out of steering before its listener goes
   if (is_program()) {
     // The program stops its own listener on SIGTERM (tell_to_drain). We keep our copy while
@@ -324,7 +324,10 @@ void Supervisor::tell_to_drain(WorkerProcess& p, Retire how, std::chrono::millis
   }
 }
 
-void Supervisor::kill_now(const WorkerProcess& p) {
+void Supervisor::kill_now(WorkerProcess& p) {
+  p.killed = true;
+  p.ready_at.reset();
+  p.probe.reset();
   // A program's process group: what it forked goes too. (lbd's workers fork nothing.)
   kill(is_program() ? -p.pid : p.pid, SIGKILL);
 }
@@ -345,11 +348,15 @@ void Supervisor::check_memory(Clock::time_point now) {
       auto usage = read_process_usage(p->pid);
       rss = usage ? usage->rss_bytes : 0;
     }
-    if (rss <= options_.max_memory || now < slot->memory_check_after) continue;
-    // The next look at this slot's memory waits 2 s after a replacement, then 4, 8 ... up to
-    // 5 min while replacements keep coming within 10 minutes of each other.
+    // After a replacement the slot's next look waits 2 s, then 4, 8 ... up to 5 min while
+    // replacements keep coming within 10 minutes of each other; counted from the decision and
+    // from the start of the process that serves now (a slow start must not eat the wait).
+    if (rss <= options_.max_memory || now < slot->memory_check_after || now - p->started_at < slot->memory_quiet) {
+      continue;
+    }
     const auto quiet = *slot->memory_replacements.on_crash(now);
     slot->memory_check_after = now + quiet;
+    slot->memory_quiet = quiet;
     const unsigned recent = slot->memory_replacements.recent_crashes(now);
     const double age_s = std::chrono::duration<double>(now - p->started_at).count();
     if (recent > 1) {
@@ -399,6 +406,7 @@ void Supervisor::reap_children() {
 
 void Supervisor::on_exit(Slot& slot, WorkerProcess& p, int wait_status, double cpu_seconds) {
   const pid_t pid = p.pid;
+  p.probe.reset();
   if (p.status) poller_->unwatch(p.status.get());
   if (is_program()) {
     close_output(p);

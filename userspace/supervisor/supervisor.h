@@ -89,6 +89,7 @@ class Supervisor {
     uint32_t reported_open = 0;       // retiring: connections it still holds ("OPEN=n")
     bool for_operation = false;       // started by a reload/restart: its readiness completes it
     bool timed_out = false;           // killed for not being ready in time
+    bool killed = false;              // SIGKILLed: it must never become ready or serve
     CpuMeter cpu;
     // Exec mode (`lbd run`): the program has no status channel. It may say READY=1 on its own
     // NOTIFY_SOCKET; otherwise it counts as ready at ready_at. Its stdout and stderr come through
@@ -99,10 +100,12 @@ class Supervisor {
     // alone. Once the program has taken it off the queue, it accepts: it is ready (program.cpp).
     struct Probe {
       net::ProbeConnection connection;
-      Steering::ProbeRegistration registration;
+      Steering::ProbeRegistration registration;  // refers to steering_, which outlives slots_
       bool established = false;  // seen connected at an earlier look
+      uint32_t queued = 0;       // the listener's queue at the last look
     };
     std::optional<Probe> probe;
+    unsigned probes_started = 0;
     std::optional<logs::LogPipe> output[2];  // its stdout and stderr, into the app's log
     std::optional<ProgramLoadEstimate> load;  // serving: what it has taken, by our looks
     uint32_t retiring_queue = 0;      // retiring: its queue at the last look, and when it last
@@ -141,6 +144,7 @@ class Supervisor {
     RestartPolicy memory_replacements{std::numeric_limits<unsigned>::max(), std::chrono::minutes(10),
                                       std::chrono::seconds(2), std::chrono::minutes(5)};
     Clock::time_point memory_check_after;
+    std::chrono::milliseconds memory_quiet{0};  // a new process is not looked at before this age
   };
 
   // A long request (reload, restart, drain --wait, undrain, scale) in progress. One at a time.
@@ -180,7 +184,7 @@ class Supervisor {
   void tell_to_drain(WorkerProcess& process, Retire how, std::chrono::milliseconds timeout,
                      int successor_inbox);
   void stop_listening(WorkerProcess& process);
-  void kill_now(const WorkerProcess& process);
+  void kill_now(WorkerProcess& process);
   void check_memory(Clock::time_point now);
   void check_all_ready();
   void reap_children();
@@ -212,8 +216,10 @@ class Supervisor {
   void on_output(uint32_t index);
   void close_output(WorkerProcess& process);
   void publish_program_loads(Clock::time_point now);
+  void publish_program_load(Slot& slot);
   Result<void> start_probe(Slot& slot, WorkerProcess& process);
   void check_probes();
+  void fall_back_to_ready_delay(Slot& slot, WorkerProcess& process, const std::string& why);
   void sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately = false);
   bool is_program() const { return options_.program.has_value(); }
   void watch_retiring_queues(Clock::time_point now);
