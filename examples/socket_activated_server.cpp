@@ -14,7 +14,8 @@
 //
 // Build: part of the CMake build (examples/). Run: lbd run -i 2 -- build/socket_activated_server
 // Flags: --ready-after-ms N: wait this long before serving and READY=1 (a slow start);
-//        --no-notify: never send READY=1 (like most programs: lbd sees it accept instead).
+//        --no-notify: never send READY=1 (like most programs: lbd sees it accept instead);
+//        --accept-delay-ms N: pause this long after each accept (a server that falls behind).
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -84,10 +85,11 @@ std::string answer(const std::string& request_line, const std::string& worker,
 }  // namespace
 
 int main(int argc, char** argv) {
-  long ready_after_ms = 0;
+  long ready_after_ms = 0, accept_delay_ms = 0;
   bool notify_ready = true;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--ready-after-ms") == 0 && i + 1 < argc) ready_after_ms = atol(argv[i + 1]);
+    if (strcmp(argv[i], "--accept-delay-ms") == 0 && i + 1 < argc) accept_delay_ms = atol(argv[i + 1]);
     if (strcmp(argv[i], "--no-notify") == 0) notify_ready = false;
   }
   if (listen_fds() < 1) {
@@ -136,6 +138,10 @@ int main(int argc, char** argv) {
       } else if (p.fd == listener) {
         int client = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (client >= 0) connections[client] = {};
+        if (client >= 0 && accept_delay_ms > 0) {
+          timespec pause{accept_delay_ms / 1000, (accept_delay_ms % 1000) * 1'000'000};
+          nanosleep(&pause, nullptr);
+        }
       } else {
         Connection& c = connections[p.fd];
         bool done = false;

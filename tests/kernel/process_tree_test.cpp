@@ -3,6 +3,7 @@
 // Real processes (a root the test forks, which forks a grandchild, as gunicorn does) and real
 // loopback sockets on ephemeral ports; every wait is on a condition with a deadline.
 #include "supervisor/process_tree.h"
+#include "supervisor/tree_sampler.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -324,6 +325,39 @@ TEST(ProcessTree, CountsTheConnectionsAGrandchildHolds) {
   ASSERT_EQ(read_byte(first_replies.read.get(), after(kWait)), 'A');
   EXPECT_EQ(connections(*trees, {first.port, second.port}),
             (std::vector<uint32_t>{kFirst - 3, kSecond, 0}));
+}
+
+// The sampler's thread takes the same readings, on its own, for the pids it was given, and hands
+// over only what is new.
+TEST(TreeSampler, SamplesTheWatchedTreesOnItsThread) {
+  Listener listener = listen_on("127.0.0.1:0");
+  ASSERT_TRUE(listener.fd);
+  Pipe commands = make_pipe(), replies = make_pipe();
+  constexpr int kHeld = 4;
+  Tree tree([&] {
+    return accept_and_hold(listener.fd.get(), kHeld, commands.read.get(), replies.write.get(), Share::kDup);
+  });
+  ASSERT_FALSE(HasFailure());
+  std::vector<UniqueFd> clients;
+  for (int i = 0; i < kHeld; i++) clients.push_back(connect_to("127.0.0.1", listener.port));
+  ASSERT_EQ(read_byte(replies.read.get(), after(kWait)), 'R');
+
+  TreeSampler sampler({listener.port});
+  EXPECT_FALSE(sampler.newest().has_value()) << "nothing watched, nothing sampled";
+  const pid_t gone = 999'999'999;  // no such process: a tree of nothing
+  sampler.watch({tree.root(), gone}, std::chrono::milliseconds(20));
+  std::optional<TreeSampler::Sample> sample;
+  ASSERT_TRUE(eventually(after(kWait), [&] {
+    if (auto s = sampler.newest()) sample = std::move(s);
+    return sample && sample->trees.count(tree.root()) && sample->trees.at(tree.root()).open == static_cast<uint32_t>(kHeld);
+  })) << (sample ? sample->error : "no sample");
+  EXPECT_EQ(sample->error, "");
+  EXPECT_GT(sample->trees.at(tree.root()).rss_bytes, 0u);
+  EXPECT_EQ(sample->trees.at(gone).rss_bytes, 0u);
+  EXPECT_EQ(sample->trees.at(gone).open, 0u);
+  // The same reading, taken at once on this thread.
+  auto now = TreeSampler::take({tree.root()}, {listener.port});
+  EXPECT_EQ(now.trees.at(tree.root()).open, static_cast<uint32_t>(kHeld));
 }
 
 TEST(ProcessTree, CountsIpv6Connections) {

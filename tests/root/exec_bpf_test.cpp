@@ -107,6 +107,32 @@ TEST_F(ExecBpf, AProgramThatDoesNotNotifyIsReadyOnlyOnceItAccepts) {
   EXPECT_TRUE(report.all_ok()) << report.summary();
 }
 
+// The only worker crashes under load: with no slot active, the kernel's hash sends the clients to
+// the starting program's listener too, and a program that falls behind never shows an empty
+// queue. It is still seen accepting (its queue shrinks), so it is ready long before
+// --ready-timeout.
+TEST_F(ExecBpf, AProgramRestartedUnderLoadIsSeenAcceptingThoughItsQueueNeverEmpties) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "-i", "1", "--ready-timeout", "30"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH, "--no-notify", "--accept-delay-ms", "5"}));
+  const pid_t first = serving_pids().at(0);
+  LoadOptions options;
+  options.threads = 8;
+  options.request_timeout = 20s;
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 100, after(5s))) << "the load did not get going";
+  const size_t from_line = lbd().log_lines();
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+  const auto killed_at = Clock::now();
+  auto ready = lbd().wait_for_log("worker 0 ready: pid [0-9]+", after(15s), from_line);
+  const auto took = Clock::now() - killed_at;
+  ASSERT_TRUE(ready) << "not ready again within 15 s (the queue never emptied?)\n" << lbd().log();
+  EXPECT_TRUE(wait_for_requests(load, 200, after(10s))) << "no requests served after the restart";
+  LoadReport report = load.stop();
+  std::cout << "restart under load, queue never empty: ready again in " << std::chrono::duration<double>(took).count()
+            << " s; " << report.summary() << "\n";
+  EXPECT_NE(serving_pids().at(0), first);
+}
+
 // Node.js as PM2 would run it (no READY=1, ever), under lbd's steering: ready when it accepts, and
 // reloads under load fail nothing.
 TEST_F(ExecBpf, NodeIsReadyWhenItAcceptsAndReloadsUnderLoadFailNothing) {

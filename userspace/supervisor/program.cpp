@@ -19,7 +19,7 @@
 // - load: every 10 ms, its listener's accept queue (TCP_INFO) says how much of what was steered
 //   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
 //   policy `least` stops choosing it; its open connections are counted from the kernel every
-//   250 ms under `least`, every second otherwise (process_tree.h);
+//   250 ms under `least`, every second otherwise, on a thread of their own (tree_sampler.h);
 // - drain: out of steering, SIGTERM; when the program closes its listener (or exits) the kernel
 //   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
 //   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
@@ -38,7 +38,6 @@
 #include "common/log.h"
 #include "net/listener.h"
 #include "supervisor/notify.h"
-#include "supervisor/process_tree.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/worker_process.h"
 
@@ -48,7 +47,8 @@ namespace {
 
 constexpr std::chrono::milliseconds kLoadPublishInterval{10};
 // Counting a program's connections costs about 5 ms per 1000 held (one readlink per fd,
-// process_tree.h): often enough for `least`, which steers by them, rarely for the others.
+// process_tree.h; on the sampler's thread): often enough for `least`, which steers by them,
+// rarely for the others.
 constexpr std::chrono::milliseconds kTreeSampleInterval{250};
 constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
 // A program whose listener cannot be probed counts as ready this long after it started.
@@ -344,34 +344,56 @@ void Supervisor::watch_retiring_queues(Clock::time_point now) {
 }
 
 // Each program's open connections and memory, over its whole process tree (a program may accept
-// in children it forked, like gunicorn's workers).
+// in children it forked, like gunicorn's workers). Periodically on the sampler's thread (the loop
+// hands it the pids and picks up what it found); at once, on this thread, for an answer worth the
+// wait (lbctl status, /metrics).
 void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately) {
-  if (now < next_tree_sample_ && !now_even_if_sampled_lately) return;
-  const bool by_load = steering_ && steering_->policy() == Policy::kLeast;
-  next_tree_sample_ = now + (by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering);
-  std::vector<WorkerProcess*> processes;
+  if (!tree_sampler_) return;
+  if (auto sample = tree_sampler_->newest()) apply_tree_sample(*sample);
   std::vector<pid_t> roots;
+  for (WorkerProcess* p : program_processes()) roots.push_back(p->pid);
+  if (now_even_if_sampled_lately) {
+    std::vector<uint16_t> ports;
+    for (const auto& address : bound_) ports.push_back(address.port());
+    apply_tree_sample(TreeSampler::take(roots, ports));
+    return;
+  }
+  if (now < next_tree_sample_) return;
+  const bool by_load = steering_ && steering_->policy() == Policy::kLeast;
+  const auto interval = by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering;
+  next_tree_sample_ = now + kLoadPublishInterval;  // the roots change as processes come and go
+  tree_sampler_->watch(std::move(roots), interval);
+}
+
+std::vector<Supervisor::WorkerProcess*> Supervisor::program_processes() {
+  std::vector<WorkerProcess*> processes;
   for (auto& slot : slots_) {
     for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
       if (p) processes.push_back(p);
     }
     for (auto& p : slot->retiring) processes.push_back(p.get());
   }
-  if (processes.empty()) return;
-  for (WorkerProcess* p : processes) roots.push_back(p->pid);
-  const auto trees = process_trees(roots);
-  if (!trees) {
-    spdlog::debug("process trees: {}", trees.error().message());
-    return;
+  return processes;
+}
+
+void Supervisor::apply_tree_sample(const TreeSampler::Sample& sample) {
+  if (!sample.error.empty()) {
+    // Once at warning level: without the count `least` steers by the queues alone, which the
+    // operator should know; after that at debug (it would repeat every 250 ms).
+    static bool warned = false;
+    if (!std::exchange(warned, true)) {
+      spdlog::warn("cannot sample the workers' process trees ({}); policy least steers by their queues alone",
+                   sample.error);
+    } else {
+      spdlog::debug("{}", sample.error);
+    }
   }
-  std::vector<uint16_t> ports;
-  for (const auto& address : bound_) ports.push_back(address.port());
-  auto open = open_connections(*trees, ports);
-  if (!open) spdlog::debug("open connections: {}", open.error().message());
-  for (size_t i = 0; i < processes.size(); i++) {
-    processes[i]->tree_rss = tree_rss_bytes((*trees)[i]);
-    if (open) processes[i]->open_connections = (*open)[i];
-    if (processes[i]->role == Role::kRetiring) processes[i]->reported_open = processes[i]->open_connections;
+  for (WorkerProcess* p : program_processes()) {
+    auto tree = sample.trees.find(p->pid);
+    if (tree == sample.trees.end()) continue;  // started after the sample was asked for
+    p->tree_rss = tree->second.rss_bytes;
+    if (tree->second.open) p->open_connections = *tree->second.open;
+    if (p->role == Role::kRetiring) p->reported_open = p->open_connections;
   }
 }
 

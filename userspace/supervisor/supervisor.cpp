@@ -180,6 +180,9 @@ Result<void> Supervisor::set_up() {
                                             .keep_files = program.log_files});
     if (!logs) return logs.error().wrap("log");
     logs_ = std::move(*logs);
+    std::vector<uint16_t> ports;
+    for (const auto& address : bound_) ports.push_back(address.port());
+    tree_sampler_ = std::make_unique<TreeSampler>(std::move(ports));
   }
 
   if (options_.mode == Mode::kBpf) {

@@ -53,6 +53,7 @@
 #include "supervisor/process_stats.h"
 #include "supervisor/program_load.h"
 #include "supervisor/restart_policy.h"
+#include "supervisor/tree_sampler.h"
 
 namespace lbd {
 
@@ -221,6 +222,8 @@ class Supervisor {
   void check_probes();
   void fall_back_to_ready_delay(Slot& slot, WorkerProcess& process, const std::string& why);
   void sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately = false);
+  std::vector<WorkerProcess*> program_processes();
+  void apply_tree_sample(const TreeSampler::Sample& sample);
   bool is_program() const { return options_.program.has_value(); }
   void watch_retiring_queues(Clock::time_point now);
   // How long a new worker has to get ready when no one said: lbd run's --ready-timeout.
@@ -249,6 +252,7 @@ class Supervisor {
   std::vector<SlotHistory> history_ = std::vector<SlotHistory>(LBD_MAX_SLOTS);
 
   std::unique_ptr<logs::LogCollector> logs_;  // exec mode: the app's log file
+  std::unique_ptr<TreeSampler> tree_sampler_;  // exec mode: process trees, sampled on a thread
   Clock::time_point next_load_publish_;
   Clock::time_point next_tree_sample_;
   Clock::time_point next_memory_check_;
