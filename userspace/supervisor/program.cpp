@@ -353,9 +353,7 @@ void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sa
   std::vector<pid_t> roots;
   for (WorkerProcess* p : program_processes()) roots.push_back(p->pid);
   if (now_even_if_sampled_lately) {
-    std::vector<uint16_t> ports;
-    for (const auto& address : bound_) ports.push_back(address.port());
-    apply_tree_sample(TreeSampler::take(roots, ports));
+    apply_tree_sample(tree_sampler_->take_now(roots));
     return;
   }
   if (now < next_tree_sample_) return;

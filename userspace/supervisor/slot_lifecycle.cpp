@@ -208,7 +208,6 @@ void Supervisor::on_status(uint32_t process_id) {
 void Supervisor::on_ready(Slot& slot, WorkerProcess& p) {
   if (p.role != Role::kStarting || p.killed) return;
   p.probe.reset();  // its listener leaves the probe place, so that it can go into the slot
-  p.ready_at.reset();
   if (steering_) {
     for (uint32_t g = 0; g < groups_.size(); g++) {
       // Into the slot; for a replacement this is the swap: from now on the slot's connections
@@ -293,7 +292,6 @@ void Supervisor::retire(Slot& slot, std::unique_ptr<WorkerProcess> p, Retire how
   if (!p) return;
   p->role = Role::kRetiring;
   p->ready_by.reset();
-  p->ready_at.reset();
   p->probe.reset();
   update_state(slot);  // out of steering before its listener goes
   if (is_program()) {
@@ -326,7 +324,6 @@ void Supervisor::tell_to_drain(WorkerProcess& p, Retire how, std::chrono::millis
 
 void Supervisor::kill_now(WorkerProcess& p) {
   p.killed = true;
-  p.ready_at.reset();
   p.probe.reset();
   // A program's process group: what it forked goes too. (lbd's workers fork nothing.)
   kill(is_program() ? -p.pid : p.pid, SIGKILL);

@@ -44,6 +44,9 @@ class TreeSampler {
   TreeSampler(const TreeSampler&) = delete;
   TreeSampler& operator=(const TreeSampler&) = delete;
 
+  // One sample now, on the caller's thread, of the ports this sampler was made for.
+  Sample take_now(const std::vector<pid_t>& roots) const { return take(roots, ports_); }
+
   // What to sample from now on, and how often.
   void watch(std::vector<pid_t> roots, std::chrono::milliseconds interval);
   // The newest sample taken since the last call, if any.
