@@ -6,7 +6,7 @@
 #include "common/log.h"
 #include "service.h"
 #include "supervisor/app_launcher.h"
-#include "supervisor/options.h"
+#include "config/options.h"
 #include "supervisor/supervisor.h"
 #include "worker/worker.h"
 #include "worker/worker_spec.h"

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "supervisor/options.h"
+#include "config/options.h"
 
 namespace lbd {
 namespace {
@@ -99,6 +99,8 @@ TEST(ListenAddress, SockaddrRoundTrips) {
 
 // --- CPU lists ------------------------------------------------------------------------------
 
+SupervisorOptions parse(std::initializer_list<std::string> args);  // below: lbd's command line
+
 TEST(CpuList, ParsesRangesAndSinglesSortedWithoutDuplicates) {
   struct Case {
     const char* input;
@@ -112,18 +114,26 @@ TEST(CpuList, ParsesRangesAndSinglesSortedWithoutDuplicates) {
       {"5-5", {5}},
       {"0-1,1-2", {0, 1, 2}},
   };
-  for (const Case& c : cases) EXPECT_EQ(parse_cpu_list(c.input), c.expected) << c.input;
+  for (const Case& c : cases) {
+    auto cpus = parse_cpu_list(c.input);
+    ASSERT_TRUE(cpus) << c.input << ": " << cpus.error().message();
+    EXPECT_EQ(*cpus, c.expected) << c.input;
+  }
 }
 
-TEST(CpuList, RejectsBadListsWithAConfigError) {
-  for (const char* input : {"", "a", "1,,2", ",", "-1", "1-", "-", "3-1", "1.5", "0-x", "100000"}) {
+TEST(CpuList, RejectsBadListsWithOneLineAndTheFlagNamesItself) {
+  for (const char* input : {"", "a", "1,,2", ",", "-1", "1-", "-", "3-1", "1.5", "0-x", "100000", "0-2000000000"}) {
+    auto cpus = parse_cpu_list(input);
+    ASSERT_FALSE(cpus) << "'" << input << "' was accepted";
+    const std::string message = cpus.error().message();
+    EXPECT_FALSE(message.empty());
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    if (*input == '\0') continue;  // an empty --cpus means every allowed CPU
     try {
-      parse_cpu_list(input);
-      ADD_FAILURE() << "'" << input << "' was accepted";
+      parse({"--cpus", input});
+      ADD_FAILURE() << "--cpus '" << input << "' was accepted";
     } catch (const ConfigError& e) {
-      std::string message = e.what();
-      EXPECT_EQ(message.rfind("--cpus", 0), 0u) << "'" << input << "': " << message;
-      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+      EXPECT_EQ(std::string(e.what()), "--cpus: " + message);
     }
   }
 }
@@ -221,8 +231,10 @@ TEST(CommandLine, AcceptsEveryPolicyAndMode) {
 
 TEST(CommandLine, PolicyAndModeNamesRoundTrip) {
   for (Policy p : {Policy::kRoundRobin, Policy::kLeast, Policy::kHash}) {
-    EXPECT_EQ(parse_policy(policy_name(p)), p);
+    EXPECT_EQ(*parse_policy(policy_name(p)), p);
   }
+  EXPECT_EQ(parse_policy("fastest").error().message(), "unknown policy 'fastest' (expected rr, least or hash)");
+  for (Mode m : {Mode::kBpf, Mode::kReuseport, Mode::kShared, Mode::kHandoff}) EXPECT_EQ(*parse_mode(mode_name(m)), m);
   EXPECT_STREQ(mode_name(Mode::kBpf), "bpf");
   EXPECT_STREQ(mode_name(Mode::kReuseport), "reuseport");
   EXPECT_STREQ(mode_name(Mode::kShared), "shared");

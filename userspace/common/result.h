@@ -29,6 +29,10 @@ class Error {
     return Error(std::error_code(err, std::system_category()), std::move(context));
   }
 
+  // A value that is wrong (bad text, a damaged record), with no system error behind it: its
+  // message is the description alone.
+  static Error invalid(std::string description) { return Error(std::error_code(), std::move(description)); }
+
   const std::error_code& code() const { return code_; }
   const std::string& context() const { return context_; }
   // "context: message", the one-line form every log and CLI error uses.

@@ -26,7 +26,7 @@
 #include "net/address.h"
 #include "steer_abi.h"
 #include "steering/steering.h"
-#include "supervisor/options.h"
+#include "config/values.h"
 
 namespace lbd::config {
 
@@ -110,15 +110,6 @@ struct Where {
   }
   static int line_of(const toml::node& node) { return static_cast<int>(node.source().begin.line); }
 };
-
-// A ConfigError from a shared parser ("--cpus: range '3-1' is backwards") without the flag's name,
-// which means nothing in a file.
-std::string without_flag(const ConfigError& e, std::string_view flag) {
-  std::string_view text = e.what();
-  std::string prefix = std::string(flag) + ": ";
-  if (text.substr(0, prefix.size()) == prefix) text.remove_prefix(prefix.size());
-  return std::string(text);
-}
 
 // --- the values --------------------------------------------------------------------------------
 
@@ -248,37 +239,6 @@ double read_seconds(const Where& where, const toml::node& value, const std::stri
 }
 
 // Why `text` is not a size, or nothing with `bytes` set.
-std::optional<std::string> size_problem(std::string_view text, uint64_t& bytes) {
-  const std::string bad = "'" + std::string(text) +
-                          "' is not a size (expected bytes with an optional K, M, G or T suffix, "
-                          "e.g. 512M)";
-  size_t digits = 0;
-  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) digits++;
-  if (digits == 0) return bad;
-  uint64_t value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + digits, value);
-  if (ec != std::errc()) return "'" + std::string(text) + "' is too large";
-  std::string_view unit = text.substr(digits);
-  int shift = 0;
-  if (!unit.empty()) {
-    switch (std::toupper(static_cast<unsigned char>(unit.front()))) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: break;
-    }
-    if (shift != 0) unit.remove_prefix(1);
-    if (!(unit.empty() || unit == "B" || (shift != 0 && unit == "iB"))) return bad;
-  }
-  if (value > (std::numeric_limits<uint64_t>::max() >> shift)) {
-    return "'" + std::string(text) + "' is too large";
-  }
-  bytes = value << shift;
-  if (bytes == 0) return "must be more than 0 bytes";
-  return std::nullopt;
-}
-
 bool read_bool(const Where& where, const toml::node& value, const std::string& key) {
   const auto* b = value.as_boolean();
   if (!b) where.wrong_type(value, key, "true or false");
@@ -295,9 +255,9 @@ uint64_t read_size(const Where& where, const toml::node& value, const std::strin
   }
   if (!value.is_string()) where.wrong_type(value, key, expected);
   std::string text = read_string(where, value, key, expected);
-  uint64_t bytes = 0;
-  if (auto problem = size_problem(text, bytes)) where.bad_value(value, key, *problem);
-  return bytes;
+  auto bytes = parse_size(text);
+  if (!bytes) where.bad_value(value, key, bytes.error().message());
+  return *bytes;
 }
 
 // One address or several: "0.0.0.0:8080" or ["0.0.0.0:8080", "[::]:8080"]. Returns each element
@@ -320,16 +280,14 @@ std::vector<std::pair<std::string, const toml::node*>> read_string_or_list(
 
 std::string canonical_address(const Where& where, const toml::node& value, const std::string& key,
                               const std::string& text) {
-  try {
-    return net::Address::parse(text).to_string();
-  } catch (const ConfigError& e) {
-    std::string problem = e.what();
-    constexpr std::string_view kListen = "bad listen address ";
-    if (key != "listen" && problem.compare(0, kListen.size(), kListen) == 0) {
-      problem = "bad address " + problem.substr(kListen.size());
-    }
-    where.bad_value(value, key, problem);
+  auto address = parse_address(text);
+  if (address) return address->to_string();
+  std::string problem = address.error().message();
+  constexpr std::string_view kListen = "bad listen address ";
+  if (key != "listen" && problem.compare(0, kListen.size(), kListen) == 0) {
+    problem = "bad address " + problem.substr(kListen.size());
   }
+  where.bad_value(value, key, problem);
 }
 
 // Relative paths are relative to the config file's directory, not to wherever lbd was started.
@@ -399,19 +357,11 @@ bool read_shared_key(const Where& where, const std::string& key, const toml::nod
     }
   } else if (key == "cpus") {
     std::string text = read_string(where, value, key, "a string such as \"0-3,6\"");
-    try {
-      parse_cpu_list(text);
-    } catch (const ConfigError& e) {
-      where.bad_value(value, key, without_flag(e, "--cpus"));
-    }
+    if (auto cpus = parse_cpu_list(text); !cpus) where.bad_value(value, key, cpus.error().message());
     into.cpus = text;
   } else if (key == "policy") {
     std::string text = read_string(where, value, key, "\"rr\", \"least\" or \"hash\"");
-    try {
-      parse_policy(text);
-    } catch (const ConfigError& e) {
-      where.bad_value(value, key, e.what());
-    }
+    if (auto policy = parse_policy(text); !policy) where.bad_value(value, key, policy.error().message());
     into.policy = text;
   } else if (key == "mode") {
     std::string text = read_string(where, value, key, "\"bpf\" or \"reuseport\"");
@@ -628,8 +578,9 @@ void check_ports(const std::string& path, const toml::table& root, const FileCon
     const auto& table = *apps->get(i)->as_table();
     auto claim = [&](const std::string& text, bool admin, const std::string& key,
                      const toml::node& node) {
-      uint16_t port = net::Address::parse(text).port();
-      if (port == 0) return;
+      auto address = parse_address(text);  // checked when the app was read
+      if (!address || address->port() == 0) return;
+      const uint16_t port = address->port();
       auto [it, inserted] = owners.emplace(port, Owner{i, admin, Where::line_of(node)});
       if (inserted) return;
       const Owner& other = it->second;
@@ -666,23 +617,6 @@ std::string syntax_error(const std::string& path, const toml::parse_error& e) {
 }  // namespace
 
 // --- the interface --------------------------------------------------------------------------------
-
-uint64_t parse_size(std::string_view text, const std::string& what) {
-  uint64_t bytes = 0;
-  if (auto problem = size_problem(text, bytes)) {
-    throw ConfigError(one_line(what.empty() ? *problem : what + ": " + *problem));
-  }
-  return bytes;
-}
-
-std::string format_size(uint64_t bytes) {
-  static constexpr std::pair<int, char> kUnits[] = {{40, 'T'}, {30, 'G'}, {20, 'M'}, {10, 'K'}};
-  for (auto [shift, letter] : kUnits) {
-    uint64_t unit = uint64_t{1} << shift;
-    if (bytes != 0 && bytes % unit == 0) return std::to_string(bytes / unit) + letter;
-  }
-  return std::to_string(bytes);
-}
 
 FileConfig parse_config(std::string_view text, const std::string& path,
                         std::optional<std::string> base_dir) {

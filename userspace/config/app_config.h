@@ -82,11 +82,4 @@ std::string app_log_dir(const AppConfig& app, const FileConfig& file);
 // that are set are passed; --control is always passed (each app needs its own socket).
 std::vector<std::string> lbd_run_arguments(const AppConfig& app, const FileConfig& file);
 
-// "512M" -> 536870912: a whole number of bytes with an optional K, M, G or T suffix (powers of
-// 1024, either case, optionally followed by B or iB: "512MB", "1GiB"). Must be more than 0.
-// Throws ConfigError("<what>: ...") otherwise; used by the `lbd run` flags too.
-uint64_t parse_size(std::string_view text, const std::string& what);
-// The shortest exact spelling parse_size reads back: 536870912 -> "512M", 1000 -> "1000".
-std::string format_size(uint64_t bytes);
-
 }  // namespace lbd::config

@@ -9,18 +9,19 @@ namespace lbd::net {
 
 namespace {
 
-uint16_t parse_port(std::string_view text, std::string_view whole) {
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value > 65535) {
-    throw ConfigError("bad listen address '" + std::string(whole) + "': port must be 0-65535");
-  }
-  return static_cast<uint16_t>(value);
+Error bad(std::string_view text, const std::string& why) {
+  return Error::invalid("bad listen address '" + std::string(text) + "': " + why);
 }
 
 }  // namespace
 
 Address Address::parse(std::string_view text) {
+  auto address = try_parse(text);
+  if (!address) throw ConfigError(address.error().message());
+  return *address;
+}
+
+Result<Address> Address::try_parse(std::string_view text) {
   Address address;
   std::string host;
   std::string_view port_text;
@@ -31,34 +32,36 @@ Address Address::parse(std::string_view text) {
   } else if (text.front() == '[') {
     auto close = text.find(']');
     if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      throw ConfigError("bad listen address '" + std::string(text) + "': expected [IPv6]:PORT");
+      return bad(text, "expected [IPv6]:PORT");
     }
     host = std::string(text.substr(1, close - 1));
     port_text = text.substr(close + 2);
   } else {
     auto colon = text.rfind(':');
     if (text.find(':') != colon) {
-      throw ConfigError("bad listen address '" + std::string(text) +
-                        "': write IPv6 addresses in brackets, e.g. [::]:8080");
+      return bad(text, "write IPv6 addresses in brackets, e.g. [::]:8080");
     }
     host = colon == 0 ? "0.0.0.0" : std::string(text.substr(0, colon));
     port_text = text.substr(colon + 1);
   }
-  uint16_t port = parse_port(port_text, text);
+  unsigned port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size() || port > 65535) {
+    return bad(text, "port must be 0-65535");
+  }
 
   auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage_);
   auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage_);
   if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
+    v4->sin_port = htons(static_cast<uint16_t>(port));
     address.length_ = sizeof(sockaddr_in);
   } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
     address.length_ = sizeof(sockaddr_in6);
   } else {
-    throw ConfigError("bad listen address '" + std::string(text) + "': '" + host +
-                      "' is not an IPv4 or IPv6 address");
+    return bad(text, "'" + host + "' is not an IPv4 or IPv6 address");
   }
   return address;
 }

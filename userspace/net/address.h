@@ -16,7 +16,9 @@ namespace lbd::net {
 
 class Address {
  public:
-  // Throws ConfigError with a message naming the bad text; used while reading flags.
+  // The error names the bad text and what is wrong with it.
+  static Result<Address> try_parse(std::string_view text);
+  // The same, throwing ConfigError: for reading flags at start-up, and for tests.
   static Address parse(std::string_view text);
   static Address from_sockaddr(const sockaddr* sa, socklen_t len);
 

@@ -69,13 +69,6 @@ const char* policy_name(Policy policy) {
   return "unknown";
 }
 
-Policy parse_policy(const std::string& text) {
-  if (text == "rr") return Policy::kRoundRobin;
-  if (text == "least") return Policy::kLeast;
-  if (text == "hash") return Policy::kHash;
-  throw ConfigError("unknown policy '" + text + "' (expected rr, least or hash)");
-}
-
 Result<Steering> Steering::load(const SteeringOptions& options) {
   libbpf_set_print(forward_libbpf_log);
   std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton(steer_bpf__open(), steer_bpf__destroy);

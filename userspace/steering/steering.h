@@ -24,8 +24,6 @@ enum class Policy : uint32_t {
   kHash = LBD_POLICY_HASH,
 };
 const char* policy_name(Policy policy);
-// "rr", "least" or "hash"; throws ConfigError otherwise.
-Policy parse_policy(const std::string& text);
 
 struct SteeringOptions {
   Policy policy = Policy::kLeast;

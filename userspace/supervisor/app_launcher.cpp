@@ -20,7 +20,7 @@
 #include "config/app_config.h"
 #include "supervisor/notify.h"
 #include "supervisor/restart_policy.h"
-#include "supervisor/worker_process.h"
+#include "supervisor/launch.h"
 
 namespace lbd {
 

@@ -2,14 +2,15 @@
 //
 // Every series carries app="lbd" (one service per lbd, for now), and per-slot series carry
 // slot="N" for every slot lbd has, drained ones included. A slot's counters never go backwards
-// while lbd runs: what its exited processes counted is kept in its history (fold_into_history,
-// slot_lifecycle.cpp) and added to what its live processes count now, so a reload, a restart or
+// while lbd runs: what its exited processes counted is kept in its history (on_child_exit,
+// slot_effects.cpp) and added to what its live processes count now, so a reload, a restart or
 // a crash is not a counter reset. Reading costs no syscall per worker for the request counters
 // (shared memory); CPU and memory come from /proc, the steering counters from the BPF map.
 #include <algorithm>
 
 #include "common/log.h"
 #include "metrics/exposition.h"
+#include "supervisor/process_stats.h"
 #include "supervisor/supervisor.h"
 
 namespace lbd {
@@ -33,25 +34,12 @@ struct SlotSample {
 
 }  // namespace
 
-std::string Supervisor::not_ready_because() const {
-  if (stopping_) return "lbd is stopping";
-  const bool any_active = std::any_of(slots_.begin(), slots_.end(), [](const auto& s) {
-    return s->wanted && s->serving && s->serving->role == Role::kServing;
-  });
-  if (any_active) return {};
-  const bool all_drained =
-      !slots_.empty() && std::none_of(slots_.begin(), slots_.end(), [](const auto& s) { return s->wanted; });
-  return all_drained ? "every worker is drained" : "no worker is serving";
-}
-
-WorkerStatsSnapshot Supervisor::slot_stats(const Slot& slot) const {
+WorkerStatsSnapshot Supervisor::slot_stats(const SlotRecord& slot) {
   WorkerStatsSnapshot total = history_[slot.index].stats;
-  auto add = [&](const WorkerProcess* p) {
-    if (p && p->stats) total += p->stats->read();
-  };
-  add(slot.serving.get());
-  add(slot.replacement.get());
-  for (const auto& p : slot.retiring) add(p.get());
+  for (const auto* p : slots_->processes()) {
+    if (p->slot != slot.index) continue;
+    if (Child* c = child(p->id); c && c->stats()) total += c->stats()->read();
+  }
   return total;
 }
 
@@ -66,25 +54,25 @@ std::string Supervisor::metrics_text() {
   out.sample("lbd_mode", {app, {"mode", mode_name(options_.mode)}}, uint64_t{1});
   out.family("lbd_policy", MetricType::kGauge,
              "The steering policy in force; always 1. \"kernel\" outside --mode bpf.");
-  out.sample("lbd_policy", {app, {"policy", steering_ ? policy_name(steering_->policy()) : "kernel"}},
+  out.sample("lbd_policy", {app, {"policy", shared_.steering ? policy_name(shared_.steering->policy()) : "kernel"}},
              uint64_t{1});
   out.family("lbd_ready", MetricType::kGauge, "1 while /readyz answers 200, else 0.");
-  out.sample("lbd_ready", {app}, uint64_t{not_ready_because().empty() ? 1u : 0u});
+  out.sample("lbd_ready", {app}, uint64_t{slots_->not_ready_because().empty() ? 1u : 0u});
 
   // Processes by the state `lbctl status` shows them in.
   uint64_t starting = 0, active = 0, draining = 0;
-  for (const auto& slot : slots_) {
-    if (slot->serving) {
-      if (!slot->wanted) {
+  for (const auto& slot : slots_->slots()) {
+    if (slot.serving) {
+      if (!slot.wanted) {
         draining++;
-      } else if (slot->serving->role == Role::kServing) {
+      } else if (slot.serving->role == ProcessRole::kServing) {
         active++;
       } else {
         starting++;
       }
     }
-    if (slot->replacement) starting++;
-    draining += slot->retiring.size();
+    if (slot.replacement) starting++;
+    draining += slot.retiring.size();
   }
   out.family("lbd_workers", MetricType::kGauge, "Worker processes by state.");
   out.sample("lbd_workers", {app, {"state", "starting"}}, starting);
@@ -92,34 +80,31 @@ std::string Supervisor::metrics_text() {
   out.sample("lbd_workers", {app, {"state", "draining"}}, draining);
 
   out.family("lbd_reloads_total", MetricType::kCounter, "Rolling reloads completed.");
-  out.sample("lbd_reloads_total", {app}, reloads_);
+  out.sample("lbd_reloads_total", {app}, slots_->reloads());
   out.family("lbd_reload_failures_total", MetricType::kCounter,
              "Rolling reloads that failed (a new worker was not ready; the old ones kept serving).");
-  out.sample("lbd_reload_failures_total", {app}, reload_failures_);
+  out.sample("lbd_reload_failures_total", {app}, slots_->reload_failures());
 
   std::vector<SlotSample> samples;
-  for (const auto& slot_ptr : slots_) {
-    const Slot& slot = *slot_ptr;
+  for (const SlotRecord& slot : slots_->slots()) {
     SlotSample s;
     s.slot = std::to_string(slot.index);
     s.stats = slot_stats(slot);
     s.cpu_seconds = history_[slot.index].cpu_seconds;
-    s.restarts = history_[slot.index].restarts;
-    auto add_process = [&](const WorkerProcess* p) {
-      if (!p) return;
+    s.restarts = slots_->total_restarts(slot.index);
+    for (const auto* p : slots_->processes()) {
+      if (p->slot != slot.index) continue;
+      Child* c = child(p->id);
       // The serving worker publishes its open connections in the slot table; a retiring one
-      // no longer writes there and reports them on its status channel instead.
-      if (p->role == Role::kServing) s.connections += load_field(table().slot(slot.index).open);
-      if (p->role == Role::kRetiring) s.connections += p->reported_open;
-      if (auto usage = read_process_usage(p->pid)) {
+      // no longer writes there and reports them itself.
+      if (p->role == ProcessRole::kServing) s.connections += load_field(shared_.table().slot(slot.index).open);
+      if (p->role == ProcessRole::kRetiring && c) s.connections += c->draining_connections();
+      if (auto usage = read_process_usage(p->pid); usage && c) {
         s.cpu_seconds += usage->cpu_seconds;
-        s.rss_bytes += is_program() && p->tree_rss ? p->tree_rss : usage->rss_bytes;  // a program's whole tree
+        s.rss_bytes += c->resident_bytes();  // a program's whole tree
       }
-    };
-    add_process(slot.serving.get());
-    add_process(slot.replacement.get());
-    for (const auto& p : slot.retiring) add_process(p.get());
-    if (steering_) s.steering = steering_->counters(slot.index);
+    }
+    if (shared_.steering) s.steering = shared_.steering->counters(slot.index);
     samples.push_back(std::move(s));
   }
 
@@ -159,7 +144,7 @@ std::string Supervisor::metrics_text() {
            "Times the slot's worker was restarted after a crash.",
            [](const SlotSample& s) { return s.restarts; });
 
-  if (steering_) {
+  if (shared_.steering) {
     per_slot("lbd_steering_selected_total", MetricType::kCounter,
              "New connections the steering program sent to the slot.",
              [](const SlotSample& s) { return s.steering.selected; });
@@ -169,7 +154,7 @@ std::string Supervisor::metrics_text() {
              [](const SlotSample& s) { return s.steering.migrated; });
     out.family("lbd_steering_fallback_total", MetricType::kCounter,
                "Connections left to the kernel's hash because no slot was active.");
-    out.sample("lbd_steering_fallback_total", {app}, steering_->fallbacks());
+    out.sample("lbd_steering_fallback_total", {app}, shared_.steering->fallbacks());
   }
   return out.take();
 }

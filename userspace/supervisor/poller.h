@@ -13,7 +13,8 @@ namespace lbd {
 
 enum class Source : uint32_t {
   kSignal = 1,       // the signalfd
-  kStatus,           // a worker's status channel; index = process id (Supervisor::WorkerProcess)
+  kStatus,           // a worker's status channel; index = process id (slot_manager.h)
+  kExit,             // a child's pidfd, readable once it has exited; index = process id
   kHandoffListener,  // --mode handoff: a listener the supervisor accepts on; index = address
   kControl,          // the control socket's listener
   kControlClient,    // one lbctl connection; index = client id

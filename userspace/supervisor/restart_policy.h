@@ -6,6 +6,7 @@
 #include <chrono>
 #include <deque>
 #include <optional>
+#include <utility>
 
 namespace lbd {
 
@@ -23,6 +24,11 @@ class RestartPolicy {
 
   // Crashes counted in the window ending at `now`.
   unsigned recent_crashes(Clock::time_point now);
+
+  // The crashes it remembers, oldest first: what a successor needs to go on counting (an
+  // upgraded supervisor keeps its predecessor's crash-loop guard).
+  const std::deque<Clock::time_point>& crashes() const { return crashes_; }
+  void remember(std::deque<Clock::time_point> crashes) { crashes_ = std::move(crashes); }
 
  private:
   void forget_before(Clock::time_point cutoff);

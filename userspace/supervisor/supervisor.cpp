@@ -1,4 +1,4 @@
-// Set-up, the event loop, signals and stopping. See supervisor.h for the model.
+// Set-up, the event loop, signals, and exec mode's periodic looks. See supervisor.h.
 #include "supervisor/supervisor.h"
 
 #include <signal.h>
@@ -14,49 +14,78 @@
 #include <fmt/ranges.h>
 
 #include "common/log.h"
-#include "net/fd_passing.h"
 #include "net/listener.h"
+#include "steer_abi.h"
+#include "supervisor/launch.h"
 #include "supervisor/notify.h"
-#include "supervisor/worker_process.h"
+#include "supervisor/process_stats.h"
+#include "worker/channel.h"
 
 namespace lbd {
 
 namespace {
+
+// Exec mode looks at every program this often: its probe, its queue, its load (program_child.cpp).
+constexpr std::chrono::milliseconds kLookInterval{10};
+// Counting a program's connections costs about 5 ms per 1000 held (one readlink per fd,
+// process_tree.h; on the sampler's thread): often enough for `least`, which steers by them,
+// rarely for the others.
+constexpr std::chrono::milliseconds kTreeSampleInterval{250};
+constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
+// How long lbd's own worker may take from exec to ready, when no reload says otherwise.
+constexpr std::chrono::milliseconds kWorkerReadyTimeout{30'000};
 
 const char* signal_name(uint32_t signo) {
   const char* name = sigabbrev_np(static_cast<int>(signo));
   return name ? name : "?";
 }
 
+SlotManagerConfig manager_config(const SupervisorOptions& options, const std::string& binary) {
+  SlotManagerConfig config;
+  config.workers = options.workers;
+  config.cpus = options.cpus;
+  config.pin = options.pin;
+  config.max_restarts = options.max_restarts;
+  config.restart_window = options.restart_window;
+  config.shutdown_timeout = options.shutdown_timeout;
+  config.ready_timeout = options.program ? options.program->ready_timeout : kWorkerReadyTimeout;
+  config.max_memory = options.max_memory;
+  config.reload_source = options.program ? options.program->command[0] : binary;
+  return config;
+}
+
 }  // namespace
 
-Supervisor::Supervisor(SupervisorOptions options) : options_(std::move(options)) {}
-Supervisor::~Supervisor() = default;
+Supervisor::Supervisor(SupervisorOptions options)
+    : options_(std::move(options)), shared_(options_), history_(LBD_MAX_SLOTS) {}
 
-SlotTable& Supervisor::table() { return steering_ ? steering_->table() : *plain_table_; }
+Supervisor::~Supervisor() = default;
 
 std::string Supervisor::listen_summary() const {
   std::string text;
-  for (const auto& address : bound_) {
+  for (const auto& address : shared_.bound) {
     if (!text.empty()) text += ", ";
     text += address.to_string();
   }
   return text;
 }
 
+Child* Supervisor::child(ProcessId id) {
+  auto it = children_.find(id);
+  return it == children_.end() ? nullptr : it->second.get();
+}
+
 int Supervisor::run() {
   started_at_ = Clock::now();
   if (auto ok = set_up(); !ok) {
     spdlog::error("{}", ok.error().message());
-    for (auto& slot : slots_) {
-      if (slot->serving) kill_now(*slot->serving);
-    }
+    if (slots_) slots_->kill_all();
     return 1;
   }
 
   PollEvent events[64];
   while (true) {
-    int n = poller_->wait(events, 64, poll_timeout_ms());
+    int n = shared_.poller->wait(events, 64, poll_timeout_ms());
     if (n < 0) {
       spdlog::error("epoll_wait: {}", strerror(errno));
       return 1;
@@ -67,8 +96,13 @@ int Supervisor::run() {
         case Source::kSignal:
           on_signal();
           break;
+        case Source::kExit:
+          on_child_exit(e.index);
+          break;
         case Source::kStatus:
-          on_status(e.index);
+        case Source::kNotify:
+        case Source::kOutput:
+          on_child_readable(e.source, e.index);
           break;
         case Source::kHandoffListener:
           accept_for_handoff(e.index);
@@ -85,53 +119,46 @@ int Supervisor::run() {
         case Source::kAdminClient:
           if (admin_) admin_->on_client_event(e.index, e.events);
           break;
-        case Source::kNotify:
-          on_notify(e.index);
-          break;
-        case Source::kOutput:
-          on_output(e.index);
-          break;
       }
     }
-    run_timers();
-    advance_operation();
-    if (stopping_ && !any_process()) break;
-    if (!stopping_ && !slots_.empty() &&
-        std::all_of(slots_.begin(), slots_.end(), [](const auto& s) { return s->failed; })) {
+    run_timers(Clock::now());
+    if (slots_->finished()) break;
+    if (slots_->all_failed()) {
       spdlog::error("every worker has failed; lbd is exiting");
       return 1;
     }
   }
-  if (steering_) {
+  if (shared_.steering) {
     std::string summary;
-    for (const auto& slot : slots_) {
-      SlotCounters c = steering_->counters(slot->index);
-      summary += fmt::format("{}slot {}: {} selected, {} migrated", summary.empty() ? "" : "; ",
-                             slot->index, c.selected, c.migrated);
+    for (const auto& slot : slots_->slots()) {
+      SlotCounters c = shared_.steering->counters(slot.index);
+      summary += fmt::format("{}slot {}: {} selected, {} migrated", summary.empty() ? "" : "; ", slot.index,
+                             c.selected, c.migrated);
       if (c.select_failed) summary += fmt::format(", {} retried", c.select_failed);
     }
-    spdlog::info("steering: {}; {} left to the kernel's hash", summary, steering_->fallbacks());
+    spdlog::info("steering: {}; {} left to the kernel's hash", summary, shared_.steering->fallbacks());
   }
   spdlog::info("stopped");
-  return exit_code_;
+  return 0;
 }
 
 Result<void> Supervisor::set_up() {
-  binary_ = current_binary_path();
-  if (binary_.empty()) return Error::from_errno("cannot find lbd's own binary (/proc/self/exe)");
+  shared_.binary = current_binary_path();
+  if (shared_.binary.empty()) return Error::from_errno("cannot find lbd's own binary (/proc/self/exe)");
 
-  // Signals arrive through the loop, never as interruptions.
+  // Signals arrive through the loop, never as interruptions. Children's exits come through
+  // their pidfds, not SIGCHLD.
   sigset_t mask;
   sigemptyset(&mask);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
   if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block signals");
   signal(SIGPIPE, SIG_IGN);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd_) return Error::from_errno("signalfd");
   auto poller = Poller::create();
   if (!poller) return poller.error();
-  poller_.emplace(std::move(*poller));
-  LBD_TRY(poller_->watch(signal_fd_.get(), Source::kSignal, 0));
+  shared_.poller.emplace(std::move(*poller));
+  LBD_TRY(shared_.poller->watch(signal_fd_.get(), Source::kSignal, 0));
 
   // Refuse a port someone else holds before anything is created, and turn port 0 into a real
   // port every listener of the address then binds.
@@ -139,12 +166,12 @@ Result<void> Supervisor::set_up() {
   for (const auto& address : options_.listen) {
     auto reserved = net::reserve_port(address);
     if (!reserved) return reserved.error();
-    bound_.push_back(reserved->address);
+    shared_.bound.push_back(reserved->address);
     port_holds.push_back(std::move(reserved->hold));
   }
 
   if (!options_.control_path.empty()) {
-    auto control = ControlServer::open(options_.control_path, *poller_,
+    auto control = ControlServer::open(options_.control_path, *shared_.poller,
                                        [this](ClientId client, const control::Request& request) {
                                          on_request(client, request);
                                        });
@@ -153,14 +180,13 @@ Result<void> Supervisor::set_up() {
     } else if (options_.control_path_given) {
       return control.error();
     } else {
-      spdlog::warn("no control socket ({}); lbctl cannot reach this lbd (see --control)",
-                   control.error().message());
+      spdlog::warn("no control socket ({}); lbctl cannot reach this lbd (see --control)", control.error().message());
     }
   }
 
   if (options_.admin) {
-    auto admin = AdminServer::open(*options_.admin, *poller_,
-                                   {.not_ready_because = [this] { return not_ready_because(); },
+    auto admin = AdminServer::open(*options_.admin, *shared_.poller,
+                                   {.not_ready_because = [this] { return slots_->not_ready_because(); },
                                     .metrics = [this] { return metrics_text(); }});
     if (!admin) return admin.error();
     admin_.emplace(std::move(*admin));
@@ -179,26 +205,26 @@ Result<void> Supervisor::set_up() {
                                             .max_bytes = program.log_max_bytes,
                                             .keep_files = program.log_files});
     if (!logs) return logs.error().wrap("log");
-    logs_ = std::move(*logs);
+    shared_.logs = std::move(*logs);
     std::vector<uint16_t> ports;
-    for (const auto& address : bound_) ports.push_back(address.port());
+    for (const auto& address : shared_.bound) ports.push_back(address.port());
     tree_sampler_ = std::make_unique<TreeSampler>(std::move(ports));
   }
 
   if (options_.mode == Mode::kBpf) {
     auto steering = Steering::load(options_.steering);
     if (!steering) return steering.error();
-    steering_.emplace(std::move(*steering));
-    steering_->set_slot_count(options_.workers);
-    for (const auto& address : bound_) {
-      auto group = steering_->add_group(address);
+    shared_.steering.emplace(std::move(*steering));
+    shared_.steering->set_slot_count(options_.workers);
+    for (const auto& address : shared_.bound) {
+      auto group = shared_.steering->add_group(address);
       if (!group) return group.error();
-      groups_.push_back(*group);
+      shared_.groups.push_back(*group);
     }
   } else {
     auto memfd = SlotTable::create_memfd();
     if (!memfd) return memfd.error();
-    plain_table_.emplace(std::move(*memfd));
+    shared_.plain_table.emplace(std::move(*memfd));
   }
 
   if (options_.mode == Mode::kShared || options_.mode == Mode::kHandoff) {
@@ -208,130 +234,69 @@ Result<void> Supervisor::set_up() {
 
   std::string what = "workers";
   if (is_program()) {
-    what = fmt::format("workers of {} ({}; log {}/{}.log)", options_.app,
-                       fmt::join(options_.program->command, " "), options_.program->log_dir, options_.app);
+    what = fmt::format("workers of {} ({}; log {}/{}.log)", options_.app, fmt::join(options_.program->command, " "),
+                       options_.program->log_dir, options_.app);
   }
-  spdlog::info("starting {} {} on {} (mode {}, policy {}, {}{})", options_.workers, what,
-               listen_summary(), mode_name(options_.mode), policy_name(options_.steering.policy),
-               options_.pin ? "pinned" : "not pinned",
-               control_ ? ", control " + control_->path() : std::string());
-  // Every slot first: a program learns the worker count (LB_WORKERS) when it starts.
-  for (uint32_t i = 0; i < options_.workers; i++) add_slot();
-  for (uint32_t i = 0; i < options_.workers; i++) {
-    if (auto ok = start_serving(*slots_[i]); !ok) return ok.error().wrap("start worker " + std::to_string(i));
-  }
-  return {};
+  spdlog::info("starting {} {} on {} (mode {}, policy {}, {}{})", options_.workers, what, listen_summary(),
+               mode_name(options_.mode), policy_name(options_.steering.policy),
+               options_.pin ? "pinned" : "not pinned", control_ ? ", control " + control_->path() : std::string());
+  slots_.emplace(manager_config(options_, shared_.binary), static_cast<SlotEffects&>(*this));
+  return slots_->start(Clock::now());
 }
 
 Result<void> Supervisor::open_shared_listeners() {
   const bool handoff = options_.mode == Mode::kHandoff;
-  for (uint32_t g = 0; g < bound_.size(); g++) {
+  for (uint32_t g = 0; g < shared_.bound.size(); g++) {
     net::ListenerOptions listener_options;
     listener_options.backlog = options_.backlog;
     listener_options.reuseport = false;
     listener_options.nonblocking = handoff;  // the supervisor's own accept loop
-    auto fd = net::listen_tcp(bound_[g], listener_options);
+    auto fd = net::listen_tcp(shared_.bound[g], listener_options);
     if (!fd) return fd.error();
-    if (handoff) LBD_TRY(poller_->watch(fd->get(), Source::kHandoffListener, g));
-    shared_listeners_.push_back(std::move(*fd));
+    if (handoff) LBD_TRY(shared_.poller->watch(fd->get(), Source::kHandoffListener, g));
+    shared_.shared_listeners.push_back(std::move(*fd));
   }
   return {};
 }
 
-bool Supervisor::any_process() const {
-  return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) {
-    return s->serving || s->replacement || !s->retiring.empty();
-  });
+// --- events from children ---------------------------------------------------------------------
+
+void Supervisor::on_child_readable(Source source, uint32_t index) {
+  // Output pipes carry the stream in the index's low bit (poller.h).
+  const ProcessId id = source == Source::kOutput ? index / 2 : index;
+  Child* c = child(id);
+  if (!c) return;
+  if (c->on_readable(source, source == Source::kOutput ? index % 2 : 0) == ChildNews::kReady) {
+    slots_->on_ready(id, Clock::now());
+  }
 }
 
 // --- timers ---------------------------------------------------------------------------------
 
-void Supervisor::run_timers() {
-  const auto now = Clock::now();
-  for (auto& slot_ptr : slots_) {
-    Slot& slot = *slot_ptr;
-    if (slot.restart_at && *slot.restart_at <= now && !stopping_) {
-      slot.restart_at.reset();
-      slot.restart_count++;
-      history_[slot.index].restarts++;
-      if (auto ok = start_serving(slot); !ok) {
-        spdlog::error("worker {}: restart failed: {}", slot.index, ok.error().message());
-        auto delay = slot.restarts.on_crash(now);
-        if (delay) {
-          slot.restart_at = now + *delay;
-        } else {
-          slot.failed = true;
-        }
-      }
-    }
-    // A program that has not said READY=1 counts as ready after --ready-delay.
-    for (WorkerProcess* p : {slot.serving.get(), slot.replacement.get()}) {
-      if (p && p->role == Role::kStarting && p->ready_at && *p->ready_at <= now) {
-        p->ready_at.reset();
-        on_ready(slot, *p);
-      }
-    }
-    // Starting too long (a reload's new worker, or a start that hangs): kill it; its exit is
-    // handled like any other failure to start.
-    for (WorkerProcess* p : {slot.serving.get(), slot.replacement.get()}) {
-      if (p && p->role == Role::kStarting && p->ready_by && *p->ready_by <= now) {
-        spdlog::error("worker {}: pid {} not ready after {} s; killing it", slot.index, p->pid,
-                      std::chrono::duration<double>(now - p->started_at).count());
-        p->ready_by.reset();
-        p->timed_out = true;
-        kill_now(*p);
-      }
-    }
-    for (auto& p : slot.retiring) {
-      if (p->kill_at && *p->kill_at <= now) {
-        spdlog::warn("worker {}: pid {} still draining at its deadline; killing it", slot.index, p->pid);
-        p->kill_at.reset();
-        kill_now(*p);
-      }
-    }
-  }
-  if (stopping_ && now >= stop_deadline_) {
-    stop_deadline_ = now + std::chrono::hours(24);  // once
-    for (auto& slot : slots_) {
-      for (WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
-        if (p) kill_now(*p);
-      }
-      for (auto& p : slot->retiring) kill_now(*p);
-    }
-  }
+void Supervisor::run_timers(Clock::time_point now) {
+  slots_->tick(now);
   if (is_program()) {
-    publish_program_loads(now);
+    look_at_programs(now);
     sample_program_trees(now);
   }
-  check_memory(now);
+  sample_memory(now);
   if (control_ && now >= next_control_sweep_) {
     next_control_sweep_ = now + std::chrono::seconds(1);
     control_->expire_silent_clients();
   }
-  if (logs_ && now >= next_log_check_) {
+  if (shared_.logs && now >= next_log_check_) {
     next_log_check_ = now + std::chrono::seconds(1);
-    if (auto error = logs_->take_error()) spdlog::warn("log: {}", error->message());
+    if (auto error = shared_.logs->take_error()) spdlog::warn("log: {}", error->message());
   }
   if (admin_) admin_->expire(now);
 }
 
 int Supervisor::poll_timeout_ms() const {
-  auto next = Clock::time_point::max();
-  for (const auto& slot : slots_) {
-    if (slot->restart_at) next = std::min(next, *slot->restart_at);
-    for (const WorkerProcess* p : {slot->serving.get(), slot->replacement.get()}) {
-      if (p && p->ready_by) next = std::min(next, *p->ready_by);
-      if (p && p->ready_at) next = std::min(next, *p->ready_at);
-    }
-    for (const auto& p : slot->retiring) {
-      if (p->kill_at) next = std::min(next, *p->kill_at);
-    }
-  }
-  if (stopping_) next = std::min(next, stop_deadline_);
-  if (is_program() && any_process()) next = std::min({next, next_load_publish_, next_tree_sample_});
-  if (options_.max_memory && !stopping_) next = std::min(next, next_memory_check_);
+  auto next = slots_->next_deadline().value_or(Clock::time_point::max());
+  if (is_program() && !children_.empty()) next = std::min({next, next_look_, next_tree_sample_});
+  if (options_.max_memory && !slots_->stopping()) next = std::min(next, next_memory_sample_);
   if (control_) next = std::min(next, next_control_sweep_);
-  if (logs_) next = std::min(next, next_log_check_);
+  if (shared_.logs) next = std::min(next, next_log_check_);
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
   }
@@ -340,76 +305,95 @@ int Supervisor::poll_timeout_ms() const {
   return static_cast<int>(std::clamp<int64_t>(ms + 1, 0, 60'000));
 }
 
-// --- signals and stopping ---------------------------------------------------------------------
+// Every 10 ms, each program: a starting one's probe or ready delay, a serving one's load, a
+// retiring one's queue (program_child.cpp).
+void Supervisor::look_at_programs(Clock::time_point now) {
+  if (now < next_look_) return;
+  next_look_ = now + kLookInterval;
+  std::vector<ProcessId> ready;
+  for (auto& [id, c] : children_) {
+    if (c->look(now) == ChildNews::kReady) ready.push_back(id);
+  }
+  // Not inside the loop: readiness changes the slots' processes.
+  for (ProcessId id : ready) slots_->on_ready(id, now);
+}
+
+// Each program's open connections and memory, over its whole process tree (a program may accept
+// in children it forked, like gunicorn's workers). Periodically on the sampler's thread (the loop
+// hands it the pids and picks up what it found); at once, on this thread, for an answer worth the
+// wait (lbctl status, /metrics).
+void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately) {
+  if (!tree_sampler_) return;
+  auto apply = [&](const TreeSampler::Sample& sample) {
+    if (!sample.error.empty()) {
+      // Once at warning level: without the count `least` steers by the queues alone, which the
+      // operator should know; after that at debug (it would repeat every 250 ms).
+      static bool warned = false;
+      if (!std::exchange(warned, true)) {
+        spdlog::warn("cannot sample the workers' process trees ({}); policy least steers by their queues alone",
+                     sample.error);
+      } else {
+        spdlog::debug("{}", sample.error);
+      }
+    }
+    for (auto& [id, c] : children_) {
+      auto tree = sample.trees.find(c->pid());
+      if (tree != sample.trees.end()) c->apply_tree(tree->second);  // else: started after the sample was asked for
+    }
+  };
+  if (auto sample = tree_sampler_->newest()) apply(*sample);
+  std::vector<pid_t> roots;
+  for (auto& [id, c] : children_) roots.push_back(c->pid());
+  if (now_even_if_sampled_lately) {
+    apply(tree_sampler_->take_now(roots));
+    return;
+  }
+  if (now < next_tree_sample_) return;
+  const bool by_load = shared_.steering && shared_.steering->policy() == Policy::kLeast;
+  const auto interval = by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering;
+  next_tree_sample_ = now + kLookInterval;  // the roots change as processes come and go
+  tree_sampler_->watch(std::move(roots), interval);
+}
+
+// --max-memory: every second, each serving process's resident memory (a program's whole tree)
+// goes to the slot manager, which decides whether to replace it.
+void Supervisor::sample_memory(Clock::time_point now) {
+  if (!options_.max_memory || slots_->stopping() || now < next_memory_sample_) return;
+  next_memory_sample_ = now + std::chrono::seconds(1);
+  for (const auto& slot : slots_->slots()) {
+    if (!slot.serving || slot.serving->role != ProcessRole::kServing) continue;
+    if (Child* c = child(slot.serving->id)) slots_->on_memory_sample(slot.serving->id, c->resident_bytes(), now);
+  }
+}
+
+// --- signals --------------------------------------------------------------------------------
 
 void Supervisor::on_signal() {
   signalfd_siginfo info{};
   while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+    const auto now = Clock::now();
     switch (info.ssi_signo) {
-      case SIGCHLD:
-        reap_children();
-        break;
       case SIGTERM:
       case SIGINT:
-        if (stopping_) {
+        if (slots_->stopping()) {
           spdlog::warn("second SIG{}: stopping at once", signal_name(info.ssi_signo));
-          begin_stop(false);
+          slots_->stop(false, now);
         } else {
           spdlog::info("SIG{}: stopping gracefully (at most {} s)", signal_name(info.ssi_signo),
                        options_.shutdown_timeout.count() / 1000.0);
-          begin_stop(true);
+          slots_->stop(true, now);
         }
         break;
       case SIGQUIT:
         spdlog::info("SIGQUIT: stopping at once");
-        begin_stop(false);
+        slots_->stop(false, now);
         break;
       case SIGHUP:
-        if (stopping_) break;
-        if (op_) {
-          spdlog::warn("SIGHUP: a {} is in progress; not reloading", control::verb_name(op_->verb));
-          break;
-        }
-        spdlog::info("SIGHUP: rolling reload");
-        {
-          std::deque<uint32_t> all;
-          for (const auto& slot : slots_) all.push_back(slot->index);
-          start_reload(std::nullopt, control::Verb::kReload, std::move(all), 1,
-                       ready_timeout());
-        }
+        if (slots_->stopping()) break;
+        if (!slots_->operation()) spdlog::info("SIGHUP: rolling reload");
+        slots_->reload(std::nullopt, 1, std::nullopt, now);
         break;
     }
-  }
-}
-
-void Supervisor::begin_stop(bool graceful) {
-  if (!stopping_) notify_service_manager("STOPPING=1");
-  if (op_) {
-    if (op_->client && control_) control_->finish_error(*op_->client, "lbd is stopping");
-    op_.reset();
-  }
-  stopping_ = true;
-  stop_deadline_ = Clock::now() + (graceful ? options_.shutdown_timeout : std::chrono::milliseconds(0));
-  if (options_.mode == Mode::kHandoff) {
-    for (auto& fd : shared_listeners_) poller_->unwatch(fd.get());
-    shared_listeners_.clear();  // refuse new connections
-  }
-  for (auto& slot_ptr : slots_) {
-    Slot& slot = *slot_ptr;
-    slot.restart_at.reset();
-    if (slot.replacement) kill_now(*slot.replacement);
-    if (!graceful) {
-      if (slot.serving) kill_now(*slot.serving);
-      for (auto& p : slot.retiring) kill_now(*p);
-      continue;
-    }
-    if (slot.serving) retire(slot, std::move(slot.serving), Retire::kStop, options_.shutdown_timeout);
-    // Those already draining close their idle connections now, too. (Not a program: it has its
-    // SIGTERM already, and many treat a second one as "exit now".)
-    if (!is_program()) {
-      for (auto& p : slot.retiring) tell_to_drain(*p, Retire::kStop, options_.shutdown_timeout, -1);
-    }
-    update_state(slot);
   }
 }
 
@@ -419,21 +403,21 @@ void Supervisor::begin_stop(bool graceful) {
 // passes it to the next active worker over its Unix socket. A worker whose socket is full is
 // skipped; if every one is full the connection is dropped and counted.
 void Supervisor::accept_for_handoff(uint32_t listener) {
-  if (listener >= shared_listeners_.size()) return;
+  if (listener >= shared_.shared_listeners.size()) return;
+  const auto& slots = slots_->slots();
   for (int batch = 0; batch < 64; batch++) {
-    UniqueFd client(accept4(shared_listeners_[listener].get(), nullptr, nullptr, SOCK_CLOEXEC));
+    UniqueFd client(accept4(shared_.shared_listeners[listener].get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!client) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-        spdlog::warn("handoff accept: {}", strerror(errno));
-      }
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) spdlog::warn("handoff accept: {}", strerror(errno));
       return;
     }
     bool sent = false;
-    for (size_t tries = 0; tries < slots_.size() && !sent; tries++) {
-      Slot& slot = *slots_[handoff_next_++ % slots_.size()];
-      WorkerProcess* p = slot.serving.get();
-      if (!p || p->role != Role::kServing || !slot.wanted || !p->handoff) continue;
-      sent = net::send_message(p->handoff.get(), "C", client.get()).ok();
+    for (size_t tries = 0; tries < slots.size() && !sent; tries++) {
+      const SlotRecord& slot = slots[handoff_next_++ % slots.size()];
+      if (!slot.active()) continue;
+      Child* c = child(slot.serving->id);
+      if (!c || c->handoff_inbox() < 0) continue;
+      sent = send_channel_message(c->handoff_inbox(), {.command = ChannelCommand::kConnection}, client.get()).ok();
     }
     if (!sent && (handoff_dropped_++ % 1000) == 0) {
       spdlog::warn("handoff: no worker could take a connection ({} dropped so far)", handoff_dropped_);

@@ -206,7 +206,7 @@ Result<void> Worker::run() {
   io_uring_submit(ring_.get());
 
   if (spec_.status_fd >= 0) {
-    if (auto ok = net::send_message(spec_.status_fd, "READY=1"); !ok) {
+    if (auto ok = send_channel_message(spec_.status_fd, {.command = ChannelCommand::kReady}); !ok) {
       return ok.error().wrap("tell the supervisor we are ready");
     }
   }
@@ -273,7 +273,8 @@ void Worker::housekeeping() {
   if (draining_ && spec_.status_fd >= 0 && live_.size() != reported_open_) {
     // Our slot-table entry may belong to a successor now: say how many we hold this way.
     reported_open_ = live_.size();
-    (void)net::send_message(spec_.status_fd, "OPEN=" + std::to_string(reported_open_));
+    (void)send_channel_message(spec_.status_fd, {.command = ChannelCommand::kOpenConnections,
+                                                 .value = static_cast<uint32_t>(reported_open_)});
   }
   if (draining_ && !drain_forced_ && now_ns_ >= drain_deadline_ns_) {
     drain_forced_ = true;
@@ -415,7 +416,8 @@ void Worker::on_exported(Connection& c, int result) {
 // close an idle client's connection, which is the fallback only if the successor is gone.
 void Worker::send_handovers() {
   while (!handover_queue_.empty()) {
-    auto sent = net::send_message(successor_.get(), "C", handover_queue_.front().get());
+    auto sent = send_channel_message(successor_.get(), {.command = ChannelCommand::kConnection},
+                                     handover_queue_.front().get());
     if (!sent) {
       if (sent.error().code() == std::errc::resource_unavailable_try_again) {
         if (!handover_poll_armed_) {
@@ -864,9 +866,9 @@ void Worker::on_signal(int result) {
   arm_signal_read();
 }
 
-// Commands from the supervisor: "SERVING" (a replacement now owns the slot), and
-// "DRAIN <stop|drain|handover> <timeout_ms>", the handover one carrying the successor's inbox.
-// The channel closing means the supervisor is gone: stop.
+// Commands from the supervisor (worker/channel.h): kServing (a replacement now owns the slot)
+// and kDrain, the handover one carrying the successor's inbox. The channel closing means the
+// supervisor is gone: stop.
 void Worker::on_status(int result) {
   if (result < 0) {
     spdlog::error("status channel: {}", strerror(-result));
@@ -874,34 +876,37 @@ void Worker::on_status(int result) {
     return;
   }
   while (true) {
-    auto message = net::receive_message(spec_.status_fd);
-    if (!message) {
-      if (message.error().code() == std::errc::resource_unavailable_try_again) break;
-      spdlog::error("{}", message.error().message());
+    auto received = receive_channel_message(spec_.status_fd);
+    if (!received) {
+      if (received.error().code() == std::errc::resource_unavailable_try_again) break;
+      if (received.error().code() == std::errc::protocol_error) {
+        spdlog::warn("status channel: {}", received.error().message());
+        continue;
+      }
+      spdlog::error("{}", received.error().message());
       start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
       return;
     }
-    if (message->end) {
+    if (received->end) {
       spdlog::warn("the supervisor went away; stopping");
       start_drain(DrainMode::kStop, spec_.drain_timeout, UniqueFd());
       return;
     }
-    if (message->text == "SERVING") {
-      // We replace another worker and the slot is ours now: take over its entry, starting
-      // from the connections steered here so far.
-      publishing_ = true;
-      accepted_ = load_field(my_slot_->steered);
-      continue;
-    }
-    char mode[16] = {};
-    long long timeout_ms = 0;
-    if (sscanf(message->text.c_str(), "DRAIN %15s %lld", mode, &timeout_ms) == 2 && timeout_ms >= 0) {
-      DrainMode drain = std::string_view(mode) == "handover" ? DrainMode::kHandover
-                        : std::string_view(mode) == "drain"  ? DrainMode::kDrain
-                                                             : DrainMode::kStop;
-      start_drain(drain, std::chrono::milliseconds(timeout_ms), std::move(message->fd));
-    } else {
-      spdlog::warn("unknown command from the supervisor: '{}'", message->text);
+    const ChannelMessage& message = received->message;
+    switch (message.command) {
+      case ChannelCommand::kServing:
+        // We replace another worker and the slot is ours now: take over its entry, starting
+        // from the connections steered here so far.
+        publishing_ = true;
+        accepted_ = load_field(my_slot_->steered);
+        break;
+      case ChannelCommand::kDrain:
+        start_drain(static_cast<DrainMode>(message.value), std::chrono::milliseconds(message.timeout_ms),
+                    std::move(received->fd));
+        break;
+      default:
+        spdlog::warn("unexpected command {} from the supervisor", static_cast<unsigned>(message.command));
+        break;
     }
   }
   arm_poll(spec_.status_fd, Op::kStatusPoll, 0);
@@ -917,9 +922,10 @@ void Worker::on_inbox_ready(uint32_t inbox_index, int result) {
     return;
   }
   while (true) {
-    auto message = net::receive_message(inbox.fd);
+    auto message = receive_channel_message(inbox.fd);
     if (!message) {
       if (message.error().code() == std::errc::resource_unavailable_try_again) break;
+      if (message.error().code() == std::errc::protocol_error) continue;  // its fd is closed
       spdlog::error("fd inbox: {}", message.error().message());
       inbox.open = false;
       return;
@@ -928,7 +934,7 @@ void Worker::on_inbox_ready(uint32_t inbox_index, int result) {
       inbox.open = false;
       return;
     }
-    if (!message->fd) continue;
+    if (message->message.command != ChannelCommand::kConnection || !message->fd) continue;
     if (free_installs_.empty()) {
       spdlog::warn("fd inbox: {} connections waiting to be installed; dropping one", kInstallEntries);
       continue;  // the UniqueFd closes it

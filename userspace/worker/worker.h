@@ -11,8 +11,8 @@
 // worker from an idle one. Each answered request's duration goes into the process's own stats
 // block (metrics/worker_stats.h), which the supervisor serves as /metrics.
 //
-// Draining. The supervisor sends "DRAIN <mode> <timeout_ms>" on the status channel (SIGTERM, or
-// the supervisor going away, means "DRAIN stop" with the spec's timeout). In every mode the
+// Draining. The supervisor sends kDrain (mode, timeout) on the status channel (worker/channel.h;
+// SIGTERM, or the supervisor going away, means a drain in mode stop with the spec's timeout). In every mode the
 // worker stops accepting, answers what is in flight with "Connection: close", and exits when it
 // holds no connection or at the timeout. The modes differ only in idle keep-alive connections:
 //   stop      closed at once (lbd is going away; nobody would serve their next request)
@@ -34,6 +34,7 @@
 #include "common/unique_fd.h"
 #include "metrics/worker_stats.h"
 #include "steering/slot_table.h"
+#include "worker/channel.h"
 #include "worker/connection.h"
 #include "worker/handler.h"
 #include "worker/ring.h"
@@ -41,8 +42,6 @@
 #include "worker/worker_spec.h"
 
 namespace lbd {
-
-enum class DrainMode { kStop, kDrain, kHandover };
 
 class Worker {
  public:

@@ -31,8 +31,8 @@ struct WorkerSpec {
   int slot_table_fd = -1;         // the shared slot table (BPF map or memfd)
   int stats_fd = -1;              // this process's stats block (metrics/worker_stats.h); -1: none,
                                   // the worker then counts into a block nobody reads
-  int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: we send "READY=1",
-                                  // it sends "DRAIN <mode> <timeout_ms>" (see worker.h)
+  int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: typed messages
+                                  // (worker/channel.h)
   bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
   // A worker started to replace another writes its slot-table entry only once the supervisor
   // says "SERVING" (after the swap); until then the entry is its predecessor's.

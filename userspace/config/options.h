@@ -7,22 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "config/values.h"
 #include "net/address.h"
 #include "steering/steering.h"
 #include "worker/http.h"
 
 namespace lbd {
-
-// How connections reach the workers. All but `bpf` exist to compare lbd against the classic
-// designs with the same worker code (bench/).
-enum class Mode {
-  kBpf,        // per-worker listeners in a reuseport group, steered by lbd's BPF program
-  kReuseport,  // per-worker listeners, the kernel's hash picks (nginx `reuseport`)
-  kShared,     // one listener inherited by every worker (classic pre-fork accept)
-  kHandoff,    // the supervisor accepts and passes each connection over a Unix socket (Node.js
-               // cluster's default)
-};
-const char* mode_name(Mode mode);
 
 // Exec mode (`lbd run -- PROGRAM ARGS`): every worker is the operator's program, handed its
 // listeners as fds 3.. with systemd's socket-activation variables (LISTEN_FDS, LISTEN_PID,
@@ -81,10 +71,5 @@ ParsedCommandLine parse_command_line(int argc, char** argv);
 // Where an app's control socket is unless --control says otherwise: /run/lbd/<app>.sock
 // (plain `lbd` is the app "lbd").
 std::string default_control_path(const std::string& app);
-
-// "0-3,6" -> {0,1,2,3,6}; throws ConfigError on anything else.
-std::vector<int> parse_cpu_list(const std::string& text);
-// The CPUs this process may run on.
-std::vector<int> allowed_cpus();
 
 }  // namespace lbd

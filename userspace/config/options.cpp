@@ -1,4 +1,4 @@
-#include "supervisor/options.h"
+#include "config/options.h"
 
 #include <sched.h>
 
@@ -11,19 +11,17 @@
 #include <set>
 
 #include "common/app_name.h"
-#include "config/app_config.h"
+#include "config/values.h"
 
 namespace lbd {
 
 namespace {
 
-int parse_int(std::string_view text, const std::string& what) {
-  int value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < 0) {
-    throw ConfigError(what + ": '" + std::string(text) + "' is not a CPU number");
-  }
-  return value;
+// A shared value parser's verdict on a flag: the value, or a ConfigError naming the flag.
+template <class T>
+T flag_value(Result<T> parsed, const std::string& flag) {
+  if (!parsed) throw ConfigError(flag + ": " + parsed.error().message());
+  return std::move(*parsed);
 }
 
 std::chrono::milliseconds seconds_to_ms(double seconds, const char* flag) {
@@ -34,54 +32,6 @@ std::chrono::milliseconds seconds_to_ms(double seconds, const char* flag) {
 }
 
 }  // namespace
-
-const char* mode_name(Mode mode) {
-  switch (mode) {
-    case Mode::kBpf: return "bpf";
-    case Mode::kReuseport: return "reuseport";
-    case Mode::kShared: return "shared";
-    case Mode::kHandoff: return "handoff";
-  }
-  return "unknown";
-}
-
-std::vector<int> parse_cpu_list(const std::string& text) {
-  std::set<int> cpus;
-  std::string_view rest = text;
-  while (!rest.empty()) {
-    size_t comma = rest.find(',');
-    std::string_view item = rest.substr(0, comma);
-    size_t dash = item.find('-');
-    if (dash == std::string_view::npos) {
-      cpus.insert(parse_int(item, "--cpus"));
-    } else {
-      int first = parse_int(item.substr(0, dash), "--cpus");
-      int last = parse_int(item.substr(dash + 1), "--cpus");
-      if (last < first) throw ConfigError("--cpus: range '" + std::string(item) + "' is backwards");
-      for (int cpu = first; cpu <= last; cpu++) cpus.insert(cpu);
-    }
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  if (cpus.empty()) throw ConfigError("--cpus: empty list");
-  for (int cpu : cpus) {
-    if (cpu >= CPU_SETSIZE) throw ConfigError("--cpus: CPU " + std::to_string(cpu) + " is out of range");
-  }
-  return {cpus.begin(), cpus.end()};
-}
-
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-    }
-  }
-  if (cpus.empty()) cpus.push_back(0);
-  return cpus;
-}
 
 namespace {
 
@@ -153,7 +103,7 @@ unsigned parse_count(const std::string& text, const char* flag) {
 
 SupervisorOptions serving_options(const ServingFlags& f, const char* workers_flag) {
   SupervisorOptions options;
-  options.cpus = f.cpus_text.empty() ? allowed_cpus() : parse_cpu_list(f.cpus_text);
+  options.cpus = f.cpus_text.empty() ? allowed_cpus() : flag_value(parse_cpu_list(f.cpus_text), "--cpus");
   options.workers = f.workers_text == "auto" || f.workers_text == "max"
                         ? static_cast<unsigned>(options.cpus.size())
                         : parse_count(f.workers_text, workers_flag);
@@ -165,25 +115,19 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   if (listen_text.size() > LBD_MAX_GROUPS) {
     throw ConfigError("--listen: at most " + std::to_string(LBD_MAX_GROUPS) + " addresses");
   }
-  for (const auto& text : listen_text) options.listen.push_back(net::Address::parse(text));
-  options.pin = !f.no_pin;
-  options.steering.policy = parse_policy(f.policy_text);
-  if (f.mode_text == "bpf") {
-    options.mode = Mode::kBpf;
-  } else if (f.mode_text == "reuseport") {
-    options.mode = Mode::kReuseport;
-  } else if (f.mode_text == "shared") {
-    options.mode = Mode::kShared;
-  } else if (f.mode_text == "handoff") {
-    options.mode = Mode::kHandoff;
-  } else {
-    throw ConfigError("--mode: unknown mode '" + f.mode_text + "' (expected bpf, reuseport, shared or handoff)");
+  for (const auto& text : listen_text) {
+    auto address = parse_address(text);
+    if (!address) throw ConfigError(address.error().message());
+    options.listen.push_back(*address);
   }
+  options.pin = !f.no_pin;
+  options.steering.policy = flag_value(parse_policy(f.policy_text), "--policy");
+  options.mode = flag_value(parse_mode(f.mode_text), "--mode");
   options.idle_timeout = seconds_to_ms(f.idle_timeout_s, "--idle-timeout");
   options.shutdown_timeout = seconds_to_ms(f.shutdown_timeout_s, "--shutdown-timeout");
   options.max_restarts = f.max_restarts;
   options.restart_window = seconds_to_ms(f.restart_window_s, "--restart-window");
-  if (!f.max_memory_text.empty()) options.max_memory = config::parse_size(f.max_memory_text, "--max-memory");
+  if (!f.max_memory_text.empty()) options.max_memory = flag_value(parse_size(f.max_memory_text), "--max-memory");
   if (f.max_connections < 16 || f.max_connections > 1'000'000) {
     throw ConfigError("--max-connections: expected 16 to 1000000");
   }
@@ -199,13 +143,7 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
     options.control_path = f.control_path == "none" ? std::string() : f.control_path;
     options.control_path_given = true;
   }
-  if (!f.admin_text.empty()) {
-    try {
-      options.admin = net::Address::parse(f.admin_text);
-    } catch (const ConfigError& e) {
-      throw ConfigError(std::string("--admin: ") + e.what());
-    }
-  }
+  if (!f.admin_text.empty()) options.admin = flag_value(parse_address(f.admin_text), "--admin");
   return options;
 }
 
@@ -333,7 +271,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   }
   // Absolute: the child changes into it before exec, and a relative program path is found from it.
   if (!program.cwd.empty()) program.cwd = std::filesystem::absolute(program.cwd).lexically_normal().string();
-  program.log_max_bytes = config::parse_size(log_max_text, "--log-max-size");
+  program.log_max_bytes = flag_value(parse_size(log_max_text), "--log-max-size");
   if (program.log_max_bytes < 4096) throw ConfigError("--log-max-size: at least 4K");
   if (program.log_files < 1 || program.log_files > 1000) throw ConfigError("--log-files: expected 1 to 1000");
   options.app = name;

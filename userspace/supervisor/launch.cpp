@@ -1,4 +1,6 @@
-#include "supervisor/worker_process.h"
+#include "supervisor/launch.h"
+
+#include "worker/channel.h"
 
 #include "steer_abi.h"
 
@@ -94,9 +96,9 @@ void report_failure(const char* what, const char* subject, int err) {
   execve(launch.path.c_str(), argv, envp);
   const int err = errno;
   if (launch.exec_failed_fd >= 0) {
-    char message[32] = "EXEC_FAILED=";
-    format_decimal(static_cast<unsigned long>(err), message + strlen(message));
-    send(launch.exec_failed_fd, message, strlen(message), MSG_NOSIGNAL);
+    const ChannelRecord record =
+        encode_channel_message({.command = ChannelCommand::kExecFailed, .value = static_cast<uint32_t>(err)});
+    send(launch.exec_failed_fd, &record, sizeof(record), MSG_NOSIGNAL);
   } else {
     report_failure("execute", launch.path.c_str(), err);
   }

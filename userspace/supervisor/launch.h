@@ -31,8 +31,8 @@ struct ProcessLaunch {
   // Append LISTEN_PID=<the child's pid> to env (systemd's protocol: the variables are meant for
   // the process whose pid they name, so a program's own children ignore them).
   bool listen_pid = false;
-  // If exec fails: the child's fd number of a seqpacket socket to send "EXEC_FAILED=<errno>" on;
-  // -1: write "lbd: cannot execute ...: <errno>" to the child's fd 2 instead.
+  // If exec fails: the child's fd number of a seqpacket socket to send kExecFailed on (errno;
+  // worker/channel.h); -1: write "lbd: cannot execute ...: <errno>" to the child's fd 2 instead.
   int exec_failed_fd = -1;
 };
 
@@ -55,7 +55,7 @@ struct WorkerLaunch {
   WorkerSpec spec;     // everything else the worker needs
 };
 
-// An lbd worker. If exec fails, the child reports "EXEC_FAILED=<errno>" on its status fd, so
+// An lbd worker. If exec fails, the child reports kExecFailed on its status fd, so
 // the supervisor learns why without waiting on it.
 Result<pid_t> spawn_worker(const WorkerLaunch& launch);
 

@@ -1,0 +1,420 @@
+// Exec mode (`lbd run -- PROGRAM ARGS`): the workers are the operator's program, not lbd's
+// worker. Each is started the way systemd starts a socket-activated service, so a program that
+// supports that runs unchanged (gunicorn, anything built on sd_listen_fds, Node's
+// `listen({fd: 3})`):
+//
+//   fd 0      /dev/null
+//   fd 1, 2   pipes into the app's log (logs/log_collector.h): whole lines, stamped
+//   fd 3..    its own listener of each address's reuseport group
+//   LISTEN_FDS=n  LISTEN_PID=<its pid>  LISTEN_FDNAMES=<app>:...   NOTIFY_SOCKET=@...
+//   LB_WORKER_ID=<slot>  LB_WORKERS=<slots>  (PM2's NODE_APP_INSTANCE)
+//
+// A program has no status channel, so the supervisor does for it what lbd's worker does itself:
+// - readiness: READY=1 on its own NOTIFY_SOCKET; or, in --mode bpf, once it is seen accepting: lbd
+//   connects to its listener (a probe the steering program sends there alone, while the listener
+//   is not in steering yet), and when the program has taken that connection off its queue, it
+//   accepts; or --ready-delay after it started, if given (the default in --mode reuseport, 1 s,
+//   where a listener cannot be probed alone). A program that never accepts is never ready: a
+//   reload to a broken build fails at --ready-timeout and leaves the old one serving;
+// - load: every 10 ms, its listener's accept queue (TCP_INFO) says how much of what was steered
+//   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
+//   policy `least` stops choosing it; its open connections are counted from the kernel every
+//   250 ms under `least`, every second otherwise, on a thread of their own (tree_sampler.h);
+// - drain: out of steering, SIGTERM; when the program closes its listener (or exits) the kernel
+//   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
+//   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "common/log.h"
+#include "net/listener.h"
+#include "supervisor/child.h"
+#include "supervisor/launch.h"
+#include "supervisor/notify.h"
+#include "supervisor/program_load.h"
+
+namespace lbd {
+
+namespace {
+
+// A program whose listener cannot be probed counts as ready this long after it started.
+constexpr std::chrono::milliseconds kProbeFallbackDelay{1000};
+// Probes that end in nothing (refused, reset, steered elsewhere) before lbd stops probing.
+constexpr unsigned kProbesBeforeGivingUp = 5;
+// Notifications read per wake-up: anyone on the machine can send to an abstract socket, and a
+// flood must not hold the loop.
+constexpr int kNotificationsPerWakeUp = 64;
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // the steering program's bpf_ktime_get_ns clock
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+class ProgramChild final : public Child {
+ public:
+  ProgramChild(ProcessId id, uint32_t slot, SharedResources& shared, ChildProcess process)
+      : Child(id, slot, shared, std::move(process)), started_at_(Clock::now()) {}
+
+  Result<void> swap_in(Child* previous) override {
+    probe_.reset();  // its listener leaves the probe place, so that it can go into the slot
+    return Child::swap_in(previous);
+  }
+
+  void serving() override {
+    serving_ = true;
+    probe_.reset();
+    ready_at_.reset();
+    publish_load();  // at once: not stalled until the next look
+  }
+
+  void retire(DrainMode /*how*/, std::chrono::milliseconds /*timeout*/, Child* /*successor*/) override {
+    retiring_ = true;
+    probe_.reset();
+    // The program stops its own listener on SIGTERM. We keep our copy while its queue empties
+    // (watch_queue): not shutdown() at once, since its accept would fail with EINVAL, which many
+    // programs treat as fatal; shut down only if the queue stops moving (the program is stopped,
+    // stuck, or has closed its own copy).
+    queue_moved_at_ = Clock::now();
+    process_.signal(SIGTERM);
+  }
+
+  // It has its SIGTERM already, and many programs treat a second one as "exit now".
+  void hurry(std::chrono::milliseconds /*timeout*/) override {}
+
+  void kill() override {
+    killed_ = true;
+    probe_.reset();
+    process_.signal_group(SIGKILL);  // what it forked goes too
+  }
+
+  ChildNews on_readable(Source source, uint32_t stream) override {
+    if (source == Source::kNotify) return on_notify();
+    if (source == Source::kOutput && stream < 2 && output_[stream]) {
+      if (shared_.logs->on_readable(*output_[stream]) == logs::PipeState::kClosed) {
+        shared_.poller->unwatch(output_[stream]->fd());
+        output_[stream].reset();
+      }
+    }
+    return ChildNews::kNothing;
+  }
+
+  void on_exit() override {
+    probe_.reset();
+    close_output();
+    // What it left running in its process group goes with it: asked to finish, if it was
+    // draining (its children may still be answering); at once, if it crashed. Now, before it is
+    // reaped, while the group's id cannot belong to anyone else.
+    process_.signal_group(retiring_ ? SIGTERM : SIGKILL);
+    stop_listening();
+  }
+
+  void after_reap(const std::string& ended) override {
+    shared_.logs->note(slot_, "pid " + std::to_string(pid()) + " " + ended);
+  }
+
+  ChildNews look(Clock::time_point now) override {
+    ChildNews news = ChildNews::kNothing;
+    if (retiring_) {
+      watch_queue(now);
+    } else if (!serving_ && !killed_) {
+      if (ready_at_ && *ready_at_ <= now) {
+        ready_at_.reset();
+        news = ChildNews::kReady;
+      } else if (probe_ && check_probe()) {
+        spdlog::debug("worker {}: pid {} accepts (it took lbd's probe connection)", slot_, pid());
+        news = ChildNews::kReady;
+      }
+    } else if (serving_) {
+      publish_load();
+    }
+    return news;
+  }
+
+  void apply_tree(const TreeSampler::Tree& tree) override {
+    tree_rss_ = tree.rss_bytes;
+    if (tree.open) open_connections_ = *tree.open;
+  }
+
+  uint32_t draining_connections() const override { return open_connections_; }
+  uint64_t resident_bytes() const override { return tree_rss_ ? tree_rss_ : Child::resident_bytes(); }
+
+ private:
+  friend Result<std::unique_ptr<Child>> lbd::start_program_child(ProcessId, uint32_t, int, uint32_t,
+                                                                 SharedResources&);
+
+  // Its NOTIFY_SOCKET: READY=1 makes it ready; STATUS= lines go to the debug log.
+  ChildNews on_notify() {
+    ChildNews news = ChildNews::kNothing;
+    for (int read = 0; notify_ && read < kNotificationsPerWakeUp; read++) {
+      char buffer[4096];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+      iovec iov{buffer, sizeof(buffer) - 1};
+      msghdr message{};
+      message.msg_iov = &iov;
+      message.msg_iovlen = 1;
+      message.msg_control = control;
+      message.msg_controllen = sizeof(control);
+      const ssize_t n = recvmsg(notify_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n < 0) break;  // EAGAIN: all read
+      // Anyone on the machine can send to an abstract socket: believe only the program's own uid
+      // (or root). Its children may notify for it (gunicorn's master does).
+      const cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+      if (!cmsg || cmsg->cmsg_type != SCM_CREDENTIALS) continue;
+      ucred cred{};
+      memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
+      if (cred.uid != 0 && cred.uid != getuid()) {
+        static bool warned = false;  // once: anyone may send here, and a flood must not flood the log
+        if (std::exchange(warned, true)) continue;
+        spdlog::warn("worker {}: ignored a notification from uid {} (pid {}): only root and lbd's uid count", slot_,
+                     cred.uid, cred.pid);
+        continue;
+      }
+      std::string_view text(buffer, static_cast<size_t>(n));
+      while (!text.empty()) {
+        const size_t end = text.find('\n');
+        const std::string_view line = text.substr(0, end);
+        if (line == "READY=1" && !serving_ && !retiring_ && !killed_) {
+          spdlog::debug("worker {} (pid {}): READY=1", slot_, pid());
+          news = ChildNews::kReady;
+        }
+        if (line.starts_with("STATUS=")) spdlog::debug("worker {} (pid {}): {}", slot_, pid(), line);
+        if (end == std::string_view::npos) break;
+        text.remove_prefix(end + 1);
+      }
+    }
+    return news;
+  }
+
+  // At exit: what the program wrote last is still in the pipes. Read it now (the pipes are
+  // non-blocking, and the writer is gone unless it left children holding them).
+  void close_output() {
+    for (auto& output : output_) {
+      if (!output) continue;
+      shared_.logs->flush(*output);
+      shared_.poller->unwatch(output->fd());
+      output.reset();
+    }
+    if (notify_) {
+      shared_.poller->unwatch(notify_.get());
+      notify_.reset();
+    }
+  }
+
+  // Connects to the starting program's first listener, after telling the steering program where
+  // this one connection must go (the listener is in no slot yet: nothing else reaches it).
+  Result<void> start_probe() {
+    auto connection = net::bind_probe(shared_.bound.front());
+    if (!connection) return connection.error();
+    auto registration =
+        shared_.steering->add_probe(shared_.groups.front(), slot_, listeners_.front().get(), connection->source);
+    if (!registration) return registration.error();
+    LBD_TRY(net::connect_probe(*connection));
+    probe_.emplace(Probe{std::move(*connection), std::move(*registration)});
+    probes_started_++;
+    return {};
+  }
+
+  // Once the probe reached its listener and its handshake is complete (seen at an earlier look,
+  // so the listener's side has surely queued it: loopback takes microseconds), the program
+  // accepts if its queue is empty or shrank since the last look. (Shrank: with no slot active
+  // yet the kernel's hash also sends clients to starting listeners, and under load the queue may
+  // never be seen empty.)
+  bool check_probe() {
+    Probe& probe = *probe_;
+    auto state = net::tcp_state(probe.connection.fd.get());
+    auto queue = net::accept_queue(listeners_.front().get());
+    if (!state || !queue || *state == TCP_SYN_SENT) return false;
+    const bool connected = *state != TCP_CLOSE;
+    const bool delivered = probe.registration.delivered();
+    bool accepting = false;
+    if (connected && delivered && !probe.established) {
+      probe.established = true;
+    } else if (connected && delivered) {
+      accepting = queue->queued == 0 || queue->queued < probe.queued;
+    } else {
+      // Refused, reset, or steered elsewhere: nothing to learn from this one.
+      spdlog::debug("worker {}: probe from {} ended in state {}{}", slot_, probe.connection.source.to_string(), *state,
+                    delivered ? "" : ", not delivered");
+      probe_.reset();
+      if (probes_started_ >= kProbesBeforeGivingUp) {
+        fall_back_to_ready_delay(std::to_string(probes_started_) + " probes came to nothing");
+      } else if (auto again = start_probe(); !again) {
+        fall_back_to_ready_delay(again.error().message());
+      }
+      return false;
+    }
+    probe.queued = queue->queued;
+    return accepting;
+  }
+
+  void fall_back_to_ready_delay(const std::string& why) {
+    const auto delay = shared_.options.program->ready_delay.value_or(kProbeFallbackDelay);
+    spdlog::warn("worker {}: cannot see whether pid {} accepts ({}); it counts as ready {} s after it started", slot_,
+                 pid(), why, std::chrono::duration<double>(delay).count());
+    probe_.reset();
+    ready_at_ = started_at_ + delay;
+  }
+
+  // What lbd's worker publishes about itself, the supervisor publishes for a program: `accepted`
+  // is what was steered to it minus what still waits in its queue (program_load.h), and its
+  // heartbeat moves only while it makes progress (an empty queue, or one it is taking from). A
+  // program that stops accepting (SIGSTOP, a long computation, a deadlock) stops beating, and
+  // after --stale-after policy `least` no longer chooses it.
+  void publish_load() {
+    uint64_t queued = 0;
+    for (const auto& fd : listeners_) {
+      if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
+    }
+    lbd_slot& entry = shared_.table().slot(slot_);
+    const uint64_t steered = load_field(entry.steered);
+    if (!load_) load_.emplace(steered, queued);
+    const auto look = load_->look(steered, queued);
+    lbd::publish_load(entry, {.heartbeat_ns = look.progress ? monotonic_ns() : load_field(entry.heartbeat_ns),
+                              .accepted = look.accepted,
+                              .open = open_connections_,
+                              .inflight = 0,
+                              .requests = 0,
+                              .pid = static_cast<uint32_t>(pid())});
+  }
+
+  // A retiring program's queue: once empty, our copy of its listener goes (the program's own
+  // close, or exit, migrates anything that arrives later); if it stops shrinking for
+  // --stale-after, the program is not taking from it (stopped, stuck, or it closed its own copy
+  // and ours keeps the socket open), so we shut the listener down and the kernel moves the queue
+  // to the others now.
+  void watch_queue(Clock::time_point now) {
+    if (listeners_.empty()) return;
+    uint32_t queued = 0;
+    for (const auto& fd : listeners_) {
+      if (auto queue = net::accept_queue(fd.get())) queued += queue->queued;
+    }
+    if (queued == 0) {
+      listeners_.clear();
+    } else if (queued < retiring_queue_) {
+      queue_moved_at_ = now;
+    } else if (now - queue_moved_at_ >= shared_.options.steering.stale_after) {
+      spdlog::info("worker {}: pid {} is not taking its {} queued connections; moving them to the others", slot_,
+                   pid(), queued);
+      stop_listening();
+    }
+    retiring_queue_ = queued;
+  }
+
+  // --mode bpf: while it starts, lbd's own connection to its first listener, steered there
+  // alone. Once the program has taken it off the queue, it accepts: it is ready.
+  struct Probe {
+    net::ProbeConnection connection;
+    Steering::ProbeRegistration registration;  // refers to the shared steering, which outlives us
+    bool established = false;  // seen connected at an earlier look
+    uint32_t queued = 0;       // the listener's queue at the last look
+  };
+
+  const Clock::time_point started_at_;
+  UniqueFd notify_;
+  std::optional<logs::LogPipe> output_[2];  // its stdout and stderr, into the app's log
+  std::optional<Probe> probe_;
+  unsigned probes_started_ = 0;
+  std::optional<Clock::time_point> ready_at_;  // --ready-delay, or the probe's fallback
+  std::optional<ProgramLoadEstimate> load_;     // serving: what it has taken, by our looks
+  uint32_t retiring_queue_ = 0;                 // retiring: its queue at the last look, and when
+  Clock::time_point queue_moved_at_;            // it last shrank (or was seen)
+  uint32_t open_connections_ = 0;               // from the kernel, sampled (process_tree.h)
+  uint64_t tree_rss_ = 0;                       // its whole process tree's resident memory
+  bool serving_ = false;
+  bool killed_ = false;  // SIGKILLed: it must never become ready
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, int cpu, uint32_t workers,
+                                                   SharedResources& shared) {
+  const SupervisorOptions& options = shared.options;
+  const ProgramOptions& program = *options.program;
+  // Looked up for every start: a reload runs the file on disk now, and a missing program is
+  // one clear line instead of a child that exits 127.
+  auto path = find_program(program.command[0], program.cwd);
+  if (!path) return path.error();
+
+  ProcessLaunch launch;
+  launch.path = *path;
+  launch.argv = program.command;
+  launch.cwd = program.cwd;
+  launch.cpu = cpu;
+  launch.own_process_group = true;
+  launch.listen_pid = true;
+
+  auto listeners = shared.open_listeners();
+  if (!listeners) return listeners.error();
+  UniqueFd devnull(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!devnull) return Error::from_errno("open /dev/null");
+  auto pipes = shared.logs->make_child_pipes(slot);
+  if (!pipes) return pipes.error();
+  launch.fds = {{devnull.get(), 0}, {pipes->out_write.get(), 1}, {pipes->err_write.get(), 2}};
+  std::string names;
+  for (size_t i = 0; i < listeners->size(); i++) {
+    launch.fds.emplace_back((*listeners)[i].get(), 3 + static_cast<int>(i));
+    names += (i ? ":" : "") + options.app;
+  }
+
+  const std::string notify_name = fmt::format("lbd/{}/notify/{}", getpid(), id);
+  auto notify = notify_listener(notify_name);
+  if (!notify) return notify.error();
+
+  // lbd's environment, then the operator's --env, then the protocol's variables (which win).
+  static const std::vector<std::string> kOurs = {"LISTEN_FDS",   "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                                                 "LB_WORKER_ID", "LB_WORKERS", "LB_APP",         kWorkerSpecEnv};
+  std::vector<std::string> drop = kOurs;
+  for (const auto& entry : program.env) drop.push_back(entry.substr(0, entry.find('=')));
+  launch.env = inherited_environment(drop);
+  for (const auto& entry : program.env) {
+    if (std::find(kOurs.begin(), kOurs.end(), entry.substr(0, entry.find('='))) == kOurs.end()) {
+      launch.env.push_back(entry);
+    }
+  }
+  launch.env.push_back("LISTEN_FDS=" + std::to_string(listeners->size()));
+  launch.env.push_back("LISTEN_FDNAMES=" + names);
+  launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
+  launch.env.push_back("LB_WORKER_ID=" + std::to_string(slot));
+  launch.env.push_back("LB_WORKERS=" + std::to_string(workers));
+  launch.env.push_back("LB_APP=" + options.app);
+
+  auto pid = spawn_process(launch);
+  if (!pid) return pid.error();
+  auto process = ChildProcess::own(*pid);
+  if (!process) return process.error();
+  auto child = std::make_unique<ProgramChild>(id, slot, shared, std::move(*process));
+  child->listeners_ = std::move(*listeners);
+  if (!program.wait_ready && program.ready_delay) child->ready_at_ = child->started_at_ + *program.ready_delay;
+  if (shared.steering && !program.wait_ready) {
+    if (auto probed = child->start_probe(); !probed) child->fall_back_to_ready_delay(probed.error().message());
+  }
+  child->notify_ = std::move(*notify);
+  // Our copies of the write ends close as `pipes` goes: the child holds the only ones, so its
+  // exit is the pipes' EOF.
+  child->output_[0].emplace(std::move(pipes->out));
+  child->output_[1].emplace(std::move(pipes->err));
+  auto watch = [&]() -> Result<void> {
+    LBD_TRY(shared.poller->watch(child->notify_.get(), Source::kNotify, id));
+    for (uint32_t stream = 0; stream < 2; stream++) {
+      LBD_TRY(shared.poller->watch(child->output_[stream]->fd(), Source::kOutput, id * 2 + stream));
+    }
+    return {};
+  };
+  if (auto watched = watch(); !watched) {
+    child->process().kill_and_reap(true);
+    return watched.error();
+  }
+  return std::unique_ptr<Child>(std::move(child));
+}
+
+}  // namespace lbd

@@ -1,0 +1,87 @@
+// The messages between the supervisor and lbd's own workers, one typed record for every message
+// (nginx's ngx_channel_t is the same idea). They travel over SOCK_SEQPACKET Unix sockets, one
+// record per packet, optionally with one descriptor (net/fd_passing.h):
+//
+//   the status channel (one per worker)
+//     worker -> supervisor   kReady                     it listens and serves
+//                            kOpenConnections(n)        draining: connections it still holds
+//                            kExecFailed(errno)         the child could not execute the worker
+//     supervisor -> worker   kServing                   a replacement owns its slot now
+//                            kDrain(mode, timeout)      stop accepting and finish (worker.h); for
+//                                                       kHandover, with the successor's inbox
+//   an fd inbox (--mode handoff, and the handover from a predecessor)
+//     kConnection                                       with the connection's descriptor
+//
+// A record is fixed-size and checked whole on receipt (size, magic, version, command): anything
+// else is an error, never a guess.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+
+namespace lbd {
+
+// What a draining worker does with its idle keep-alive connections (worker.h).
+enum class DrainMode : uint32_t { kStop = 0, kDrain = 1, kHandover = 2 };
+constexpr const char* drain_mode_name(DrainMode mode) {
+  switch (mode) {
+    case DrainMode::kStop: return "stop";
+    case DrainMode::kDrain: return "drain";
+    case DrainMode::kHandover: return "handover";
+  }
+  return "unknown";
+}
+
+enum class ChannelCommand : uint16_t {
+  kReady = 1,
+  kOpenConnections = 2,
+  kExecFailed = 3,
+  kServing = 4,
+  kDrain = 5,
+  kConnection = 6,
+};
+
+struct ChannelMessage {
+  ChannelCommand command = ChannelCommand::kReady;
+  uint32_t value = 0;       // kOpenConnections: the count; kExecFailed: errno; kDrain: DrainMode
+  uint64_t timeout_ms = 0;  // kDrain
+};
+
+// The bytes on the wire. Plain and fixed, so that a forked child can build one without
+// allocating (launch.cpp reports a failed exec with it).
+struct ChannelRecord {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t command;
+  uint32_t value;
+  uint32_t reserved;
+  uint64_t timeout_ms;
+};
+static_assert(sizeof(ChannelRecord) == 24);
+
+inline constexpr uint32_t kChannelMagic = 0x6c62642e;  // "lbd."
+inline constexpr uint16_t kChannelVersion = 1;
+
+constexpr ChannelRecord encode_channel_message(const ChannelMessage& message) noexcept {
+  return ChannelRecord{kChannelMagic, kChannelVersion, static_cast<uint16_t>(message.command), message.value, 0,
+                       message.timeout_ms};
+}
+Result<ChannelMessage> decode_channel_message(const void* data, size_t size);
+
+// Sends one message, with a copy of `fd` if it is >= 0. A full non-blocking socket is an error
+// whose code is std::errc::resource_unavailable_try_again.
+Result<void> send_channel_message(int socket, const ChannelMessage& message, int fd = -1);
+
+struct ReceivedMessage {
+  ChannelMessage message;
+  UniqueFd fd;       // the descriptor it carried, if any
+  bool end = false;  // the peer closed its end; nothing else is set
+};
+// Receives one message; on a non-blocking socket, none waiting is the error above. A record that
+// does not decode is an error (EPROTO) with what was wrong; its descriptor is closed.
+Result<ReceivedMessage> receive_channel_message(int socket);
+
+}  // namespace lbd
