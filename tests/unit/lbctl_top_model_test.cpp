@@ -93,20 +93,6 @@ TEST(LbctlTopPercentile, OtherQuantiles) {
   EXPECT_EQ(interval_percentile(zero, now, 1.0), (LatencyBound{0.1, true}));
 }
 
-TEST(LbctlTopHistogram, ReadFromAStatusRow) {
-  EXPECT_EQ(LatencyHistogram::from_status(json{{"pid", 1}}), std::nullopt) << "an lbd without histograms";
-  auto h = LatencyHistogram::from_status(json{
-      {"latency_histogram", {{"bounds_seconds", {0.001, 0.01}}, {"counts", {4, 2, 1}}, {"sum_seconds", 0.5}}}});
-  ASSERT_TRUE(h);
-  EXPECT_EQ(h->bounds_seconds, (std::vector<double>{0.001, 0.01}));
-  EXPECT_EQ(h->counts, (std::vector<uint64_t>{4, 2, 1}));
-  EXPECT_EQ(h->zeroed().counts, (std::vector<uint64_t>{0, 0, 0}));
-  const json no_inf = {{"latency_histogram", {{"bounds_seconds", json::array({0.001})}, {"counts", json::array({4})}}}};
-  EXPECT_EQ(LatencyHistogram::from_status(no_inf), std::nullopt) << "no +Inf count";
-  const json negative = {{"latency_histogram", {{"bounds_seconds", json::array({0.001})}, {"counts", {4, -1}}}}};
-  EXPECT_EQ(LatencyHistogram::from_status(negative), std::nullopt) << "a negative count";
-}
-
 // --- rates --------------------------------------------------------------------------------------
 
 TEST(LbctlTopRate, CounterDeltaOverRealTime) {
@@ -117,6 +103,14 @@ TEST(LbctlTopRate, CounterDeltaOverRealTime) {
 }
 
 // --- rows from two status answers -----------------------------------------------------------------
+
+// The dashboard for two status answers as lbd sends them, read the way lbctl reads them.
+Dashboard dashboard_of(const json* previous, const json& now, double seconds) {
+  const control::StatusReport now_report = control::status_from_json(now);
+  if (!previous) return build_dashboard(nullptr, now_report, seconds);
+  const control::StatusReport previous_report = control::status_from_json(*previous);
+  return build_dashboard(&previous_report, now_report, seconds);
+}
 
 json worker(int slot, json pid, const std::string& state, uint64_t requests,
             std::vector<uint64_t> counts = {0, 0, 0, 0}) {
@@ -144,7 +138,7 @@ TEST(LbctlTopDashboard, RatesAndP99OverTheInterval) {
                                  worker(1, 101, "active", 2000, {1900, 10, 0, 0})}));
   const json now = status_of(json::array({worker(0, 100, "active", 1500, {1394, 0, 6, 0}),
                               worker(1, 101, "active", 2250, {2150, 10, 0, 0})}));
-  const Dashboard d = build_dashboard(&before, now, 0.5);
+  const Dashboard d = dashboard_of(&before, now, 0.5);
   ASSERT_EQ(d.rows.size(), 2u);
   EXPECT_EQ(d.rows[0].requests_per_s, 1000.0);
   EXPECT_EQ(d.rows[0].p99, (LatencyBound{0.1, false})) << "6 of 500 slow: the 495th is slow";
@@ -166,7 +160,7 @@ TEST(LbctlTopDashboard, RatesAndP99OverTheInterval) {
 
 TEST(LbctlTopDashboard, FirstScreenHasNoRatesYet) {
   const json first = status_of(json::array({worker(0, 100, "active", 1000, {900, 0, 0, 0})}));
-  const Dashboard d = build_dashboard(nullptr, first, 0);
+  const Dashboard d = dashboard_of(nullptr, first, 0);
   ASSERT_EQ(d.rows.size(), 1u);
   EXPECT_EQ(d.rows[0].requests_per_s, std::nullopt);
   EXPECT_EQ(d.rows[0].p99, std::nullopt);
@@ -179,7 +173,7 @@ TEST(LbctlTopDashboard, NoHistogramNoP99ButARate) {
   json now = status_of(json::array({worker(0, 100, "active", 1100)}));
   before["workers"][0].erase("latency_histogram");
   now["workers"][0].erase("latency_histogram");
-  const Dashboard d = build_dashboard(&before, now, 1.0);
+  const Dashboard d = dashboard_of(&before, now, 1.0);
   EXPECT_EQ(d.rows[0].requests_per_s, 100.0);
   EXPECT_EQ(d.rows[0].p99, std::nullopt);
 }
@@ -190,7 +184,7 @@ TEST(LbctlTopDashboard, FollowsWorkersByPidThroughAReload) {
   const json first = status_of(json::array({worker(0, 100, "active", 5000)}));
   const json starting =
       status_of(json::array({worker(0, 100, "active", 5100), worker(0, 200, "starting", 5100)}));
-  const Dashboard a = build_dashboard(&first, starting, 1.0);
+  const Dashboard a = dashboard_of(&first, starting, 1.0);
   ASSERT_EQ(a.rows.size(), 2u);
   EXPECT_EQ(a.rows[0].requests_per_s, 100.0);
   EXPECT_EQ(a.rows[1].requests_per_s, std::nullopt);
@@ -202,7 +196,7 @@ TEST(LbctlTopDashboard, FollowsWorkersByPidThroughAReload) {
   json swapped =
       status_of(json::array({worker(0, 200, "active", 40, {40, 0, 0, 0}), worker(0, 100, "draining", 0)}));
   swapped["workers"][1].erase("requests");  // a retiring worker reports only its connections
-  const Dashboard b = build_dashboard(&starting, swapped, 1.0);
+  const Dashboard b = dashboard_of(&starting, swapped, 1.0);
   ASSERT_EQ(b.rows.size(), 2u);
   EXPECT_EQ(b.rows[0].requests_per_s, 40.0);
   EXPECT_EQ(b.rows[0].p99, (LatencyBound{0.001, false}));
@@ -211,7 +205,7 @@ TEST(LbctlTopDashboard, FollowsWorkersByPidThroughAReload) {
 
   // A worker that did not exist at the previous answer: everything it counted is new.
   const json fresh = status_of(json::array({worker(0, 300, "active", 25, {20, 5, 0, 0})}));
-  const Dashboard c = build_dashboard(&first, fresh, 0.5);
+  const Dashboard c = dashboard_of(&first, fresh, 0.5);
   EXPECT_EQ(c.rows[0].requests_per_s, 50.0);
   EXPECT_EQ(c.rows[0].p99, (LatencyBound{0.01, false}));
 }
@@ -220,7 +214,7 @@ TEST(LbctlTopDashboard, EmptySlotsAreRowsToo) {
   const json drained = {{"slot", 1}, {"pid", nullptr}, {"cpu", 1}, {"state", "drained"}, {"restarts", 0}};
   const json before = status_of(json::array({worker(0, 100, "active", 0), drained}));
   const json now = status_of(json::array({worker(0, 100, "active", 10), drained}));
-  const Dashboard d = build_dashboard(&before, now, 1.0);
+  const Dashboard d = dashboard_of(&before, now, 1.0);
   ASSERT_EQ(d.rows.size(), 2u);
   EXPECT_EQ(d.rows[1].slot, 1u);
   EXPECT_EQ(d.rows[1].state, "drained");
@@ -233,11 +227,11 @@ TEST(LbctlTopDashboard, EmptySlotsAreRowsToo) {
 }
 
 TEST(LbctlTopDashboard, SurvivesAnAnswerWithoutTheUsualFields) {
-  const Dashboard d = build_dashboard(nullptr, json::object(), 0);
+  const Dashboard d = dashboard_of(nullptr, json::object(), 0);
   EXPECT_TRUE(d.rows.empty());
   EXPECT_EQ(d.overview.mode, "-");
   const json odd = {{"lbd", {{"pid", "not a number"}}}, {"workers", json::array({{{"slot", 0}, {"state", 5}}})}};
-  const Dashboard e = build_dashboard(&odd, odd, 1.0);
+  const Dashboard e = dashboard_of(&odd, odd, 1.0);
   ASSERT_EQ(e.rows.size(), 1u);
   EXPECT_EQ(e.rows[0].state, "-");
   EXPECT_EQ(e.overview.pid, std::nullopt);
@@ -299,7 +293,7 @@ TEST(LbctlTopText, PlainSnapshotHasTheHeaderAndOneLinePerWorker) {
       status_of(json::array({worker(0, 100, "active", 1000), worker(1, 101, "draining", 10)}));
   json now = status_of(json::array({worker(0, 100, "active", 1100), worker(1, 101, "draining", 10)}));
   now["lbd"]["operation"] = "reload";
-  const std::string text = plain_snapshot(build_dashboard(&before, now, 1.0));
+  const std::string text = plain_snapshot(dashboard_of(&before, now, 1.0));
   EXPECT_EQ(text,
             "lbd 0.1.0  pid 4242  mode bpf  policy least  up 3m12s  listen 127.0.0.1:8080\n"
             "workers 1 active, 0 starting, 1 draining  connections 6  req/s 100  (reload in progress)\n"

@@ -25,9 +25,11 @@
 #include <optional>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <string>
 
 #include "control/protocol.h"
+#include "control/status.h"
 #include "lbctl/app_socket.h"
 #include "lbctl/control_client.h"
 #include "lbctl/format.h"
@@ -40,44 +42,40 @@ using lbd::control::Request;
 using lbd::control::Verb;
 using lbd::ctl::human_bytes;
 using lbd::ctl::human_duration;
-using nlohmann::json;
 
 [[noreturn]] void fail(const std::string& message) {
   std::cerr << "lbctl: " << message << "\n";
   std::exit(1);
 }
 
-std::string field(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return "-";
-  if (it->is_string()) return it->get<std::string>();
-  return it->dump();
+template <class T>
+std::string or_dash(const std::optional<T>& value) {
+  if (!value) return "-";
+  if constexpr (std::is_same_v<T, std::string>) {
+    return *value;
+  } else {
+    return std::to_string(*value);
+  }
 }
 
-void print_status(const json& status) {
-  const json& lbd = status.at("lbd");
+void print_status(const lbd::control::StatusReport& status) {
+  const auto& lbd = status.lbd;
   std::string listen;
-  for (const auto& a : lbd.at("listen")) listen += (listen.empty() ? "" : ",") + a.get<std::string>();
-  printf("lbd %s  pid %s  mode %s  policy %s  up %s  listen %s  reloads %s\n",
-         field(lbd, "version").c_str(), field(lbd, "pid").c_str(), field(lbd, "mode").c_str(),
-         field(lbd, "policy").c_str(), human_duration(lbd.value("uptime_s", 0.0)).c_str(),
-         listen.c_str(), field(lbd, "reloads").c_str());
-  if (lbd.contains("operation") && !lbd["operation"].is_null()) {
-    printf("in progress: %s\n", lbd["operation"].get<std::string>().c_str());
-  }
+  for (const auto& a : lbd.listen) listen += (listen.empty() ? "" : ",") + a;
+  printf("lbd %s  pid %s  mode %s  policy %s  up %s  listen %s  reloads %s\n", lbd.version.c_str(),
+         or_dash(lbd.pid).c_str(), lbd.mode.c_str(), lbd.policy.c_str(), human_duration(lbd.uptime_s).c_str(),
+         listen.c_str(), std::to_string(lbd.reloads).c_str());
+  if (lbd.operation) printf("in progress: %s\n", lbd.operation->c_str());
   printf("%-4s  %-8s  %-3s  %-8s  %7s  %9s  %10s  %7s  %5s  %8s  %7s\n", "SLOT", "PID", "CPU", "STATE",
          "CONNS", "ACCEPTED", "REQUESTS", "RSS", "CPU%", "RESTARTS", "UPTIME");
-  for (const auto& w : status.at("workers")) {
-    const int cpu = w.value("cpu", -1);
+  for (const auto& w : status.workers) {
     char cpu_percent[16] = "-";
-    if (w.contains("cpu_percent")) snprintf(cpu_percent, sizeof(cpu_percent), "%.1f", w["cpu_percent"].get<double>());
-    printf("%-4s  %-8s  %-3s  %-8s  %7s  %9s  %10s  %7s  %5s  %8s  %7s\n", field(w, "slot").c_str(),
-           field(w, "pid").c_str(), cpu >= 0 ? std::to_string(cpu).c_str() : "any",
-           field(w, "state").c_str(), field(w, "connections").c_str(), field(w, "accepted").c_str(),
-           field(w, "requests").c_str(),
-           w.contains("rss_bytes") ? human_bytes(w["rss_bytes"].get<uint64_t>()).c_str() : "-",
-           cpu_percent, field(w, "restarts").c_str(),
-           w.contains("uptime_s") ? human_duration(w["uptime_s"].get<double>()).c_str() : "-");
+    if (w.cpu_percent) snprintf(cpu_percent, sizeof(cpu_percent), "%.1f", *w.cpu_percent);
+    printf("%-4u  %-8s  %-3s  %-8s  %7s  %9s  %10s  %7s  %5s  %8s  %7s\n", w.slot, or_dash(w.pid).c_str(),
+           w.cpu >= 0 ? std::to_string(w.cpu).c_str() : "any", w.state.c_str(), or_dash(w.connections).c_str(),
+           or_dash(w.accepted).c_str(), or_dash(w.requests).c_str(),
+           w.rss_bytes ? human_bytes(*w.rss_bytes).c_str() : "-", cpu_percent, std::to_string(w.restarts).c_str(),
+           w.uptime_s ? human_duration(*w.uptime_s).c_str() : "-");
   }
 }
 
@@ -112,37 +110,39 @@ int main(int argc, char** argv) {
                                                         : "[APP] " + value_name + ": the app, then the " + value_name);
   };
 
-  auto* status = app.add_subcommand("status", "Show every worker: pid, state, connections, requests, memory, CPU");
-  status->add_flag("--json", json_output, "Print the raw JSON");
-  app_words(status, "");
-
-  auto* drain = app.add_subcommand("drain", "Stop sending new connections to a worker; it finishes and exits");
-  app_words(drain, "SLOT");
+  // The control verbs, one line each: the protocol's verb, what --help says, and the value that
+  // follows [APP] ("" for none). A new verb is a line here, in the protocol (control/protocol.cpp)
+  // and in lbd (supervisor/control_verbs.cpp), and a test.
+  struct Command {
+    Verb verb;
+    const char* help;
+    const char* value;
+  };
+  static constexpr Command kCommands[] = {
+      {Verb::kStatus, "Show every worker: pid, state, connections, requests, memory, CPU", ""},
+      {Verb::kDrain, "Stop sending new connections to a worker; it finishes and exits", "SLOT"},
+      {Verb::kUndrain, "Start a worker in a drained slot again", "SLOT"},
+      {Verb::kReload, "Replace every worker with a fresh one, slot by slot, without failing a request", ""},
+      {Verb::kRestart, "Replace one worker with a fresh one", "SLOT"},
+      {Verb::kScale, "Run N workers: add slots, or drain the highest ones", "N"},
+      {Verb::kPolicy, "Change how new connections are steered: rr, least or hash", "POLICY"},
+      {Verb::kStop, "Stop lbd gracefully (like SIGTERM)", ""},
+  };
+  std::map<Verb, CLI::App*> commands;
+  for (const Command& command : kCommands) {
+    commands[command.verb] = app.add_subcommand(lbd::control::verb_name(command.verb), command.help);
+    app_words(commands[command.verb], command.value);
+  }
+  commands[Verb::kStatus]->add_flag("--json", json_output, "Print the raw JSON");
+  CLI::App* drain = commands[Verb::kDrain];
   drain->add_flag("--all", request.all, "Every worker (lbd keeps running, serving nothing)");
   drain->add_option("--timeout", timeout, "Seconds to let connections finish (default: lbd's --shutdown-timeout)");
   drain->add_flag("--wait", request.wait, "Return once the workers have exited");
-
-  auto* undrain = app.add_subcommand("undrain", "Start a worker in a drained slot again");
-  app_words(undrain, "SLOT");
-  undrain->add_flag("--all", request.all, "Every drained slot");
-
-  auto* reload = app.add_subcommand("reload", "Replace every worker with a fresh one, slot by slot, without failing a request");
-  app_words(reload, "");
-  reload->add_option("--parallel", parallel, "Slots replaced at once")->capture_default_str();
-  reload->add_option("--timeout", timeout, "Seconds a new worker has to become ready (default 30)");
-
-  auto* restart = app.add_subcommand("restart", "Replace one worker with a fresh one");
-  app_words(restart, "SLOT");
-  restart->add_option("--timeout", timeout, "Seconds the new worker has to become ready (default 30)");
-
-  auto* scale = app.add_subcommand("scale", "Run N workers: add slots, or drain the highest ones");
-  app_words(scale, "N");
-
-  auto* policy = app.add_subcommand("policy", "Change how new connections are steered: rr, least or hash");
-  app_words(policy, "POLICY");
-
-  auto* stop = app.add_subcommand("stop", "Stop lbd gracefully (like SIGTERM)");
-  app_words(stop, "");
+  commands[Verb::kUndrain]->add_flag("--all", request.all, "Every drained slot");
+  commands[Verb::kReload]->add_option("--parallel", parallel, "Slots replaced at once")->capture_default_str();
+  commands[Verb::kReload]->add_option("--timeout", timeout, "Seconds a new worker has to become ready (default 30)");
+  commands[Verb::kRestart]->add_option("--timeout", timeout,
+                                       "Seconds the new worker has to become ready (default 30)");
 
   auto* top = app.add_subcommand(
       "top", "A live dashboard, refreshed every second: keys d drain, u undrain, r reload, p policy, q quit "
@@ -169,30 +169,36 @@ int main(int argc, char** argv) {
   }
 
   if (!path_flag.empty()) explicit_path = path_flag;
+  const Command* chosen = nullptr;
+  for (const Command& command : kCommands) {
+    if (*commands[command.verb]) chosen = &command;
+  }
+  const bool slot_or_all = chosen && (chosen->verb == Verb::kDrain || chosen->verb == Verb::kUndrain);
   // The chosen verb's words: [APP] and its value.
-  const bool wants_value = *restart || *scale || *policy || ((*drain || *undrain) && !request.all);
+  const bool wants_value = chosen && *chosen->value && !(slot_or_all && request.all);
   const auto split = lbd::ctl::split_app_words(words, wants_value);
   if (!split) {
     std::cerr << "lbctl: expected " << (wants_value ? "[APP] and one value" : "at most an app name") << ", got "
               << words.size() << " words (see lbctl --help)\n";
     return 2;
   }
-  if ((*drain || *undrain) && request.all && !split->app.empty() &&
+  if (slot_or_all && request.all && !split->app.empty() &&
       split->app.find_first_not_of("0123456789") == std::string::npos) {
     std::cerr << "lbctl: name a slot, or --all\n";
     return 2;
   }
   if (!split->value.empty()) {
-    if (*policy) {
+    if (chosen->verb == Verb::kPolicy) {
       request.policy = split->value;
     } else {
       int number = -1;
       auto [end, ec] = std::from_chars(split->value.data(), split->value.data() + split->value.size(), number);
       if (ec != std::errc() || end != split->value.data() + split->value.size() || number < 0) {
-        std::cerr << "lbctl: '" << split->value << "' is not a " << (*scale ? "number of workers" : "slot number") << "\n";
+        std::cerr << "lbctl: '" << split->value << "' is not a "
+                  << (chosen->verb == Verb::kScale ? "number of workers" : "slot number") << "\n";
         return 2;
       }
-      (*scale ? workers : slot) = number;
+      (chosen->verb == Verb::kScale ? workers : slot) = number;
     }
   }
   const bool controls = !*logs;
@@ -203,19 +209,12 @@ int main(int argc, char** argv) {
     path = *found;
   }
 
-  if (*status) request.verb = Verb::kStatus;
-  if (*drain) request.verb = Verb::kDrain;
-  if (*undrain) request.verb = Verb::kUndrain;
-  if (*reload) request.verb = Verb::kReload;
-  if (*restart) request.verb = Verb::kRestart;
-  if (*scale) request.verb = Verb::kScale;
-  if (*policy) request.verb = Verb::kPolicy;
-  if (*stop) request.verb = Verb::kStop;
+  if (chosen) request.verb = chosen->verb;
   if (slot >= 0) request.slot = static_cast<uint32_t>(slot);
   if (timeout > 0) request.timeout_s = timeout;
   request.parallel = static_cast<uint32_t>(std::max(1, parallel));
   request.workers = static_cast<uint32_t>(std::max(0, workers));
-  if ((*drain || *undrain) && (slot >= 0) == request.all) {
+  if (slot_or_all && (slot >= 0) == request.all) {
     std::cerr << "lbctl: name a slot, or --all\n";
     return 2;
   }
@@ -259,7 +258,7 @@ int main(int argc, char** argv) {
   } else if (json_output) {
     std::cout << result->dump(2) << "\n";
   } else {
-    print_status(*result);
+    print_status(lbd::control::status_from_json(*result));
   }
   return 0;
 }

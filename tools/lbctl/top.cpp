@@ -33,7 +33,6 @@ namespace lbd::ctl {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using nlohmann::json;
 using namespace std::chrono_literals;
 
 constexpr auto kRefreshEvery = 1s;
@@ -52,14 +51,14 @@ control::Request request_for(control::Verb verb) {
 
 // One status answer and when it arrived: rates are over the time between two arrivals.
 struct Snapshot {
-  json status;
+  control::StatusReport status;
   Clock::time_point at;
 };
 
 Result<Snapshot> take_snapshot(const std::string& socket_path) {
   auto status = call_lbd(socket_path, request_for(control::Verb::kStatus), nullptr);
   if (!status) return status.error();
-  return Snapshot{std::move(*status), Clock::now()};
+  return Snapshot{control::status_from_json(*status), Clock::now()};
 }
 
 // `lbctl top | cat`: the same columns, once.
@@ -259,7 +258,7 @@ class TopScreen {
       status_problem_ = answer->error().message();
       return;
     }
-    Snapshot now{std::move(**answer), Clock::now()};
+    Snapshot now{control::status_from_json(**answer), Clock::now()};
     dashboard_ = build_dashboard(&last_.status, now.status, seconds_between(last_.at, now.at));
     last_ = std::move(now);
     status_problem_.clear();

@@ -11,97 +11,40 @@ namespace lbd::ctl {
 
 namespace {
 
-using nlohmann::json;
-
-// Status fields, read leniently: a field that is missing, null or of another type is "not known"
-// rather than an error, so a newer or older lbd still gets a screen.
-// A count: a whole number, not negative (as parsed JSON stores it, or as built in memory).
-bool is_count(const json& j) { return j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0); }
-
-std::optional<uint64_t> unsigned_field(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !is_count(*it)) return std::nullopt;
-  return it->get<uint64_t>();
-}
-
-std::optional<int64_t> integer_field(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number_integer()) return std::nullopt;
-  return it->get<int64_t>();
-}
-
-std::optional<double> number_field(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-std::string string_field(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string("-");
-}
-
-const json& workers_of(const json& status) {
-  static const json kNone = json::array();
-  auto it = status.find("workers");
-  return it != status.end() && it->is_array() ? *it : kNone;
-}
-
 // The requests the process itself answered before the previous answer, as a base for its rate.
 // A starting worker has answered none yet; its `requests` field is its slot's counter, which
 // still belongs to the worker it is about to replace.
-std::optional<uint64_t> requests_before(const json& previous_row) {
-  if (string_field(previous_row, "state") == "starting") return 0;
-  return unsigned_field(previous_row, "requests");
+std::optional<uint64_t> requests_before(const control::WorkerStatus& previous_row) {
+  if (previous_row.state == "starting") return 0;
+  return previous_row.requests;
 }
 
-WorkerRow build_row(const json& w, const json* previous_row, bool have_previous, double seconds) {
+WorkerRow build_row(const control::WorkerStatus& w, const control::WorkerStatus* previous_row, bool have_previous,
+                    double seconds) {
   WorkerRow row;
-  row.slot = static_cast<uint32_t>(unsigned_field(w, "slot").value_or(0));
-  row.pid = integer_field(w, "pid");
-  row.cpu = static_cast<int>(integer_field(w, "cpu").value_or(-1));
-  row.state = string_field(w, "state");
-  row.cpu_percent = number_field(w, "cpu_percent");
-  row.rss_bytes = unsigned_field(w, "rss_bytes");
-  row.connections = unsigned_field(w, "connections");
+  row.slot = w.slot;
+  row.pid = w.pid;
+  row.cpu = w.cpu;
+  row.state = w.state;
+  row.cpu_percent = w.cpu_percent;
+  row.rss_bytes = w.rss_bytes;
+  row.connections = w.connections;
   if (!have_previous || !row.pid) return row;
 
   // A process that is not in the previous answer started after it: everything it counted
   // happened within the interval.
-  if (auto requests = unsigned_field(w, "requests"); requests && row.state != "starting") {
+  if (w.requests && row.state != "starting") {
     const auto before = previous_row ? requests_before(*previous_row) : std::optional<uint64_t>(0);
-    if (before) row.requests_per_s = counter_rate(*before, *requests, seconds);
+    if (before) row.requests_per_s = counter_rate(*before, *w.requests, seconds);
   }
-  if (auto now = LatencyHistogram::from_status(w)) {
-    const auto before = previous_row ? LatencyHistogram::from_status(*previous_row) : now->zeroed();
-    if (before) row.p99 = interval_percentile(*before, *now, 0.99);
+  if (w.latency_histogram) {
+    const auto before = previous_row ? previous_row->latency_histogram : w.latency_histogram->zeroed();
+    if (before) row.p99 = interval_percentile(*before, *w.latency_histogram, 0.99);
   }
   return row;
 }
 
 }  // namespace
-
-std::optional<LatencyHistogram> LatencyHistogram::from_status(const json& worker) {
-  auto it = worker.find("latency_histogram");
-  if (it == worker.end() || !it->is_object()) return std::nullopt;
-  const json& bounds = it->value("bounds_seconds", json());
-  const json& counts = it->value("counts", json());
-  if (!bounds.is_array() || !counts.is_array() || counts.size() != bounds.size() + 1) return std::nullopt;
-  LatencyHistogram h;
-  for (const auto& b : bounds) {
-    if (!b.is_number()) return std::nullopt;
-    h.bounds_seconds.push_back(b.get<double>());
-  }
-  for (const auto& c : counts) {
-    if (!is_count(c)) return std::nullopt;
-    h.counts.push_back(c.get<uint64_t>());
-  }
-  return h;
-}
-
-LatencyHistogram LatencyHistogram::zeroed() const {
-  return {bounds_seconds, std::vector<uint64_t>(counts.size(), 0)};
-}
 
 std::optional<LatencyBound> interval_percentile(const LatencyHistogram& before, const LatencyHistogram& now,
                                                 double quantile) {
@@ -137,34 +80,27 @@ std::optional<double> counter_rate(uint64_t before, uint64_t now, double seconds
   return static_cast<double>(now - before) / seconds;
 }
 
-Dashboard build_dashboard(const json* previous, const json& now, double seconds) {
+Dashboard build_dashboard(const control::StatusReport* previous, const control::StatusReport& now, double seconds) {
   Dashboard d;
-  static const json kEmpty = json::object();
-  auto lbd_it = now.find("lbd");
-  const json& lbd = lbd_it != now.end() && lbd_it->is_object() ? *lbd_it : kEmpty;
   Overview& o = d.overview;
-  o.version = string_field(lbd, "version");
-  o.pid = integer_field(lbd, "pid");
-  o.mode = string_field(lbd, "mode");
-  o.policy = string_field(lbd, "policy");
-  if (auto listen = lbd.find("listen"); listen != lbd.end() && listen->is_array()) {
-    for (const auto& a : *listen) {
-      if (a.is_string()) o.listen.push_back(a.get<std::string>());
-    }
-  }
-  o.uptime_s = number_field(lbd, "uptime_s").value_or(0);
-  if (auto op = lbd.find("operation"); op != lbd.end() && op->is_string()) o.operation = op->get<std::string>();
+  o.version = now.lbd.version;
+  o.pid = now.lbd.pid;
+  o.mode = now.lbd.mode;
+  o.policy = now.lbd.policy;
+  o.listen = now.lbd.listen;
+  o.uptime_s = now.lbd.uptime_s;
+  o.operation = now.lbd.operation;
 
-  std::map<int64_t, const json*> previous_by_pid;
+  std::map<int64_t, const control::WorkerStatus*> previous_by_pid;
   if (previous) {
-    for (const auto& w : workers_of(*previous)) {
-      if (auto pid = integer_field(w, "pid")) previous_by_pid[*pid] = &w;
+    for (const auto& w : previous->workers) {
+      if (w.pid) previous_by_pid[*w.pid] = &w;
     }
   }
-  for (const auto& w : workers_of(now)) {
-    const json* previous_row = nullptr;
-    if (auto pid = integer_field(w, "pid")) {
-      auto it = previous_by_pid.find(*pid);
+  for (const auto& w : now.workers) {
+    const control::WorkerStatus* previous_row = nullptr;
+    if (w.pid) {
+      auto it = previous_by_pid.find(*w.pid);
       if (it != previous_by_pid.end()) previous_row = it->second;
     }
     WorkerRow row = build_row(w, previous_row, previous != nullptr, seconds);

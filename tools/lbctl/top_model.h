@@ -15,22 +15,12 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "control/status.h"
 
 namespace lbd::ctl {
 
-// A worker's request durations as `status` reports them (`latency_histogram`): per-bucket
-// counts since the worker started, not cumulative; counts has one more entry than bounds, the
-// last one for +Inf.
-struct LatencyHistogram {
-  std::vector<double> bounds_seconds;  // upper bounds, inclusive, increasing
-  std::vector<uint64_t> counts;
-
-  // Nothing if the field is missing or malformed (an lbd from before the histogram existed).
-  static std::optional<LatencyHistogram> from_status(const nlohmann::json& worker);
-  // Zero counts with the same bounds: a process that did not exist at the previous answer.
-  LatencyHistogram zeroed() const;
-};
+// A worker's request durations as `status` reports them (control/status.h).
+using LatencyHistogram = control::LatencyHistogram;
 
 // Where a percentile falls: at most `seconds` (the upper bound of its bucket), or, when
 // `beyond_last_bound`, in the +Inf bucket, longer than the last bound `seconds`.
@@ -84,8 +74,8 @@ struct Dashboard {
 };
 
 // The dashboard for `now`, with rates and p99 over the `seconds` since `previous` (may be null:
-// the first screen). Tolerates missing fields: what is not there is shown as "-".
-Dashboard build_dashboard(const nlohmann::json* previous, const nlohmann::json& now, double seconds);
+// the first screen). What the answers do not say is shown as "-".
+Dashboard build_dashboard(const control::StatusReport* previous, const control::StatusReport& now, double seconds);
 
 // The policy `p` switches to: rr -> least -> hash -> rr (anything else: rr).
 std::string next_policy(const std::string& current);
