@@ -22,6 +22,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/unique_fd.h"
 #include "net/address.h"
 #include "net/listener.h"
 
@@ -33,9 +34,9 @@ namespace {
   CPU_SET(cpu, &set);
   if (sched_setaffinity(0, sizeof(set), &set) != 0) std::perror("lbd_null_server: sched_setaffinity");
   for (;;) {
-    int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd >= 0) {
-      close(fd);
+    lbd::UniqueFd connection(accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));  // closed at once
+    if (connection) {
+      continue;
     } else if (errno != EINTR && errno != ECONNABORTED && errno != EMFILE && errno != ENFILE) {
       std::perror("lbd_null_server: accept4");
       _exit(1);

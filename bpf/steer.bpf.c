@@ -7,12 +7,15 @@
  *   - for each new connection (SYN) that reaches the group: pick the worker's listener;
  *   - for each queued or half-open connection of a listener that is closing or shut down
  *     (md->migrating_sk set): pick the listener that inherits it, so a drain, reload or crash
- *     resets nothing (DESIGN.md invariant 1).
+ *     resets nothing (docs/ARCHITECTURE.md, invariant 1).
  * It never chooses a slot that is not ACTIVE while an ACTIVE one exists (invariant 2): if the
  * chosen slot's socket turns out to be missing it retries without that slot, and it leaves the
  * choice to the kernel's hash only when no active slot is left at all.
  */
-#include "vmlinux.h"
+/* Only UAPI context structs (struct sk_reuseport_md, struct bpf_sock) are read, and the verifier
+ * rewrites their accesses for the running kernel: <linux/bpf.h> is enough, no vmlinux.h, no BTF
+ * of the build machine (docs/ARCHITECTURE.md, section 4). */
+#include <linux/bpf.h>
 
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -24,6 +27,7 @@
 #define AF_INET6 10
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP 6
 
 /* slot -> the worker's listening socket, one row of LBD_MAX_SLOTS per reuseport group; then the
  * probe places of starting workers (LBD_PROBE_INDEX). */

@@ -3,16 +3,14 @@
  * The contract between the steering program (steer.bpf.c) and user space: constants, the layout
  * of the shared slot table, the stats record and the key that names a reuseport group.
  *
- * Included by the BPF program (after vmlinux.h), by the policy header, and by C++ user space.
+ * Included by the BPF program (after <linux/bpf.h>), by the policy header, and by C++ user space.
  * Changing a struct here changes a map's value size: the supervisor and every worker must come
  * from the same build (a worker checks the map's value size before it maps the table).
  */
 #ifndef LBD_STEER_ABI_H
 #define LBD_STEER_ABI_H
 
-#ifndef __VMLINUX_H__
 #include <linux/types.h>
-#endif
 
 /* Workers per app. A slot is a worker's stable place; its index is what X-Worker reports. */
 #define LBD_MAX_SLOTS 64

@@ -10,7 +10,7 @@
  * the pick's socket turns out to be missing from the sockarray. (The program computes the pick
  * once, lbd_scan_first(), and walks on from it with lbd_scan_choice_from().)
  *
- * The promise (DESIGN.md invariant 2): a slot that is not ACTIVE is never returned. When no
+ * The promise (docs/ARCHITECTURE.md, invariant 2): a slot that is not ACTIVE is never returned. When no
  * active slot exists the answer is LBD_NO_SLOT and the caller lets the kernel choose.
  */
 #ifndef LBD_STEER_POLICY_H

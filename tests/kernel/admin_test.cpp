@@ -1,4 +1,4 @@
-// The admin endpoint (--admin, issue 6) as a monitoring system and a load balancer's health check
+// The admin endpoint (--admin) as a monitoring system and a load balancer's health check
 // see it, against lbd in --mode reuseport (no root needed): /healthz, /readyz through drain and
 // stop, 404/405, bad and silent clients that must not hurt anyone else, and /metrics: valid for
 // promtool, counting every request in its duration histogram, and never going backwards across

@@ -1,4 +1,4 @@
-// Bad input gets a clear answer and leaves every worker serving (DESIGN.md invariant 4): after
+// Bad input gets a clear answer and leaves every worker serving (docs/ARCHITECTURE.md, invariant 4): after
 // each kind of abuse, both workers still answer GET / and neither was restarted.
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// `lbd start FILE.toml` (issue 5): one lbd runs the apps a config file declares, each its own
+// `lbd start FILE.toml`: one lbd runs the apps a config file declares, each its own
 // `lbd run` with its own port, control socket and log; lbctl names them. All or nothing: a bad
 // file names the file, line and key and starts nothing; an app that cannot start (a port in use)
 // stops the others. --mode reuseport here (no root).

@@ -1,4 +1,4 @@
-// DESIGN.md invariant 4 on the control socket: whatever a client sends — not JSON, the wrong
+// docs/ARCHITECTURE.md, invariant 4 on the control socket: whatever a client sends — not JSON, the wrong
 // JSON, an unknown verb, a line far over the 64 KiB limit, random bytes, half a request, or
 // nothing at all — it gets an error reply or a closed connection, and lbd goes on serving HTTP
 // and answering lbctl. Runs in --mode reuseport (no root needed).

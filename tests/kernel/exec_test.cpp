@@ -1,4 +1,4 @@
-// Exec mode (issue 5): `lbd run -- PROGRAM` runs programs that know nothing of lbd, the way
+// Exec mode: `lbd run -- PROGRAM` runs programs that know nothing of lbd, the way
 // systemd socket activation would, in --mode reuseport (no root). The steering, zero-failure
 // reloads and --max-memory under load need the BPF program: tests/root/exec_bpf_test.cpp.
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
 // lbctl as an operator uses it, against an lbd in --mode reuseport (no root needed): exit codes
 // and one-line reasons, status with live numbers, restart of one slot, drain --all / undrain
-// --all, SIGHUP, stop, and a reload that runs the binary now on disk (issue 3).
+// --all, SIGHUP, stop, and a reload that runs the binary now on disk.
 //
 // Exit status contract (tools/lbctl/lbctl.cpp): 0 success; 1 with one line "lbctl: <reason>"
 // when lbd refuses or cannot be reached; 2 for a usage error.
@@ -259,7 +259,7 @@ TEST_F(Lbctl, DrainAllWaitThenUndrainAll) {
   }
 }
 
-// Issue 3, drain: "It stays out until `undrain` or a reload."
+// The drain verb: "It stays out until `undrain` or a reload."
 TEST_F(Lbctl, DrainedSlotStaysOutUntilAReload) {
   ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("reuseport", 2)));
   CommandResult drained = lbctl({"drain", "0", "--wait"});

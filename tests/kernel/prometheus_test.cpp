@@ -1,5 +1,5 @@
 // A real Prometheus (Debian's `prometheus` package) scrapes lbd's /metrics every second on
-// loopback, and its query API then reports exactly the requests a client sent (issue 6). Runs lbd
+// loopback, and its query API then reports exactly the requests a client sent. Runs lbd
 // in --mode reuseport (no root). Prometheus is this test's child and is killed at its end (the
 // LbdProcess helper kills its whole process group); it skips when Prometheus is not installed.
 #include <arpa/inet.h>

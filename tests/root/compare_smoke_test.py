@@ -59,7 +59,7 @@ def main():
         with open(os.path.join(out, "compare.md")) as f:
             markdown = f.read()
         for needle in ("## keep-alive", "## new connection", "## skewed CPU work", "## long-lived",
-                       "| lbd bpf rr |", "| null server |", "## targets (issue 4)",
+                       "| lbd bpf rr |", "| null server |", "## targets",
                        "## the load generator's own cost"):
             if needle not in markdown:
                 fail(f"compare.md lacks {needle!r}")

@@ -1,4 +1,4 @@
-// Who may control lbd (issue 3): only root or the uid lbd runs as. Two layers: the socket file is
+// Who may control lbd: only root or the uid lbd runs as. Two layers: the socket file is
 // mode 0600, so others cannot even connect; and lbd checks the peer's credentials (SO_PEERCRED),
 // so a socket opened up by mistake still refuses them. Either way lbctl exits 1 with
 // "permission denied" and lbd goes on serving. Needs root to switch uids.

@@ -1,4 +1,4 @@
-// lbctl drain in --mode bpf (issue 3; DESIGN.md invariants 1 and 2): once the command returns,
+// lbctl drain in --mode bpf (docs/ARCHITECTURE.md, invariants 1 and 2): once the command returns,
 // the slot gets no new connection; what it was doing finishes; a keep-alive client is told
 // "Connection: close" on its next request; a silent one is closed at the drain timeout; the
 // worker exits and the slot stays out until undrain.

@@ -1,4 +1,4 @@
-// Exec mode under lbd's steering (issue 5; --mode bpf, root): a program lbd did not write is
+// Exec mode under lbd's steering (--mode bpf, root): a program lbd did not write is
 // steered by the load lbd reads from the kernel for it (its listener's queue, its connections),
 // so `least` avoids one that stopped; reloads and --max-memory replacements fail no request.
 #include <gtest/gtest.h>

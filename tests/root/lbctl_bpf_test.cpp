@@ -1,4 +1,4 @@
-// lbctl verbs that only mean something in --mode bpf (issue 3): changing the policy at run time,
+// lbctl verbs that only mean something in --mode bpf: changing the policy at run time,
 // and status showing what the steering program did.
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// /metrics in --mode bpf (issue 6): the steering program's per-slot counters, read from its
+// /metrics in --mode bpf: the steering program's per-slot counters, read from its
 // per-CPU map, account for every new connection, and the output with the steering series still
 // passes promtool.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// DESIGN.md invariant 1: a connection that reached a worker's accept queue is never reset when
+// docs/ARCHITECTURE.md, invariant 1: a connection that reached a worker's accept queue is never reset when
 // that worker's listener goes away (here: shut down under it, or the worker is killed) while
 // another worker is active. The program migrates the queue; every client gets its answer.
 #include <gtest/gtest.h>

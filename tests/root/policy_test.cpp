@@ -66,7 +66,7 @@ TEST_F(Policy, LeastStopsSendingToAStoppedWorkerWithin100ms) {
   ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least"})));
   const pid_t stalled = lbd().worker_pid(0);
   ASSERT_TRUE(stop_process(stalled, after(2s))) << "worker 0 did not stop";
-  std::this_thread::sleep_for(100ms);  // the bound lbd promises (DESIGN.md, "What load means")
+  std::this_thread::sleep_for(100ms);  // the bound lbd promises (docs/ARCHITECTURE.md, section 5)
 
   std::map<int, int> workers;
   for (int i = 0; i < 40; i++) {

@@ -1,4 +1,4 @@
-// Rolling reload in --mode bpf (issue 3; DESIGN.md invariants 1 and 3): every worker is replaced
+// Rolling reload in --mode bpf (docs/ARCHITECTURE.md, invariants 1 and 3): every worker is replaced
 // by a freshly executed one, slot by slot, and clients do not notice — neither a client that
 // opens a new connection per request nor keep-alive clients that never retry. A new worker that
 // exits or never gets ready leaves the old one serving, and lbctl says so.

@@ -1,4 +1,4 @@
-// lbctl scale in --mode bpf (issue 3; DESIGN.md invariants 1 and 2): workers are added or the
+// lbctl scale in --mode bpf (docs/ARCHITECTURE.md, invariants 1 and 2): workers are added or the
 // highest slots drained at run time, under load, without a failed request; scale returns when
 // the change is done.
 #include <gtest/gtest.h>

@@ -430,7 +430,7 @@ TEST_F(SteeringTest, EachListenAddressIsSteeredAsItsOwnGroup) {
   EXPECT_EQ(steering_->fallbacks(), 0u) << "the program found both groups";
 }
 
-// --- migration (DESIGN.md invariant 1) -------------------------------------------------------
+// --- migration (docs/ARCHITECTURE.md, invariant 1) -------------------------------------------------------
 
 // Two active slots under rr with kPerSlot connections queued on each listener; then listener 0
 // stops and its queue must reappear, intact, on listener 1.

@@ -1,6 +1,6 @@
 // The steering policy (bpf/steer_policy.h) compiled on the host: the same C the BPF program runs,
 // driven over an array of slots the way the program drives it with bpf_loop(). What it pins down
-// is DESIGN.md invariant 2 (a slot that is not ACTIVE is never chosen) and the meaning of each
+// is docs/ARCHITECTURE.md, invariant 2 (a slot that is not ACTIVE is never chosen) and the meaning of each
 // policy: rr is exactly even, least follows load and liveness, hash is the flow hash over the
 // active slots, and the retry order offers every other active slot once.
 #include <gtest/gtest.h>

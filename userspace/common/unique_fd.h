@@ -1,6 +1,6 @@
 // A move-only owner of one file descriptor. Every fd lbd opens lives in one of these, so no exit
 // path leaks a socket: a leaked listener copy would keep a dead worker's slot in the reuseport
-// group and stop its queue from migrating (see DESIGN.md, "Kernel facts").
+// group and stop its queue from migrating (docs/ARCHITECTURE.md, section 4).
 #pragma once
 
 #include <unistd.h>

@@ -23,6 +23,7 @@
 #include <toml++/toml.h>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "net/address.h"
 #include "steer_abi.h"
 #include "steering/steering.h"
@@ -675,28 +676,26 @@ FileConfig parse_config(std::string_view text, const std::string& path,
 }
 
 FileConfig load_config_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
     throw ConfigError(one_line(path + ": cannot read the config file: " + std::strerror(errno)));
   }
   std::string text;
   char buf[8192];
   for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       int err = errno;
-      ::close(fd);
       throw ConfigError(one_line(path + ": cannot read the config file: " + std::strerror(err)));
     }
     if (n == 0) break;
     text.append(buf, static_cast<size_t>(n));
     if (text.size() > kMaxFileBytes) {
-      ::close(fd);
       throw ConfigError(one_line(path + ": too large for a config file (more than 1 MiB)"));
     }
   }
-  ::close(fd);
+  fd.reset();
   std::error_code ec;
   std::filesystem::path absolute = std::filesystem::absolute(path, ec);
   std::string base = ec ? std::filesystem::path(path).parent_path().string()

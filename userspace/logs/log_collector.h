@@ -1,7 +1,7 @@
 // Log capture for exec mode: each child's stdout and stderr come through pipes; every line is
 // stamped (record.h) and written to the app's log file (log_file.h) by a writer thread.
 //
-// Two threads, one rule: the supervisor's thread never blocks on the disk (DESIGN.md, invariant
+// Two threads, one rule: the supervisor's thread never blocks on the disk (docs/ARCHITECTURE.md, invariant
 // 5). It reads the pipes eagerly, so a child never stalls on a full pipe, and queues whole
 // records for the writer thread in a queue of at most max_buffered_bytes. When a child writes
 // faster than the disk takes it, the queue fills and the supervisor drops whole lines, counts

@@ -9,16 +9,6 @@
 
 namespace lbd {
 
-namespace {
-
-Result<WorkerStats*> map_shared(int fd) {
-  void* memory = mmap(nullptr, sizeof(WorkerStats), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (memory == MAP_FAILED) return Error::from_errno("mmap worker stats");
-  return static_cast<WorkerStats*>(memory);
-}
-
-}  // namespace
-
 uint64_t WorkerStatsSnapshot::requests() const {
   uint64_t total = 0;
   for (uint64_t count : duration_counts) total += count;
@@ -36,9 +26,9 @@ Result<WorkerStatsBlock> WorkerStatsBlock::create() {
   UniqueFd fd(memfd_create("lbd-worker-stats", MFD_CLOEXEC));
   if (!fd) return Error::from_errno("memfd_create worker stats");
   if (ftruncate(fd.get(), sizeof(WorkerStats)) != 0) return Error::from_errno("size worker stats");
-  auto stats = map_shared(fd.get());  // a new memfd reads as zeros
-  if (!stats) return stats.error();
-  return WorkerStatsBlock(std::move(fd), *stats);
+  auto memory = MappedMemory::shared(fd.get(), sizeof(WorkerStats), "worker stats");  // a new memfd reads as zeros
+  if (!memory) return memory.error();
+  return WorkerStatsBlock(std::move(fd), std::move(*memory));
 }
 
 Result<WorkerStatsBlock> WorkerStatsBlock::map(int fd) {
@@ -50,33 +40,17 @@ Result<WorkerStatsBlock> WorkerStatsBlock::map(int fd) {
   }
   UniqueFd copy(fcntl(fd, F_DUPFD_CLOEXEC, 3));
   if (!copy) return Error::from_errno("dup worker stats fd");
-  auto stats = map_shared(copy.get());
-  if (!stats) return stats.error();
-  return WorkerStatsBlock(std::move(copy), *stats);
-}
-
-WorkerStatsBlock::WorkerStatsBlock(WorkerStatsBlock&& other) noexcept
-    : fd_(std::move(other.fd_)), stats_(std::exchange(other.stats_, nullptr)) {}
-
-WorkerStatsBlock& WorkerStatsBlock::operator=(WorkerStatsBlock&& other) noexcept {
-  if (this != &other) {
-    if (stats_) munmap(stats_, sizeof(WorkerStats));
-    fd_ = std::move(other.fd_);
-    stats_ = std::exchange(other.stats_, nullptr);
-  }
-  return *this;
-}
-
-WorkerStatsBlock::~WorkerStatsBlock() {
-  if (stats_) munmap(stats_, sizeof(WorkerStats));
+  auto memory = MappedMemory::shared(copy.get(), sizeof(WorkerStats), "worker stats");
+  if (!memory) return memory.error();
+  return WorkerStatsBlock(std::move(copy), std::move(*memory));
 }
 
 WorkerStatsSnapshot WorkerStatsBlock::read() const {
   WorkerStatsSnapshot snapshot;
-  snapshot.duration_sum_ns = load_field(stats_->duration_sum_ns);
-  snapshot.accepted = load_field(stats_->accepted);
+  snapshot.duration_sum_ns = load_field(memory_.as<WorkerStats>()->duration_sum_ns);
+  snapshot.accepted = load_field(memory_.as<WorkerStats>()->accepted);
   for (size_t i = 0; i < kDurationBuckets; i++) {
-    snapshot.duration_counts[i] = load_field(stats_->duration_counts[i]);
+    snapshot.duration_counts[i] = load_field(memory_.as<WorkerStats>()->duration_counts[i]);
   }
   return snapshot;
 }

@@ -21,6 +21,7 @@
 
 #include "common/result.h"
 #include "common/shared_field.h"
+#include "common/mapped_memory.h"
 #include "common/unique_fd.h"
 
 namespace lbd {
@@ -78,20 +79,20 @@ class WorkerStatsBlock {
   // Maps a block handed over as an fd (the worker). The fd is duplicated; the caller keeps its own.
   static Result<WorkerStatsBlock> map(int fd);
 
-  WorkerStatsBlock(WorkerStatsBlock&& other) noexcept;
-  WorkerStatsBlock& operator=(WorkerStatsBlock&& other) noexcept;
+  WorkerStatsBlock(WorkerStatsBlock&& other) noexcept = default;
+  WorkerStatsBlock& operator=(WorkerStatsBlock&& other) noexcept = default;
   WorkerStatsBlock(const WorkerStatsBlock&) = delete;
   WorkerStatsBlock& operator=(const WorkerStatsBlock&) = delete;
-  ~WorkerStatsBlock();
+  ~WorkerStatsBlock() = default;
 
   int fd() const { return fd_.get(); }
-  WorkerStats& stats() { return *stats_; }
+  WorkerStats& stats() { return *memory_.as<WorkerStats>(); }
   WorkerStatsSnapshot read() const;
 
  private:
-  WorkerStatsBlock(UniqueFd fd, WorkerStats* stats) : fd_(std::move(fd)), stats_(stats) {}
+  WorkerStatsBlock(UniqueFd fd, MappedMemory memory) : fd_(std::move(fd)), memory_(std::move(memory)) {}
   UniqueFd fd_;
-  WorkerStats* stats_ = nullptr;
+  MappedMemory memory_;
 };
 
 // The bucket bounds in seconds, for /metrics (`le`) and `lbctl status` (`bounds_seconds`).

@@ -9,23 +9,13 @@
 
 namespace lbd {
 
-namespace {
-
-Result<lbd_slot*> map_shared(int fd) {
-  void* memory = mmap(nullptr, SlotTable::kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (memory == MAP_FAILED) return Error::from_errno("mmap slot table");
-  return static_cast<lbd_slot*>(memory);
-}
-
-}  // namespace
-
 Result<SlotTable> SlotTable::create_memfd() {
   UniqueFd fd(memfd_create("lbd-slot-table", MFD_CLOEXEC));
   if (!fd) return Error::from_errno("memfd_create slot table");
   if (ftruncate(fd.get(), kBytes) != 0) return Error::from_errno("size slot table");
-  auto slots = map_shared(fd.get());
-  if (!slots) return slots.error();
-  return SlotTable(std::move(fd), *slots);
+  auto memory = MappedMemory::shared(fd.get(), kBytes, "slot table");
+  if (!memory) return memory.error();
+  return SlotTable(std::move(fd), std::move(*memory));
 }
 
 Result<SlotTable> SlotTable::map(int fd) {
@@ -40,25 +30,9 @@ Result<SlotTable> SlotTable::map(int fd) {
   }
   UniqueFd copy(fcntl(fd, F_DUPFD_CLOEXEC, 3));
   if (!copy) return Error::from_errno("dup slot table fd");
-  auto slots = map_shared(copy.get());
-  if (!slots) return slots.error();
-  return SlotTable(std::move(copy), *slots);
-}
-
-SlotTable::SlotTable(SlotTable&& other) noexcept
-    : fd_(std::move(other.fd_)), slots_(std::exchange(other.slots_, nullptr)) {}
-
-SlotTable& SlotTable::operator=(SlotTable&& other) noexcept {
-  if (this != &other) {
-    if (slots_) munmap(slots_, kBytes);
-    fd_ = std::move(other.fd_);
-    slots_ = std::exchange(other.slots_, nullptr);
-  }
-  return *this;
-}
-
-SlotTable::~SlotTable() {
-  if (slots_) munmap(slots_, kBytes);
+  auto memory = MappedMemory::shared(copy.get(), kBytes, "slot table");
+  if (!memory) return memory.error();
+  return SlotTable(std::move(copy), std::move(*memory));
 }
 
 const char* slot_state_name(uint32_t state) {

@@ -12,6 +12,7 @@
 
 #include "common/result.h"
 #include "common/shared_field.h"
+#include "common/mapped_memory.h"
 #include "common/unique_fd.h"
 #include "steer_abi.h"
 
@@ -27,20 +28,20 @@ class SlotTable {
   // is duplicated; the caller keeps its own.
   static Result<SlotTable> map(int fd);
 
-  SlotTable(SlotTable&& other) noexcept;
-  SlotTable& operator=(SlotTable&& other) noexcept;
+  SlotTable(SlotTable&& other) noexcept = default;
+  SlotTable& operator=(SlotTable&& other) noexcept = default;
   SlotTable(const SlotTable&) = delete;
   SlotTable& operator=(const SlotTable&) = delete;
-  ~SlotTable();
+  ~SlotTable() = default;
 
   int fd() const { return fd_.get(); }
-  lbd_slot& slot(uint32_t index) { return slots_[index]; }
-  const lbd_slot& slot(uint32_t index) const { return slots_[index]; }
+  lbd_slot& slot(uint32_t index) { return memory_.as<lbd_slot>()[index]; }
+  const lbd_slot& slot(uint32_t index) const { return memory_.as<lbd_slot>()[index]; }
 
  private:
-  SlotTable(UniqueFd fd, lbd_slot* slots) : fd_(std::move(fd)), slots_(slots) {}
+  SlotTable(UniqueFd fd, MappedMemory memory) : fd_(std::move(fd)), memory_(std::move(memory)) {}
   UniqueFd fd_;
-  lbd_slot* slots_ = nullptr;
+  MappedMemory memory_;
 };
 
 // What a worker says about itself in its slot-table entry, published after every completion:

@@ -12,7 +12,7 @@
 // anything malformed: 400). A slow or hostile client cannot block the supervisor or crowd out
 // the others for long: every socket is non-blocking, a connection has 5 s from accept to its
 // answer being sent (then it is closed), and at most 32 connections are served at once; a
-// connection beyond that is closed at once (DESIGN.md invariants 4 and 5).
+// connection beyond that is closed at once (docs/ARCHITECTURE.md, invariants 4 and 5).
 #pragma once
 
 #include <chrono>

@@ -5,7 +5,7 @@
 //
 // Never blocks: every socket is non-blocking and driven by the supervisor's poller. A client
 // that sends garbage, a line over 64 KiB, or nothing for 10 s is answered or dropped, and
-// nothing else is affected (DESIGN.md invariant 4).
+// nothing else is affected (docs/ARCHITECTURE.md, invariant 4).
 #pragma once
 
 #include <sys/types.h>

@@ -1,4 +1,4 @@
-// What an exec-mode worker holds, measured from the kernel (issue 5).
+// What an exec-mode worker holds, measured from the kernel.
 //
 // A worker in exec mode is a program lbd did not write, and often a process tree: gunicorn's
 // master forks workers that inherit fd 3 and accept on it, so the connections live in the

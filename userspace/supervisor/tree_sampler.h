@@ -2,7 +2,7 @@
 // the connections it holds on the service's ports — taken on a thread of its own. A sample reads
 // /proc and dumps the kernel's TCP table: ~1.5 ms, plus ~5 ms per 1000 connections held. The
 // supervisor's loop publishes every program's load every 10 ms and must never wait for that
-// (DESIGN.md invariant 5), so it only hands the thread the pids to look at and picks up the
+// (docs/ARCHITECTURE.md, invariant 5), so it only hands the thread the pids to look at and picks up the
 // newest sample when there is one.
 //
 // The thread touches nothing of the supervisor's and never logs (lbd's logger is not

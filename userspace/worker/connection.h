@@ -3,7 +3,7 @@
 // Lifecycle: accepted -> reading/answering (any number of requests) -> closing -> released.
 // A connection is closed only when the kernel holds no request of ours on it: a pending
 // multishot recv keeps the socket open and a pending send reads our buffers, so closing waits
-// for their final completions (DESIGN.md: "cancel the recv and close on its final completion").
+// for their final completions (docs/ARCHITECTURE.md, section 4).
 #pragma once
 
 #include <linux/time_types.h>

@@ -50,52 +50,36 @@ io_uring_sqe* Ring::next_sqe() {
 
 Result<BufferRing> BufferRing::create(Ring& ring, uint16_t group, unsigned count, unsigned size) {
   BufferRing br;
-  br.ring_ = ring.get();
   br.count_ = count;
   br.size_ = size;
   br.group_ = group;
-  br.ring_bytes_ = sizeof(io_uring_buf) * count;
-  void* ring_memory = mmap(nullptr, br.ring_bytes_, PROT_READ | PROT_WRITE,
-                           MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-  if (ring_memory == MAP_FAILED) return Error::from_errno("mmap buffer ring");
-  br.buf_ring_ = static_cast<io_uring_buf_ring*>(ring_memory);
-  br.buffers_ = static_cast<char*>(std::aligned_alloc(4096, static_cast<size_t>(count) * size));
+  auto ring_memory = MappedMemory::anonymous(sizeof(io_uring_buf) * count, "buffer ring");
+  if (!ring_memory) return ring_memory.error();
+  br.ring_memory_ = std::move(*ring_memory);
+  br.buf_ring_ = br.ring_memory_.as<io_uring_buf_ring>();
+  br.buffers_.reset(static_cast<char*>(std::aligned_alloc(4096, static_cast<size_t>(count) * size)));
   if (!br.buffers_) return Error::from_errno(ENOMEM, "allocate receive buffers");
 
   io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(ring_memory);
+  reg.ring_addr = reinterpret_cast<uint64_t>(br.buf_ring_);
   reg.ring_entries = count;
   reg.bgid = group;
-  if (int err = io_uring_register_buf_ring(br.ring_, &reg, 0); err < 0) {
+  if (int err = io_uring_register_buf_ring(ring.get(), &reg, 0); err < 0) {
     return Error::from_errno(-err, "register buffer ring");
   }
+  br.registration_ = Registration(ring.get(), group);
   io_uring_buf_ring_init(br.buf_ring_);
   int mask = io_uring_buf_ring_mask(count);
   for (unsigned id = 0; id < count; id++) {
-    io_uring_buf_ring_add(br.buf_ring_, br.buffers_ + static_cast<size_t>(id) * size, size,
+    io_uring_buf_ring_add(br.buf_ring_, br.buffers_.get() + static_cast<size_t>(id) * size, size,
                           static_cast<unsigned short>(id), mask, static_cast<int>(id));
   }
   io_uring_buf_ring_advance(br.buf_ring_, static_cast<int>(count));
   return br;
 }
 
-BufferRing::BufferRing(BufferRing&& other) noexcept
-    : ring_(std::exchange(other.ring_, nullptr)),
-      buf_ring_(std::exchange(other.buf_ring_, nullptr)),
-      buffers_(std::exchange(other.buffers_, nullptr)),
-      ring_bytes_(other.ring_bytes_),
-      count_(other.count_),
-      size_(other.size_),
-      group_(other.group_) {}
-
-BufferRing::~BufferRing() {
-  if (ring_ && buf_ring_) io_uring_unregister_buf_ring(ring_, group_);
-  if (buf_ring_) munmap(buf_ring_, ring_bytes_);
-  std::free(buffers_);
-}
-
 void BufferRing::recycle(uint16_t id) {
-  io_uring_buf_ring_add(buf_ring_, buffers_ + static_cast<size_t>(id) * size_, size_, id,
+  io_uring_buf_ring_add(buf_ring_, buffers_.get() + static_cast<size_t>(id) * size_, size_, id,
                         io_uring_buf_ring_mask(count_), 0);
   io_uring_buf_ring_advance(buf_ring_, 1);
 }

@@ -7,9 +7,12 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
+#include <utility>
 
+#include "common/mapped_memory.h"
 #include "common/result.h"
 
 namespace lbd {
@@ -61,22 +64,47 @@ class BufferRing {
  public:
   static Result<BufferRing> create(Ring& ring, uint16_t group, unsigned count, unsigned size);
 
-  BufferRing(BufferRing&& other) noexcept;
+  BufferRing(BufferRing&& other) noexcept = default;
   BufferRing& operator=(BufferRing&&) = delete;
   BufferRing(const BufferRing&) = delete;
-  ~BufferRing();
+  ~BufferRing() = default;
 
   uint16_t group() const { return group_; }
-  const char* data(uint16_t id) const { return buffers_ + static_cast<size_t>(id) * size_; }
+  const char* data(uint16_t id) const { return buffers_.get() + static_cast<size_t>(id) * size_; }
   void recycle(uint16_t id);
 
  private:
   BufferRing() = default;
 
-  io_uring* ring_ = nullptr;
-  io_uring_buf_ring* buf_ring_ = nullptr;
-  char* buffers_ = nullptr;
-  size_t ring_bytes_ = 0;
+  // Unregisters the ring from io_uring before its memory goes.
+  struct Registration {
+    io_uring* ring = nullptr;
+    uint16_t group = 0;
+    Registration() = default;
+    Registration(io_uring* r, uint16_t g) : ring(r), group(g) {}
+    Registration(Registration&& other) noexcept : ring(std::exchange(other.ring, nullptr)), group(other.group) {}
+    Registration& operator=(Registration&& other) noexcept {
+      if (this != &other) {
+        reset();
+        ring = std::exchange(other.ring, nullptr);
+        group = other.group;
+      }
+      return *this;
+    }
+    ~Registration() { reset(); }
+    void reset() {
+      if (ring) io_uring_unregister_buf_ring(ring, group);
+      ring = nullptr;
+    }
+  };
+  struct FreeDeleter {
+    void operator()(char* p) const { std::free(p); }
+  };
+
+  MappedMemory ring_memory_;                    // the ring of buffer descriptors, shared with the kernel
+  std::unique_ptr<char, FreeDeleter> buffers_;  // the buffers themselves
+  Registration registration_;                   // after the memory: unregistered first
+  io_uring_buf_ring* buf_ring_ = nullptr;       // ring_memory_, typed
   unsigned count_ = 0;
   unsigned size_ = 0;
   uint16_t group_ = 0;

@@ -942,8 +942,8 @@ void Worker::on_inbox_ready(uint32_t inbox_index, int result) {
     uint32_t entry = free_installs_.back();
     free_installs_.pop_back();
     Install& install = installs_[entry];
-    install.fd = message->fd.release();
-    install.slot = install.fd;
+    install.fd = std::move(message->fd);
+    install.slot = install.fd.get();
     install.counts_as_accept = inbox.counts_as_accept;
     // The kernel picks a free fixed-file slot and writes its index back into install.slot.
     io_uring_sqe* sqe = ring_.next_sqe();
@@ -955,7 +955,7 @@ void Worker::on_inbox_ready(uint32_t inbox_index, int result) {
 
 void Worker::on_installed(uint32_t entry, int result) {
   Install& install = installs_[entry];
-  ::close(install.fd);  // the fixed-file table holds its own reference now
+  install.fd.reset();  // the fixed-file table holds its own reference now
   free_installs_.push_back(entry);
   if (result < 0) {
     spdlog::warn("fd inbox: cannot install connection: {}", strerror(-result));

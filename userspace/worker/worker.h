@@ -140,7 +140,7 @@ class Worker {
   static constexpr uint32_t kInstallEntries = 1024;
   struct Install {
     int slot = -1;  // in: the fd; out: the fixed-file index the kernel chose
-    int fd = -1;    // the received fd, closed once installed
+    UniqueFd fd;    // the received fd, closed once installed
     bool counts_as_accept = false;
   };
   std::array<Install, kInstallEntries> installs_{};
