@@ -22,7 +22,7 @@ struct ProgramOptions {
   std::string cwd;                   // empty: lbd's
   std::vector<std::string> env;      // "KEY=VALUE", over lbd's own environment
   // Ready when it sends READY=1; in --mode bpf, also once it is seen accepting (lbd's probe
-  // connection, program.cpp); and, if set, this long after it started (set by default in --mode
+  // connection, program_child.cpp); and, if set, this long after it started (set by default in --mode
   // reuseport, where nothing else tells). With wait_ready only READY=1 counts (PM2's --wait-ready).
   std::optional<std::chrono::milliseconds> ready_delay;
   bool wait_ready = false;

@@ -4,7 +4,7 @@
 // One block per worker *process*, not per slot. During a reload an old and a new worker serve
 // the same slot side by side; with a block each, every block keeps exactly one writer for its
 // whole life. The supervisor creates the block (a memfd, handed to the worker like the slot
-// table: worker_process.h) and keeps its own mapping, so it can still read the block after the
+// table: launch.h) and keeps its own mapping, so it can still read the block after the
 // worker has exited: it then adds the final numbers to the slot's totals, and a slot's counters
 // never go backwards across reloads, restarts and crashes.
 //

@@ -2,7 +2,7 @@
 // what the steering program sent to the program's slot (`steered`, counted at each SYN) and what
 // still waits in its listener's accept queue (TCP_INFO), and publishes what it has taken
 // (`accepted`) and whether it is making progress (its heartbeat) in the slot table. Pure
-// arithmetic, unit-tested (tests/unit/program_load_test.cpp); program.cpp does the reading.
+// arithmetic, unit-tested (tests/unit/program_load_test.cpp); program_child.cpp does the reading.
 #pragma once
 
 #include <algorithm>
