@@ -1,5 +1,7 @@
 #include "supervisor/app_launcher.h"
 
+#include "supervisor/child_process.h"
+
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -34,10 +36,11 @@ constexpr std::chrono::seconds kAppStartMargin{60};
 struct App {
   size_t index = 0;  // in the config file
   std::string name;
-  pid_t pid = 0;
+  std::optional<ChildProcess> process;  // its supervisor, while it runs
   UniqueFd notify;  // its supervisor's NOTIFY_SOCKET: READY=1 once every worker serves
   bool ready = false;
-  bool running = false;
+  bool running() const { return process && !process->reaped(); }
+  pid_t pid() const { return process ? process->pid() : 0; }
   // An app supervisor that dies while serving (killed, out of memory, a bug) is started again,
   // with backoff; after 5 deaths in a minute it is left down and lbd start exits 1 in the end.
   RestartPolicy restarts{5, std::chrono::minutes(1), std::chrono::milliseconds(500), std::chrono::seconds(30)};
@@ -58,12 +61,6 @@ bool said_ready(int fd) {
   return ready;
 }
 
-std::string describe(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return "was killed by signal " + std::to_string(WTERMSIG(status));
-  return "ended";
-}
-
 class AppLauncher {
  public:
   explicit AppLauncher(config::FileConfig file) : file_(std::move(file)) {}
@@ -82,7 +79,7 @@ class AppLauncher {
   Result<void> start_all() {
     sigset_t mask;
     sigemptyset(&mask);
-    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
+    for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block signals");
     signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!signal_fd_) return Error::from_errno("signalfd");
@@ -109,7 +106,7 @@ class AppLauncher {
       for (auto& app : apps_) {
         if (!app.ready && app.notify && said_ready(app.notify.get())) {
           app.ready = true;
-          spdlog::info("app {} ready (pid {})", app.name, app.pid);
+          spdlog::info("app {} ready (pid {})", app.name, app.pid());
         }
         ready += app.ready ? 1 : 0;
       }
@@ -148,8 +145,9 @@ class AppLauncher {
     launch.own_process_group = true;
     auto pid = spawn_process(launch);
     if (!pid) return pid.error().wrap("start app '" + app.name + "'");
-    app.pid = *pid;
-    app.running = true;
+    auto process = ChildProcess::own(*pid);
+    if (!process) return process.error().wrap("start app '" + app.name + "'");
+    app.process.emplace(std::move(*process));
     app.ready = false;
     return {};
   }
@@ -157,7 +155,7 @@ class AppLauncher {
   int serve() {
     int exit_code = 0;
     auto any_app = [&] {
-      return std::any_of(apps_.begin(), apps_.end(), [](const App& a) { return a.running || a.restart_at; });
+      return std::any_of(apps_.begin(), apps_.end(), [](const App& a) { return a.running() || a.restart_at; });
     };
     while (any_app()) {
       wait_for_events(poll_timeout_ms());
@@ -175,9 +173,9 @@ class AppLauncher {
       }
       if (!restart_due_apps()) exit_code = 1;
       for (auto& app : apps_) {
-        if (app.running && !app.ready && app.notify && said_ready(app.notify.get())) {
+        if (app.running() && !app.ready && app.notify && said_ready(app.notify.get())) {
           app.ready = true;
-          spdlog::info("app {} ready again (pid {})", app.name, app.pid);
+          spdlog::info("app {} ready again (pid {})", app.name, app.pid());
         }
       }
     }
@@ -225,18 +223,20 @@ class AppLauncher {
     auto next = Clock::time_point::max();
     for (const auto& app : apps_) {
       if (app.restart_at) next = std::min(next, *app.restart_at);
-      if (app.running && !app.ready) next = std::min(next, Clock::now() + std::chrono::milliseconds(100));
+      if (app.running() && !app.ready) next = std::min(next, Clock::now() + std::chrono::milliseconds(100));
     }
     if (next == Clock::time_point::max()) return -1;
     const auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - Clock::now()).count();
     return static_cast<int>(std::clamp<int64_t>(ms, 0, 60'000));
   }
 
-  // Reads signals: HUP is passed on at once; a stop is recorded for the loop.
+  // Waits for a signal, an app's exit (its pidfd) or its READY=1. Reads signals: HUP is passed
+  // on at once; a stop is recorded for the loop.
   void wait_for_events(int timeout_ms) {
     std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
     for (auto& app : apps_) {
       if (!app.ready && app.notify) fds.push_back({app.notify.get(), POLLIN, 0});
+      if (app.running()) fds.push_back({app.process->pidfd(), POLLIN, 0});
     }
     poll(fds.data(), fds.size(), timeout_ms);
     signalfd_siginfo info{};
@@ -260,19 +260,16 @@ class AppLauncher {
   // Reaps exited app supervisors; returns a description of those that ended, if any.
   std::string reap() {
     std::string ended;
-    int status = 0;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-      for (auto& app : apps_) {
-        if (app.pid != pid || !app.running) continue;
-        app.running = false;
-        const std::string what = "app " + app.name + " (pid " + std::to_string(pid) + ") " + describe(status);
-        if (stopping_ || (app.ready && WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-          spdlog::info("{}", what);  // asked to stop (lbctl stop APP): not a failure
-        } else {
-          ended += (ended.empty() ? "" : "; ") + what;
-          app.died = true;
-        }
+    for (auto& app : apps_) {
+      if (!app.running()) continue;
+      auto exit = app.process->reap();
+      if (!exit) continue;
+      const std::string what = "app " + app.name + " (pid " + std::to_string(app.pid()) + ") " + exit->description;
+      if (stopping_ || (app.ready && exit->exited_zero())) {
+        spdlog::info("{}", what);  // asked to stop (lbctl stop APP): not a failure
+      } else {
+        ended += (ended.empty() ? "" : "; ") + what;
+        app.died = true;
       }
     }
     return ended;
@@ -280,14 +277,17 @@ class AppLauncher {
 
   void stop_all(int sig) {
     for (auto& app : apps_) {
-      if (app.running) kill(app.pid, sig);
+      if (app.running()) app.process->signal(sig);
     }
   }
 
   void wait_all() {
     for (auto& app : apps_) {
-      if (app.running) waitpid(app.pid, nullptr, 0);
-      app.running = false;
+      while (app.running()) {
+        pollfd exited{app.process->pidfd(), POLLIN, 0};
+        poll(&exited, 1, -1);
+        (void)app.process->reap();
+      }
     }
   }
 

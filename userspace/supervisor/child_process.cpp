@@ -70,7 +70,7 @@ std::optional<ChildProcess::Exit> ChildProcess::reap() {
     pollfd exited{pidfd_.get(), POLLIN, 0};
     if (poll(&exited, 1, 0) != 1) return std::nullopt;
     reaped_ = true;
-    return Exit{"ended (adopted: its exit status went to its parent)", 0};
+    return Exit{"ended (adopted: its exit status went to its parent)", std::nullopt, 0};
   }
   siginfo_t info{};
   rusage usage{};  // the child's CPU time, all of it: /proc forgets it once it is reaped
@@ -89,7 +89,7 @@ std::optional<ChildProcess::Exit> ChildProcess::reap() {
   }
   const double cpu = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
                      static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
-  return Exit{describe_exit(status), cpu};
+  return Exit{describe_exit(status), status, cpu};
 }
 
 }  // namespace lbd

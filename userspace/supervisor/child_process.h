@@ -41,8 +41,10 @@ class ChildProcess {
   void signal_group(int signal) const;
 
   struct Exit {
-    std::string description;  // "exited with status 0", "was killed by signal 9 (SIGKILL)"
-    double cpu_seconds = 0;   // user + system over its life (0 when adopted: not ours to reap)
+    std::string description;        // "exited with status 0", "was killed by signal 9 (SIGKILL)"
+    std::optional<int> wait_status;  // as wait() gives it; none when adopted
+    double cpu_seconds = 0;          // user + system over its life (0 when adopted: not ours to reap)
+    bool exited_zero() const { return wait_status && *wait_status == 0; }
   };
   // For a start that failed half-way: SIGKILL (to its group too, if `group`) and wait for it.
   void kill_and_reap(bool group);
