@@ -186,7 +186,29 @@ LbdProcess::~LbdProcess() {
   }
 }
 
+void LbdProcess::stop_gracefully() {
+  pid_t supervisor = 0;
+  {
+    std::lock_guard lock(mutex_);
+    supervisor = supervisor_ ? supervisor_ : (exit_ ? 0 : pid_);
+  }
+  // Only a process still in lbd's group is still ours (pids are reused).
+  if (supervisor <= 0 || pid_ <= 0 || getpgid(supervisor) != pid_) return;
+  UniqueFd supervisor_pidfd(static_cast<int>(syscall(SYS_pidfd_open, supervisor, 0)));
+  if (!supervisor_pidfd || kill(supervisor, SIGTERM) != 0) return;
+  pollfd exited{supervisor_pidfd.get(), POLLIN, 0};
+  poll(&exited, 1, static_cast<int>(std::chrono::milliseconds(kGracefulStop).count()));
+  int status = 0;
+  if (supervisor == pid_ && waitpid(pid_, &status, WNOHANG) == pid_) {
+    std::lock_guard lock(mutex_);
+    exit_ = ExitStatus::from_wait_status(status);
+  }
+}
+
 void LbdProcess::kill_everything() {
+  // A graceful stop first: lbd takes its own way out (its state record and steering pins go,
+  // and under the sanitizers its leak check runs); what is still there afterwards is killed.
+  stop_gracefully();
   if (pid_ > 0 && !exit_) {
     // The group is ours while its leader is unreaped, so this cannot hit anyone else.
     killed_by_test_ = true;
@@ -264,7 +286,9 @@ void LbdProcess::on_line(std::string line) {
   if (echo_) std::cerr << "  | " << line << "\n";
   static const Pattern worker_ready(kWorkerReady);
   static const Pattern worker_pid(kWorkerPid);
+  static const Pattern successor(R"(upgrade: pid ([0-9]+) took over)");
   std::lock_guard lock(mutex_);
+  if (auto m = successor.search(line)) supervisor_ = static_cast<pid_t>(std::stol((*m)[1]));
   if (auto m = worker_ready.search(line)) {
     const auto slot = static_cast<unsigned>(std::stoul((*m)[1]));
     const auto pid = static_cast<pid_t>(std::stol((*m)[2]));

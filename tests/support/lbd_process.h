@@ -8,8 +8,9 @@
 //
 // stdout and stderr go through one pipe that a thread reads line by line, so waits are
 // "until this line appears, or the deadline". lbd runs in its own process group and dies with
-// the test (PR_SET_PDEATHSIG); the destructor kills the group, the supervisor and every worker
-// pid it saw, and reaps them all (the test process makes itself a child subreaper, so workers
+// the test (PR_SET_PDEATHSIG); the destructor stops it (SIGTERM to the supervisor, the one an
+// upgrade handed over to if there was one) and waits for it a while, then kills the group, the
+// supervisor and every worker pid it saw, and reaps them all (the test process makes itself a child subreaper, so workers
 // orphaned by the kill become its children). If the current test has failed by then, the destructor
 // prints the captured log, so a CI failure always comes with lbd's side of the story.
 // Set LBD_TEST_ECHO=1 to also see the log live on stderr.
@@ -110,7 +111,11 @@ class LbdProcess {
  private:
   void read_output();
   void on_line(std::string line);
+  void stop_gracefully();
   void kill_everything();
+
+  // How long the destructor lets lbd stop by itself (SIGTERM) before it kills what is left.
+  static constexpr std::chrono::seconds kGracefulStop{5};
 
   Options options_;
   pid_t pid_ = -1;
@@ -125,6 +130,7 @@ class LbdProcess {
   std::vector<std::string> lines_;
   std::map<unsigned, pid_t> worker_pids_;  // latest ready pid per slot
   std::set<pid_t> seen_pids_;              // every worker pid ever logged
+  pid_t supervisor_ = 0;                   // the supervisor after an upgrade (its log says so)
   bool output_ended_ = false;
   bool echo_ = false;
   std::thread reader_;

@@ -104,6 +104,9 @@ std::string describe_result(const control::Request& request, const json& result)
       return "policy " + result.value("policy", std::string());
     case control::Verb::kStop:
       return "lbd is stopping";
+    case control::Verb::kUpgrade:
+      return "upgraded: lbd pid " + std::to_string(result.value("old_pid", 0)) + " handed over to pid " +
+             std::to_string(result.value("new_pid", 0));
     default: {
       char line[128];
       snprintf(line, sizeof(line), "%s done: %d slot(s) in %.2f s",

@@ -11,6 +11,7 @@
 //   lbctl scale N
 //   lbctl policy rr|least|hash
 //   lbctl stop
+//   lbctl upgrade [--timeout S] [--reload]      replace lbd itself, keeping every worker
 //   lbctl top                                   a live dashboard; keys drain, undrain, reload (top.h)
 //   lbctl logs [APP] [--worker N] [-f] [--lines K] [--log-dir DIR]
 //                                               exec-mode apps' output, from the log files (logs_command.h)
@@ -127,6 +128,10 @@ int main(int argc, char** argv) {
       {Verb::kScale, "Run N workers: add slots, or drain the highest ones", "N"},
       {Verb::kPolicy, "Change how new connections are steered: rr, least or hash", "POLICY"},
       {Verb::kStop, "Stop lbd gracefully (like SIGTERM)", ""},
+      {Verb::kUpgrade,
+       "Replace lbd itself with the lbd binary now on disk, keeping every worker and connection "
+       "(like nginx's USR2); the old lbd stays in charge if the new one does not take over",
+       ""},
   };
   std::map<Verb, CLI::App*> commands;
   for (const Command& command : kCommands) {
@@ -143,6 +148,10 @@ int main(int argc, char** argv) {
   commands[Verb::kReload]->add_option("--timeout", timeout, "Seconds a new worker has to become ready (default 30)");
   commands[Verb::kRestart]->add_option("--timeout", timeout,
                                        "Seconds the new worker has to become ready (default 30)");
+  bool upgrade_reload = false;
+  commands[Verb::kUpgrade]->add_option("--timeout", timeout, "Seconds the new lbd has to take over (default 30)");
+  commands[Verb::kUpgrade]->add_flag("--reload", upgrade_reload,
+                                     "Then roll the workers onto the new binary too (lbctl reload)");
 
   auto* top = app.add_subcommand(
       "top", "A live dashboard, refreshed every second: keys d drain, u undrain, r reload, p policy, q quit "
@@ -253,6 +262,17 @@ int main(int argc, char** argv) {
     std::cout << progress << std::endl;
   });
   if (!result) fail(result.error().message());
+  if (request.verb == Verb::kUpgrade && upgrade_reload) {
+    // The new lbd serves the same control socket: the reload is its first request.
+    std::cout << lbd::ctl::describe_result(request, *result) << std::endl;
+    Request reload_request;
+    reload_request.verb = Verb::kReload;
+    result = lbd::ctl::call_lbd(path, reload_request, [](const std::string& progress) {
+      std::cout << progress << std::endl;
+    });
+    if (!result) fail(result.error().message());
+    request = reload_request;
+  }
   if (request.verb != Verb::kStatus) {
     std::cout << lbd::ctl::describe_result(request, *result) << "\n";
   } else if (json_output) {

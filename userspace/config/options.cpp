@@ -237,9 +237,12 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
     if (!command.empty()) throw ConfigError("lbd start takes a config file, not a program");
     return {.options = std::nullopt, .config_file = config_file, .check_only = check_only};
   }
+  const std::vector<std::string> command_line(argv + 1, argv + argc);
   if (!*run) {
     if (!command.empty()) throw ConfigError("a program to run needs `lbd run`: lbd run [flags] -- PROGRAM ARGS");
-    return {.options = serving_options(flags, "--workers"), .config_file = std::nullopt, .check_only = false};
+    SupervisorOptions options = serving_options(flags, "--workers");
+    options.command_line = command_line;
+    return {.options = std::move(options), .config_file = std::nullopt, .check_only = false};
   }
 
   if (command.empty()) command = positional_command;
@@ -274,6 +277,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   program.log_max_bytes = flag_value(parse_size(log_max_text), "--log-max-size");
   if (program.log_max_bytes < 4096) throw ConfigError("--log-max-size: at least 4K");
   if (program.log_files < 1 || program.log_files > 1000) throw ConfigError("--log-files: expected 1 to 1000");
+  options.command_line = command_line;
   options.app = name;
   if (!options.control_path_given) options.control_path = default_control_path(name);
   options.program = std::move(program);

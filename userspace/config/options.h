@@ -34,6 +34,10 @@ struct ProgramOptions {
 };
 
 struct SupervisorOptions {
+  // The arguments lbd was started with (after the program name): a successor started by
+  // `lbctl upgrade` gets the same, and a record left by an lbd started with others is not taken
+  // over (supervisor/state_record.h).
+  std::vector<std::string> command_line;
   std::string app = "lbd";               // the name lbctl and the logs use
   std::optional<ProgramOptions> program;  // set: exec mode (`lbd run`)
   uint64_t max_memory = 0;               // bytes; a worker past it is replaced (0: no limit)

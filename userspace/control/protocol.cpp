@@ -34,6 +34,7 @@ constexpr VerbSpec kVerbs[] = {
     {Verb::kScale, "scale", needs_workers},
     {Verb::kPolicy, "policy", needs_policy},
     {Verb::kStop, "stop", nullptr},
+    {Verb::kUpgrade, "upgrade", nullptr},
 };
 
 }  // namespace

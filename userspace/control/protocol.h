@@ -9,6 +9,7 @@
 //   {"verb":"scale","workers":4}
 //   {"verb":"policy","policy":"rr"}
 //   {"verb":"stop"}
+//   {"verb":"upgrade","timeout_s":30}     start the lbd binary on disk as this one's successor
 // lbd answers with any number of progress lines, {"progress":"slot 0: worker 812 ready"}, then
 // exactly one final line: {"ok":true,"result":{...}} or {"ok":false,"error":"no such slot: 7"}.
 // A request that is not one line of JSON, is longer than kMaxRequestBytes, or names an unknown
@@ -32,7 +33,7 @@ namespace lbd::control {
 inline constexpr size_t kMaxRequestBytes = 64 * 1024;
 inline constexpr const char* kDefaultSocketPath = "/run/lbd/lbd.sock";
 
-enum class Verb { kStatus, kDrain, kUndrain, kReload, kRestart, kScale, kPolicy, kStop };
+enum class Verb { kStatus, kDrain, kUndrain, kReload, kRestart, kScale, kPolicy, kStop, kUpgrade };
 const char* verb_name(Verb verb);
 
 struct Request {

@@ -118,10 +118,16 @@ void LogCollector::Shared::queue_drop_notes_locked() {
 
 // --- pipes ------------------------------------------------------------------------------------
 
+constexpr int kPipeBytesWithoutReader = 1 << 20;
+
 Result<OutputPipe> make_output_pipe() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
   OutputPipe pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
+  // Room for a while without a reader: when lbd's supervisor dies, a program's output waits here
+  // until the next lbd adopts the program (docs/ARCHITECTURE.md, section 7). Best effort: the
+  // kernel caps it at fs.pipe-max-size.
+  (void)fcntl(pipe.write.get(), F_SETPIPE_SZ, kPipeBytesWithoutReader);
   const int flags = fcntl(pipe.read.get(), F_GETFL);
   if (flags < 0 || fcntl(pipe.read.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return Error::from_errno("fcntl O_NONBLOCK on a log pipe");

@@ -125,6 +125,10 @@ class LogCollector {
 
   // Both pipes of worker `worker_id`'s child, with this collector's line bound.
   Result<ChildPipes> make_child_pipes(uint32_t worker_id) const;
+  // The read end of a pipe a predecessor made (a takeover): split into lines like its own.
+  LogPipe adopt_pipe(UniqueFd read_end, uint32_t worker_id, Stream stream) const {
+    return LogPipe(std::move(read_end), worker_id, stream, options_.max_line_bytes);
+  }
 
   // Call when epoll reports `pipe` readable (or hung up). Reads what is there, at most
   // kReadBudget bytes per call so one chatty child cannot starve the loop (level-triggered epoll

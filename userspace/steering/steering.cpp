@@ -5,11 +5,13 @@
 #include <bpf/libbpf.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdarg>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "common/log.h"
 #include "steer_bpf.skel.h"
@@ -82,6 +84,83 @@ Result<Steering> Steering::load(const SteeringOptions& options) {
   Steering steering(std::move(skeleton), std::move(*table));
   steering.set_policy(options.policy);
   return steering;
+}
+
+namespace {
+
+// The maps a successor takes over, by the name of their pin.
+std::vector<std::pair<std::string, bpf_map*>> pinned_maps(steer_bpf* skeleton) {
+  return {{"sockarray", skeleton->maps.sockarray},
+          {"slot_table", skeleton->maps.slot_table},
+          {"stats", skeleton->maps.stats},
+          {"groups", skeleton->maps.groups},
+          {"probes", skeleton->maps.probes}};
+}
+
+// A pinned map is the one this build's program expects: same type, key, value and size.
+Result<void> check_same_map(int fd, const bpf_map* expected, const std::string& name) {
+  bpf_map_info info{};
+  uint32_t length = sizeof(info);
+  if (bpf_obj_get_info_by_fd(fd, &info, &length) != 0) return Error::from_errno("inspect pinned map " + name);
+  if (info.type != static_cast<uint32_t>(bpf_map__type(expected)) || info.key_size != bpf_map__key_size(expected) ||
+      info.value_size != bpf_map__value_size(expected) || info.max_entries != bpf_map__max_entries(expected)) {
+    return Error::from_errno(EPROTO, "pinned map " + name + " has another layout (another lbd build?)");
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<Steering> Steering::adopt(const SteeringOptions& options, const std::string& dir, uint32_t groups) {
+  libbpf_set_print(forward_libbpf_log);
+  std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton(steer_bpf__open(), steer_bpf__destroy);
+  if (!skeleton) return load_error(errno);
+  skeleton->rodata->stale_after_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options.stale_after).count();
+  for (auto& [name, map] : pinned_maps(skeleton.get())) {
+    const std::string path = dir + "/" + name;
+    UniqueFd fd(bpf_obj_get(path.c_str()));
+    if (!fd) return Error::from_errno("open pinned map " + path);
+    LBD_TRY(check_same_map(fd.get(), map, name));
+    if (int err = bpf_map__reuse_fd(map, fd.get()); err != 0) return Error::from_errno(-err, "reuse map " + path);
+  }
+  if (int err = steer_bpf__load(skeleton.get()); err != 0) return load_error(-err);
+
+  auto table = SlotTable::map(bpf_map__fd(skeleton->maps.slot_table));
+  if (!table) return table.error().wrap("steering");
+  Steering steering(std::move(skeleton), std::move(*table));
+  steering.groups_ = groups;
+  steering.set_policy(options.policy);
+  // Probes were the predecessor's, for processes that were starting: none is any more.
+  lbd_probe_key key{};
+  while (bpf_map__get_next_key(steering.skeleton_->maps.probes, nullptr, &key, sizeof(key)) == 0) {
+    if (bpf_map__delete_elem(steering.skeleton_->maps.probes, &key, sizeof(key), 0) != 0) break;
+  }
+  for (uint32_t group = 0; group < LBD_MAX_GROUPS; group++) {
+    for (uint32_t slot = 0; slot < LBD_MAX_SLOTS; slot++) {
+      const uint32_t place = LBD_PROBE_INDEX(group, slot);
+      bpf_map__delete_elem(steering.skeleton_->maps.sockarray, &place, sizeof(place), 0);
+    }
+  }
+  return steering;
+}
+
+Result<void> Steering::pin(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return Error::from_errno("create " + dir);
+  for (auto& [name, map] : pinned_maps(skeleton_.get())) {
+    const std::string path = dir + "/" + name;
+    unlink(path.c_str());  // left by a run that crashed and was not adopted
+    if (int err = bpf_map__pin(map, path.c_str()); err != 0) return Error::from_errno(-err, "pin map " + path);
+  }
+  return {};
+}
+
+void Steering::unpin(const std::string& dir) {
+  for (auto& [name, map] : pinned_maps(skeleton_.get())) {
+    const std::string path = dir + "/" + name;
+    unlink(path.c_str());
+  }
+  rmdir(dir.c_str());
 }
 
 Steering::Steering(std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton, SlotTable table)

@@ -41,6 +41,11 @@ class Steering {
  public:
   // Loads and verifies the program. EPERM here means no CAP_BPF/CAP_NET_ADMIN; the error says so.
   static Result<Steering> load(const SteeringOptions& options);
+  // Loads the program again over the maps a predecessor pinned under `dir` (pin()): the groups,
+  // the slot table, the counters and the sockets in the slots carry on, and so does everything
+  // the workers write. `groups` listen addresses were registered. Not attached yet: attach() it
+  // to each group to take charge. The program's own variables (policy, slot count) are set anew.
+  static Result<Steering> adopt(const SteeringOptions& options, const std::string& dir, uint32_t groups);
 
   Steering(Steering&&) noexcept;
   Steering& operator=(Steering&&) noexcept;
@@ -79,6 +84,12 @@ class Steering {
   };
   Result<ProbeRegistration> add_probe(uint32_t group, uint32_t slot, int listener_fd,
                                       const net::Address& source);
+
+  // Pins the maps under `dir` on the BPF filesystem (created 0700; pins a crashed run left there
+  // are replaced), so that an lbd started after this one dies can adopt them.
+  Result<void> pin(const std::string& dir);
+  // Removes the pins: a clean stop leaves nothing to adopt.
+  void unpin(const std::string& dir);
 
   void set_policy(Policy policy);
   Policy policy() const;

@@ -97,6 +97,13 @@ Result<AdminServer> AdminServer::open(const net::Address& address, Poller& polle
   return AdminServer(*bound, std::move(*fd), poller, std::move(endpoints));
 }
 
+Result<AdminServer> AdminServer::adopt(UniqueFd listener, Poller& poller, AdminEndpoints endpoints) {
+  auto bound = net::local_address(listener.get());
+  if (!bound) return bound.error().wrap("admin endpoint");
+  LBD_TRY(poller.watch(listener.get(), Source::kAdmin, 0));
+  return AdminServer(*bound, std::move(listener), poller, std::move(endpoints));
+}
+
 AdminServer::AdminServer(net::Address address, UniqueFd fd, Poller& poller, AdminEndpoints endpoints)
     : address_(address), listener_(std::move(fd)), poller_(&poller), endpoints_(std::move(endpoints)) {}
 

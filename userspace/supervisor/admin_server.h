@@ -61,6 +61,8 @@ class AdminServer {
 
   // Listens on `address` (port 0: a free port, see address()) and starts watching it.
   static Result<AdminServer> open(const net::Address& address, Poller& poller, AdminEndpoints endpoints);
+  // Serves on a listener a predecessor opened (an upgrade): no gap for the monitoring.
+  static Result<AdminServer> adopt(UniqueFd listener, Poller& poller, AdminEndpoints endpoints);
 
   AdminServer(AdminServer&&) noexcept;
   AdminServer& operator=(AdminServer&&) = delete;
@@ -68,6 +70,7 @@ class AdminServer {
 
   // Where it listens, with the real port.
   const net::Address& address() const { return address_; }
+  int listener_fd() const { return listener_.get(); }
 
   // Poller events.
   void on_listener_ready();

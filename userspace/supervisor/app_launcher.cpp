@@ -143,6 +143,9 @@ class AppLauncher {
     // Its own process group: a terminal's ^C (or a service manager's TERM to the group) reaches
     // this process alone, which passes it on once. Two would mean "stop at once" to an app.
     launch.own_process_group = true;
+    // If this lbd is killed its apps' supervisors go too, at once and without stopping their
+    // workers, which keep serving until an lbd started again adopts them.
+    launch.parent_death_signal = SIGKILL;
     auto pid = spawn_process(launch);
     if (!pid) return pid.error().wrap("start app '" + app.name + "'");
     auto process = ChildProcess::own(*pid);

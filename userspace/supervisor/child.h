@@ -36,6 +36,7 @@
 #include "supervisor/poller.h"
 #include "supervisor/process_stats.h"
 #include "supervisor/slot_manager.h"
+#include "supervisor/state_record.h"
 #include "supervisor/tree_sampler.h"
 
 namespace lbd {
@@ -79,6 +80,9 @@ class Child {
   // Puts its listeners into the slot's place (--mode bpf; elsewhere nothing to do). On failure
   // what was swapped goes back to `previous`'s listeners.
   virtual Result<void> swap_in(Child* previous);
+  // Attaches the steering program to listen address `group`'s reuseport group through this
+  // process's listener (a takeover makes this build's program the group's).
+  Result<void> attach_steering(uint32_t group);
   virtual void serving() = 0;
   // Its listeners stop and it finishes its connections (`how`, within `timeout`). `successor`:
   // the process that now serves its slot and takes its idle connections (kHandover).
@@ -100,6 +104,11 @@ class Child {
   // Exec mode: what the tree sampler found under it.
   virtual void apply_tree(const TreeSampler::Tree& /*tree*/) {}
 
+  // --- handing over (state_record.h)
+  // What a successor needs to take this process over: its kind, pid and start time, and its
+  // descriptors, each by its number here and in the process.
+  virtual nlohmann::json record() const = 0;
+
   // --- what status and metrics show
   // Its connections while it drains (the slot's table entry belongs to the serving one then).
   virtual uint32_t draining_connections() const = 0;
@@ -120,11 +129,16 @@ class Child {
   // and drops our copies.
   void stop_listening();
 
+  // The record's common part, and the listeners as (ours, the process's) numbers.
+  nlohmann::json record_base(const char* kind) const;
+
   const ProcessId id_;
   const uint32_t slot_;
   SharedResources& shared_;
   ChildProcess process_;
   std::vector<UniqueFd> listeners_;  // our copies of its listeners (bpf, reuseport)
+  std::vector<int> child_listener_fds_;  // the same listeners' numbers in the process
+  uint64_t start_time_ = 0;              // process_start_time(pid), for the record
   std::optional<WorkerStatsBlock> stats_;
   CpuMeter cpu_;
   bool retiring_ = false;
@@ -138,5 +152,15 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
 // Starts the operator's program for a slot (program_child.cpp). `workers`: LB_WORKERS.
 Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, int cpu, uint32_t workers,
                                                    SharedResources& shared);
+
+// Takes over a process a predecessor ran, from its part of the state record: checks that the
+// pid is still that process (its start time), takes its descriptors (`taker`), and watches them.
+// A process the record does not describe well enough is an error: the caller lets it go.
+Result<std::unique_ptr<Child>> adopt_child(const nlohmann::json& record, const ProcessRecord& process,
+                                           const FdTaker& taker, SharedResources& shared);
+Result<std::unique_ptr<Child>> adopt_worker_child(const nlohmann::json& record, const ProcessRecord& process,
+                                                  ChildProcess owned, const FdTaker& taker, SharedResources& shared);
+Result<std::unique_ptr<Child>> adopt_program_child(const nlohmann::json& record, const ProcessRecord& process,
+                                                   ChildProcess owned, const FdTaker& taker, SharedResources& shared);
 
 }  // namespace lbd

@@ -70,7 +70,7 @@ std::optional<ChildProcess::Exit> ChildProcess::reap() {
     pollfd exited{pidfd_.get(), POLLIN, 0};
     if (poll(&exited, 1, 0) != 1) return std::nullopt;
     reaped_ = true;
-    return Exit{"ended (adopted: its exit status went to its parent)", std::nullopt, 0};
+    return Exit{"exited (started by an earlier lbd: its exit status is not ours to read)", std::nullopt, 0};
   }
   siginfo_t info{};
   rusage usage{};  // the child's CPU time, all of it: /proc forgets it once it is reaped

@@ -59,6 +59,12 @@ Result<ControlServer> ControlServer::open(const std::string& path, Poller& polle
   return ControlServer(path, std::move(fd), poller, std::move(handler));
 }
 
+Result<ControlServer> ControlServer::adopt(const std::string& path, UniqueFd listener, Poller& poller,
+                                          RequestHandler handler) {
+  LBD_TRY(poller.watch(listener.get(), Source::kControl, 0));
+  return ControlServer(path, std::move(listener), poller, std::move(handler));
+}
+
 ControlServer::ControlServer(std::string path, UniqueFd fd, Poller& poller, RequestHandler handler)
     : path_(std::move(path)), listener_(std::move(fd)), poller_(&poller), handler_(std::move(handler)) {}
 

@@ -31,12 +31,18 @@ class ControlServer {
   // Binds `path` (creating its directory, replacing a stale socket file, refusing if another
   // lbd answers there) and starts watching it.
   static Result<ControlServer> open(const std::string& path, Poller& poller, RequestHandler handler);
+  // Serves on a listener a predecessor bound at `path` (an upgrade): no gap for lbctl.
+  static Result<ControlServer> adopt(const std::string& path, UniqueFd listener, Poller& poller,
+                                     RequestHandler handler);
 
   ControlServer(ControlServer&&) noexcept;
   ControlServer& operator=(ControlServer&&) = delete;
   ~ControlServer();  // removes the socket file
 
   const std::string& path() const { return path_; }
+  int listener_fd() const { return listener_.get(); }
+  // Leaves the socket file in place at destruction: a successor serves on it now.
+  void hand_over() { path_.clear(); }
 
   // Poller events.
   void on_listener_ready();

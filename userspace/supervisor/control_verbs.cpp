@@ -30,11 +30,13 @@ const Supervisor::VerbHandler Supervisor::kVerbs[] = {
     {Verb::kReload, false, &Supervisor::verb_reload},
     {Verb::kRestart, false, &Supervisor::verb_restart},
     {Verb::kScale, false, &Supervisor::verb_scale},
+    {Verb::kUpgrade, false, &Supervisor::verb_upgrade},
 };
 
 void Supervisor::on_request(ClientId client, const control::Request& request) {
   for (const VerbHandler& handler : kVerbs) {
     if (handler.verb != request.verb) continue;
+    record_dirty_ = true;  // a request may change what the record says (the policy, the slots)
     if (slots_->stopping() && !handler.while_stopping) return control_->finish_error(client, "lbd is stopping");
     return (this->*handler.handle)(client, request);
   }
@@ -81,6 +83,11 @@ void Supervisor::verb_restart(ClientId client, const control::Request& request) 
 
 void Supervisor::verb_scale(ClientId client, const control::Request& request) {
   slots_->scale(client, request.workers, Clock::now());
+}
+
+void Supervisor::verb_upgrade(ClientId client, const control::Request& request) {
+  spdlog::info("upgrade requested through the control socket");
+  upgrade(client, timeout_of(request).value_or(manager_config().ready_timeout));
 }
 
 // --- status -----------------------------------------------------------------------------------

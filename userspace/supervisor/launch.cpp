@@ -25,7 +25,7 @@ namespace lbd {
 
 namespace {
 
-constexpr size_t kMaxPassedFds = 8 + LBD_MAX_GROUPS;
+constexpr size_t kMaxPassedFds = 9 + LBD_MAX_GROUPS;
 constexpr char kListenPid[] = "LISTEN_PID=";
 constexpr size_t kListenPidDigits = 20;
 
@@ -76,9 +76,10 @@ void report_failure(const char* what, const char* subject, int err) {
     sched_setaffinity(0, sizeof(set), &set);
   }
   if (launch.own_process_group) setpgid(0, 0);
-  // If the supervisor dies, children stop (workers drain) rather than serve unsupervised.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() != parent) _exit(0);
+  if (launch.parent_death_signal) {
+    prctl(PR_SET_PDEATHSIG, launch.parent_death_signal);
+    if (getppid() != parent) _exit(0);  // it died before the prctl
+  }
 
   // The supervisor blocks signals for its signalfd and ignores SIGPIPE; a child starts with the
   // defaults (ignored signals would survive exec).
@@ -143,9 +144,9 @@ std::vector<std::string> inherited_environment(const std::vector<std::string>& d
   return env;
 }
 
-Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
+Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed) {
   // The child's fd numbers: 3 status, 4 slot table, 5 handoff, 6 handover inbox, 7 stats block,
-  // 8.. listeners.
+  // 8 the supervisor's end of the status channel (kept, never read), 9.. listeners.
   ProcessLaunch process;
   WorkerSpec spec = launch.spec;
   int next = 3;
@@ -162,6 +163,7 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
   spec.handoff_fd = place(launch.handoff_fd);
   spec.handover_in_fd = place(launch.handover_in_fd);
   spec.stats_fd = place(launch.stats_fd);
+  spec.status_escrow_fd = place(launch.status_escrow_fd);
   spec.listener_fds.clear();
   for (int fd : launch.listener_fds) spec.listener_fds.push_back(place(fd));
 
@@ -171,6 +173,7 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch) {
   process.env.push_back(std::string(kWorkerSpecEnv) + "=" + encode_worker_spec(spec));
   process.cpu = launch.cpu;
   process.exec_failed_fd = spec.status_fd;
+  if (placed) *placed = spec;
   return spawn_process(process);
 }
 

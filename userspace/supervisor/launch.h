@@ -28,6 +28,10 @@ struct ProcessLaunch {
   // Exec mode: a process group of its own, so the terminal's ^C reaches lbd, which decides how
   // the program stops (SIGTERM, then SIGKILL after --kill-timeout), and not the program directly.
   bool own_process_group = false;
+  // Sent to the child when lbd dies (PR_SET_PDEATHSIG); 0: none. Workers and programs have none:
+  // they keep serving without a supervisor until the next one adopts them. `lbd start`'s app
+  // supervisors get SIGKILL, so that their own workers stay adoptable.
+  int parent_death_signal = 0;
   // Append LISTEN_PID=<the child's pid> to env (systemd's protocol: the variables are meant for
   // the process whose pid they name, so a program's own children ignore them).
   bool listen_pid = false;
@@ -51,13 +55,18 @@ struct WorkerLaunch {
   int stats_fd = -1;
   int handoff_fd = -1;
   int handover_in_fd = -1;
+  // The supervisor's own end of the status channel, which the worker keeps and never reads: so
+  // the channel outlives the supervisor, and the next supervisor can take it back from the worker
+  // (pidfd_getfd) with whatever the worker said meanwhile still queued in it.
+  int status_escrow_fd = -1;
   std::vector<int> listener_fds;
   WorkerSpec spec;     // everything else the worker needs
 };
 
 // An lbd worker. If exec fails, the child reports kExecFailed on its status fd, so
 // the supervisor learns why without waiting on it.
-Result<pid_t> spawn_worker(const WorkerLaunch& launch);
+// `placed`, if given, receives the spec as the child got it (the child's descriptor numbers).
+Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed = nullptr);
 
 // The environment lbd was started with, minus the variables lbd sets for its children itself
 // (any name in `drop`).

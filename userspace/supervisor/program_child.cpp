@@ -62,8 +62,9 @@ uint64_t monotonic_ns() {
 
 class ProgramChild final : public Child {
  public:
-  ProgramChild(ProcessId id, uint32_t slot, SharedResources& shared, ChildProcess process)
-      : Child(id, slot, shared, std::move(process)), started_at_(Clock::now()) {}
+  ProgramChild(ProcessId id, uint32_t slot, SharedResources& shared, ChildProcess process,
+               Clock::time_point started = Clock::now())
+      : Child(id, slot, shared, std::move(process)), started_at_(started) {}
 
   Result<void> swap_in(Child* previous) override {
     probe_.reset();  // its listener leaves the probe place, so that it can go into the slot
@@ -146,11 +147,21 @@ class ProgramChild final : public Child {
   }
 
   uint32_t draining_connections() const override { return open_connections_; }
+
+  nlohmann::json record() const override {
+    nlohmann::json r = record_base("program");
+    r["stdout"] = to_json(FdRef{output_[0] ? output_[0]->fd() : -1, child_output_fds_[0]});
+    r["stderr"] = to_json(FdRef{output_[1] ? output_[1]->fd() : -1, child_output_fds_[1]});
+    r["notify"] = to_json(FdRef{notify_.get(), -1});
+    return r;
+  }
   uint64_t resident_bytes() const override { return tree_rss_ ? tree_rss_ : Child::resident_bytes(); }
 
  private:
   friend Result<std::unique_ptr<Child>> lbd::start_program_child(ProcessId, uint32_t, int, uint32_t,
                                                                  SharedResources&);
+  friend Result<std::unique_ptr<Child>> lbd::adopt_program_child(const nlohmann::json&, const ProcessRecord&,
+                                                                 ChildProcess, const FdTaker&, SharedResources&);
 
   // Its NOTIFY_SOCKET: READY=1 makes it ready; STATUS= lines go to the debug log.
   ChildNews on_notify() {
@@ -332,6 +343,7 @@ class ProgramChild final : public Child {
   uint64_t tree_rss_ = 0;                       // its whole process tree's resident memory
   bool serving_ = false;
   bool killed_ = false;  // SIGKILLed: it must never become ready
+  int child_output_fds_[2] = {-1, -1};  // where it keeps the read ends of its stdout and stderr
 };
 
 }  // namespace
@@ -365,6 +377,12 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
     launch.fds.emplace_back((*listeners)[i].get(), 3 + static_cast<int>(i));
     names += (i ? ":" : "") + options.app;
   }
+  // After its listeners, the read ends of its own stdout and stderr, which it keeps and never
+  // reads: if lbd dies, its output waits in the pipes (instead of failing with EPIPE) until the
+  // next lbd takes the read ends back from it (pidfd_getfd) and goes on logging.
+  const int output_escrow = 3 + static_cast<int>(listeners->size());
+  launch.fds.emplace_back(pipes->out.fd(), output_escrow);
+  launch.fds.emplace_back(pipes->err.fd(), output_escrow + 1);
 
   const std::string notify_name = fmt::format("lbd/{}/notify/{}", getpid(), id);
   auto notify = notify_listener(notify_name);
@@ -393,6 +411,10 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   auto process = ChildProcess::own(*pid);
   if (!process) return process.error();
   auto child = std::make_unique<ProgramChild>(id, slot, shared, std::move(*process));
+  child->start_time_ = process_start_time(*pid).value_or(0);
+  for (size_t i = 0; i < listeners->size(); i++) child->child_listener_fds_.push_back(3 + static_cast<int>(i));
+  child->child_output_fds_[0] = output_escrow;
+  child->child_output_fds_[1] = output_escrow + 1;
   child->listeners_ = std::move(*listeners);
   if (!program.wait_ready && program.ready_delay) child->ready_at_ = child->started_at_ + *program.ready_delay;
   if (shared.steering && !program.wait_ready) {
@@ -413,6 +435,47 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   if (auto watched = watch(); !watched) {
     child->process().kill_and_reap(true);
     return watched.error();
+  }
+  return std::unique_ptr<Child>(std::move(child));
+}
+
+}  // namespace lbd
+
+namespace lbd {
+
+Result<std::unique_ptr<Child>> adopt_program_child(const nlohmann::json& record, const ProcessRecord& p,
+                                                   ChildProcess owned, const FdTaker& taker, SharedResources& shared) {
+  const int holder = owned.pidfd();
+  auto child = std::make_unique<ProgramChild>(p.id, p.slot, shared, std::move(owned), p.started_at);
+  child->start_time_ = record.value("start_time", uint64_t{0});
+  child->serving_ = p.role == ProcessRole::kServing;
+  child->retiring_ = p.role == ProcessRole::kRetiring;
+  for (const auto& listener : record.value("listeners", nlohmann::json::array())) {
+    const FdRef ref = fd_ref_from_json(listener);
+    child->child_listener_fds_.push_back(ref.child);
+    // A retiring program may have closed its listener already: then there is nothing to watch.
+    auto fd = taker.take(ref, holder);
+    if (fd) {
+      child->listeners_.push_back(std::move(*fd));
+    } else if (!child->retiring_) {
+      return fd.error().wrap("listener");
+    }
+  }
+  if (child->retiring_) child->queue_moved_at_ = Clock::now();
+  const char* streams[2] = {"stdout", "stderr"};
+  for (uint32_t stream = 0; stream < 2; stream++) {
+    const FdRef ref = fd_ref_from_json(record.value(streams[stream], nlohmann::json()));
+    child->child_output_fds_[stream] = ref.child;
+    auto fd = taker.take(ref, holder);
+    if (!fd) continue;  // its output is not ours to log any more; it still serves
+    child->output_[stream].emplace(
+        shared.logs->adopt_pipe(std::move(*fd), p.slot, stream == 0 ? logs::Stream::kOut : logs::Stream::kErr));
+    LBD_TRY(shared.poller->watch(child->output_[stream]->fd(), Source::kOutput, p.id * 2 + stream));
+  }
+  // Its NOTIFY_SOCKET names the predecessor's socket: only a live predecessor can hand it over.
+  if (auto notify = taker.take(fd_ref_from_json(record.value("notify", nlohmann::json())), -1)) {
+    child->notify_ = std::move(*notify);
+    LBD_TRY(shared.poller->watch(child->notify_.get(), Source::kNotify, p.id));
   }
   return std::unique_ptr<Child>(std::move(child));
 }

@@ -5,11 +5,13 @@
 #include "common/log.h"
 #include "steer_abi.h"
 #include "supervisor/notify.h"
+#include "supervisor/process_stats.h"
 #include "supervisor/supervisor.h"
 
 namespace lbd {
 
 Result<pid_t> Supervisor::spawn(ProcessId id, uint32_t slot, int cpu, bool replacement) {
+  record_dirty_ = true;
   Result<std::unique_ptr<Child>> started = Error::from_errno(EINVAL, "start");
   if (is_program()) {
     // A program learns the number of slots (LB_WORKERS) when it starts.
@@ -37,11 +39,13 @@ Result<void> Supervisor::swap_in(ProcessId id, uint32_t /*slot*/, std::optional<
 }
 
 void Supervisor::serving(ProcessId id) {
+  record_dirty_ = true;
   if (Child* c = child(id)) c->serving();
 }
 
 void Supervisor::retire(ProcessId id, DrainMode how, std::chrono::milliseconds timeout,
                         std::optional<ProcessId> successor) {
+  record_dirty_ = true;
   if (Child* c = child(id)) c->retire(how, timeout, successor ? child(*successor) : nullptr);
 }
 
@@ -50,6 +54,7 @@ void Supervisor::hurry(ProcessId id, std::chrono::milliseconds timeout) {
 }
 
 void Supervisor::kill(ProcessId id) {
+  record_dirty_ = true;
   if (Child* c = child(id)) c->kill();
 }
 
@@ -58,10 +63,12 @@ void Supervisor::slot_added(uint32_t slot, int cpu) {
 }
 
 void Supervisor::set_slot_count(uint32_t count) {
+  record_dirty_ = true;
   if (shared_.steering) shared_.steering->set_slot_count(count);
 }
 
 void Supervisor::set_slot_state(uint32_t slot, SlotState state) {
+  record_dirty_ = true;
   store_field(shared_.table().slot(slot).state, static_cast<uint32_t>(state));
 }
 
@@ -84,7 +91,7 @@ void Supervisor::all_ready(size_t active) {
 }
 
 void Supervisor::stopping(bool /*graceful*/) {
-  if (!std::exchange(told_manager_stopping_, true)) notify_service_manager("STOPPING=1");
+  if (!std::exchange(notified_stopping_, true)) notify_service_manager("STOPPING=1");
   if (options_.mode == Mode::kHandoff) {
     for (auto& fd : shared_.shared_listeners) shared_.poller->unwatch(fd.get());
     shared_.shared_listeners.clear();  // refuse new connections
@@ -100,14 +107,19 @@ void Supervisor::on_child_exit(ProcessId id) {
   if (it == children_.end()) return;
   Child& c = *it->second;
   c.on_exit();
+  // A process a predecessor started is not ours to reap: what it used is read from /proc while
+  // it is a zombie, so the slot's CPU counter never goes backwards.
+  const auto last_usage = c.process().adopted() ? read_process_usage(c.pid()) : std::nullopt;
   auto exit = c.process().reap();
   if (!exit) return;  // not yet: the pidfd will say again
+  if (last_usage) exit->cpu_seconds = std::max(exit->cpu_seconds, last_usage->cpu_seconds);
   shared_.poller->unwatch(c.process().pidfd());
   c.after_reap(exit->description);
   SlotHistory& history = history_[c.slot()];
   if (c.stats()) history.stats += c.stats()->read();
   history.cpu_seconds += exit->cpu_seconds;
   children_.erase(it);
+  record_dirty_ = true;
   slots_->on_exit(id, exit->description, Clock::now());
 }
 

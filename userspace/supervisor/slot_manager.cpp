@@ -890,6 +890,11 @@ Result<SlotManager> SlotManager::restore(const json& saved, SlotManagerConfig co
   return manager;
 }
 
+void SlotManager::announce_ready_again() {
+  announced_ready_ = false;
+  check_all_ready();
+}
+
 // Restored slots, as the effects' owner must learn them: each slot's CPU and state again.
 void SlotManager::announce_restored_slots() {
   for (auto& slot : slots_) {

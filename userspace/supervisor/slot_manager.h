@@ -196,6 +196,9 @@ class SlotManager {
                                      SlotEffects& effects);
   // After restore: tells the effects every slot's CPU and state, as start() would have.
   void announce_restored_slots();
+  // A new supervisor is in charge: it says "ready" (all_ready) once every slot serves again,
+  // as a starting one does.
+  void announce_ready_again();
 
  private:
   // A long request (reload, restart, drain --wait, undrain, scale) in progress. One at a time.

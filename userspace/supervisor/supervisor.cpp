@@ -40,26 +40,26 @@ const char* signal_name(uint32_t signo) {
   return name ? name : "?";
 }
 
-SlotManagerConfig manager_config(const SupervisorOptions& options, const std::string& binary) {
-  SlotManagerConfig config;
-  config.workers = options.workers;
-  config.cpus = options.cpus;
-  config.pin = options.pin;
-  config.max_restarts = options.max_restarts;
-  config.restart_window = options.restart_window;
-  config.shutdown_timeout = options.shutdown_timeout;
-  config.ready_timeout = options.program ? options.program->ready_timeout : kWorkerReadyTimeout;
-  config.max_memory = options.max_memory;
-  config.reload_source = options.program ? options.program->command[0] : binary;
-  return config;
-}
-
 }  // namespace
 
 Supervisor::Supervisor(SupervisorOptions options)
     : options_(std::move(options)), shared_(options_), history_(LBD_MAX_SLOTS) {}
 
 Supervisor::~Supervisor() = default;
+
+SlotManagerConfig Supervisor::manager_config() const {
+  SlotManagerConfig config;
+  config.workers = options_.workers;
+  config.cpus = options_.cpus;
+  config.pin = options_.pin;
+  config.max_restarts = options_.max_restarts;
+  config.restart_window = options_.restart_window;
+  config.shutdown_timeout = options_.shutdown_timeout;
+  config.ready_timeout = options_.program ? options_.program->ready_timeout : kWorkerReadyTimeout;
+  config.max_memory = options_.max_memory;
+  config.reload_source = options_.program ? options_.program->command[0] : shared_.binary;
+  return config;
+}
 
 std::string Supervisor::listen_summary() const {
   std::string text;
@@ -79,7 +79,8 @@ int Supervisor::run() {
   started_at_ = Clock::now();
   if (auto ok = set_up(); !ok) {
     spdlog::error("{}", ok.error().message());
-    if (slots_) slots_->kill_all();
+    // What this lbd started goes; what it was taking over from another is left serving.
+    if (slots_ && !took_over_) slots_->kill_all();
     return 1;
   }
 
@@ -122,9 +123,12 @@ int Supervisor::run() {
       }
     }
     run_timers(Clock::now());
+    if (handed_over_) return 0;  // the successor is in charge of everything now
+    save_record();
     if (slots_->finished()) break;
     if (slots_->all_failed()) {
       spdlog::error("every worker has failed; lbd is exiting");
+      forget_record();
       return 1;
     }
   }
@@ -138,6 +142,7 @@ int Supervisor::run() {
     }
     spdlog::info("steering: {}; {} left to the kernel's hash", summary, shared_.steering->fallbacks());
   }
+  forget_record();
   spdlog::info("stopped");
   return 0;
 }
@@ -150,7 +155,7 @@ Result<void> Supervisor::set_up() {
   // their pidfds, not SIGCHLD.
   sigset_t mask;
   sigemptyset(&mask);
-  for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP}) sigaddset(&mask, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR2}) sigaddset(&mask, sig);
   if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block signals");
   signal(SIGPIPE, SIG_IGN);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -160,6 +165,70 @@ Result<void> Supervisor::set_up() {
   shared_.poller.emplace(std::move(*poller));
   LBD_TRY(shared_.poller->watch(signal_fd_.get(), Source::kSignal, 0));
 
+  // --mode handoff keeps the supervisor in the data path: nothing to hand over or take over.
+  if (options_.mode != Mode::kHandoff) record_path_ = state_record_path(options_.control_path);
+  if (auto upgrade = upgrade_channel_from_environment()) return take_over_from_predecessor(std::move(*upgrade));
+  if (auto record = record_to_take_over()) {
+    took_over_ = true;
+    if (auto taken = take_over(*record, FdTaker(-1), /*upgrading=*/false); !taken) {
+      return taken.error().wrap("cannot take over from the lbd before (its processes keep serving)");
+    }
+    take_charge();
+    return {};
+  }
+  return start_fresh();
+}
+
+Result<void> Supervisor::open_control(UniqueFd adopted) {
+  if (options_.control_path.empty()) return {};
+  auto handler = [this](ClientId client, const control::Request& request) { on_request(client, request); };
+  auto control = adopted ? ControlServer::adopt(options_.control_path, std::move(adopted), *shared_.poller, handler)
+                         : ControlServer::open(options_.control_path, *shared_.poller, handler);
+  if (control) {
+    control_.emplace(std::move(*control));
+  } else if (options_.control_path_given) {
+    return control.error();
+  } else {
+    spdlog::warn("no control socket ({}); lbctl cannot reach this lbd (see --control)", control.error().message());
+    record_path_.clear();
+  }
+  return {};
+}
+
+Result<void> Supervisor::open_admin(UniqueFd adopted) {
+  if (!options_.admin) return {};
+  AdminEndpoints endpoints{.not_ready_because = [this] { return slots_->not_ready_because(); },
+                           .metrics = [this] { return metrics_text(); }};
+  auto admin = adopted ? AdminServer::adopt(std::move(adopted), *shared_.poller, std::move(endpoints))
+                       : AdminServer::open(*options_.admin, *shared_.poller, std::move(endpoints));
+  if (!admin) return admin.error();
+  admin_.emplace(std::move(*admin));
+  // Tests and scripts read the port from this line when --admin asked for port 0.
+  spdlog::info("admin: serving http://{}", admin_->address().to_string());
+  return {};
+}
+
+// Exec mode: the app's log, and the thread that samples the programs' process trees.
+Result<void> Supervisor::set_up_exec_mode() {
+  if (!is_program()) return {};
+  const ProgramOptions& program = *options_.program;
+  if (!program.cwd.empty() && !std::filesystem::is_directory(program.cwd)) {
+    return Error::from_errno(ENOENT, "--cwd " + program.cwd);
+  }
+  if (auto found = find_program(program.command[0], program.cwd); !found) return found.error();
+  auto logs = logs::LogCollector::create({.dir = program.log_dir,
+                                          .app = options_.app,
+                                          .max_bytes = program.log_max_bytes,
+                                          .keep_files = program.log_files});
+  if (!logs) return logs.error().wrap("log");
+  shared_.logs = std::move(*logs);
+  std::vector<uint16_t> ports;
+  for (const auto& address : shared_.bound) ports.push_back(address.port());
+  tree_sampler_ = std::make_unique<TreeSampler>(std::move(ports));
+  return {};
+}
+
+Result<void> Supervisor::start_fresh() {
   // Refuse a port someone else holds before anything is created, and turn port 0 into a real
   // port every listener of the address then binds.
   std::vector<UniqueFd> port_holds;  // released once our own listeners own the ports
@@ -169,47 +238,9 @@ Result<void> Supervisor::set_up() {
     shared_.bound.push_back(reserved->address);
     port_holds.push_back(std::move(reserved->hold));
   }
-
-  if (!options_.control_path.empty()) {
-    auto control = ControlServer::open(options_.control_path, *shared_.poller,
-                                       [this](ClientId client, const control::Request& request) {
-                                         on_request(client, request);
-                                       });
-    if (control) {
-      control_.emplace(std::move(*control));
-    } else if (options_.control_path_given) {
-      return control.error();
-    } else {
-      spdlog::warn("no control socket ({}); lbctl cannot reach this lbd (see --control)", control.error().message());
-    }
-  }
-
-  if (options_.admin) {
-    auto admin = AdminServer::open(*options_.admin, *shared_.poller,
-                                   {.not_ready_because = [this] { return slots_->not_ready_because(); },
-                                    .metrics = [this] { return metrics_text(); }});
-    if (!admin) return admin.error();
-    admin_.emplace(std::move(*admin));
-    // Tests and scripts read the port from this line when --admin asked for port 0.
-    spdlog::info("admin: serving http://{}", admin_->address().to_string());
-  }
-
-  if (is_program()) {
-    const ProgramOptions& program = *options_.program;
-    if (!program.cwd.empty() && !std::filesystem::is_directory(program.cwd)) {
-      return Error::from_errno(ENOENT, "--cwd " + program.cwd);
-    }
-    if (auto found = find_program(program.command[0], program.cwd); !found) return found.error();
-    auto logs = logs::LogCollector::create({.dir = program.log_dir,
-                                            .app = options_.app,
-                                            .max_bytes = program.log_max_bytes,
-                                            .keep_files = program.log_files});
-    if (!logs) return logs.error().wrap("log");
-    shared_.logs = std::move(*logs);
-    std::vector<uint16_t> ports;
-    for (const auto& address : shared_.bound) ports.push_back(address.port());
-    tree_sampler_ = std::make_unique<TreeSampler>(std::move(ports));
-  }
+  LBD_TRY(open_control(UniqueFd()));
+  LBD_TRY(open_admin(UniqueFd()));
+  LBD_TRY(set_up_exec_mode());
 
   if (options_.mode == Mode::kBpf) {
     auto steering = Steering::load(options_.steering);
@@ -220,6 +251,15 @@ Result<void> Supervisor::set_up() {
       auto group = shared_.steering->add_group(address);
       if (!group) return group.error();
       shared_.groups.push_back(*group);
+    }
+    // Pinned, so that an lbd started after this one dies can take the steering over too.
+    if (!record_path_.empty()) {
+      pin_dir_ = steering_pin_dir(record_path_);
+      if (auto pinned = shared_.steering->pin(pin_dir_); !pinned) {
+        spdlog::warn("{}: a new lbd could not take these workers over if this one died", pinned.error().message());
+        pin_dir_.clear();
+        record_path_.clear();
+      }
     }
   } else {
     auto memfd = SlotTable::create_memfd();
@@ -240,7 +280,8 @@ Result<void> Supervisor::set_up() {
   spdlog::info("starting {} {} on {} (mode {}, policy {}, {}{})", options_.workers, what, listen_summary(),
                mode_name(options_.mode), policy_name(options_.steering.policy),
                options_.pin ? "pinned" : "not pinned", control_ ? ", control " + control_->path() : std::string());
-  slots_.emplace(manager_config(options_, shared_.binary), static_cast<SlotEffects&>(*this));
+  slots_.emplace(manager_config(), static_cast<SlotEffects&>(*this));
+  record_dirty_ = true;
   return slots_->start(Clock::now());
 }
 
@@ -387,6 +428,10 @@ void Supervisor::on_signal() {
       case SIGQUIT:
         spdlog::info("SIGQUIT: stopping at once");
         slots_->stop(false, now);
+        break;
+      case SIGUSR2:
+        spdlog::info("SIGUSR2: upgrading to the lbd binary on disk");
+        upgrade(std::nullopt, manager_config().ready_timeout);
         break;
       case SIGHUP:
         if (slots_->stopping()) break;

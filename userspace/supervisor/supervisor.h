@@ -66,6 +66,11 @@ class Supervisor final : private SlotEffects {
 
   // --- supervisor.cpp
   Result<void> set_up();
+  Result<void> start_fresh();
+  Result<void> open_control(UniqueFd adopted);
+  Result<void> open_admin(UniqueFd adopted);
+  Result<void> set_up_exec_mode();
+  SlotManagerConfig manager_config() const;
   Result<void> open_shared_listeners();
   void on_signal();
   void on_child_readable(Source source, uint32_t index);
@@ -97,6 +102,18 @@ class Supervisor final : private SlotEffects {
   void stopping(bool graceful) override;
   void on_child_exit(ProcessId id);
 
+  // --- takeover.cpp: the state record; taking over from a predecessor; upgrading
+  nlohmann::json record() const;
+  void save_record();
+  void forget_record();
+  std::optional<nlohmann::json> record_to_take_over();
+  Result<void> take_over(const nlohmann::json& record, const FdTaker& taker, bool upgrading);
+  void take_charge();
+  std::optional<UniqueFd> upgrade_channel_from_environment();
+  Result<void> take_over_from_predecessor(UniqueFd channel);
+  std::string why_no_upgrade() const;
+  void upgrade(std::optional<ClientId> client, std::chrono::milliseconds timeout);
+
   // --- control_verbs.cpp
   void on_request(ClientId client, const control::Request& request);
   void verb_status(ClientId client, const control::Request& request);
@@ -107,6 +124,7 @@ class Supervisor final : private SlotEffects {
   void verb_reload(ClientId client, const control::Request& request);
   void verb_restart(ClientId client, const control::Request& request);
   void verb_scale(ClientId client, const control::Request& request);
+  void verb_upgrade(ClientId client, const control::Request& request);
   control::StatusReport status();
 
   // --- metrics.cpp
@@ -130,7 +148,18 @@ class Supervisor final : private SlotEffects {
   std::optional<ControlServer> control_;
   std::optional<AdminServer> admin_;
   Clock::time_point started_at_;
-  bool told_manager_stopping_ = false;
+  bool notified_stopping_ = false;
+
+  // The state record (state_record.h) and taking over.
+  std::string record_path_;      // empty: none kept (no control socket, --mode handoff)
+  std::string pin_dir_;          // where the steering maps are pinned
+  bool record_dirty_ = false;    // something it says may have changed
+  bool record_write_failed_ = false;
+  std::string last_record_;      // as last written
+  bool took_over_ = false;       // this lbd took its processes over from another
+  pid_t takeover_from_ = 0;
+  std::vector<std::pair<ProcessId, std::string>> lost_;  // recorded processes not taken over
+  bool handed_over_ = false;     // a successor is in charge: this lbd exits and touches nothing
   uint32_t handoff_next_ = 0;
   uint64_t handoff_dropped_ = 0;
 };

@@ -90,10 +90,19 @@ class WorkerChild final : public Child {
 
   uint32_t draining_connections() const override { return reported_open_; }
   int handover_inbox() const override { return handover_sender_.get(); }
+
+  nlohmann::json record() const override {
+    nlohmann::json r = record_base("worker");
+    r["status"] = to_json(FdRef{status_.get(), child_status_escrow_fd_});
+    r["stats"] = to_json(FdRef{stats_ ? stats_->fd() : -1, child_stats_fd_});
+    return r;
+  }
   int handoff_inbox() const override { return handoff_.get(); }
 
  private:
   friend Result<std::unique_ptr<Child>> lbd::start_worker_child(ProcessId, uint32_t, int, bool, SharedResources&);
+  friend Result<std::unique_ptr<Child>> lbd::adopt_worker_child(const nlohmann::json&, const ProcessRecord&,
+                                                                ChildProcess, const FdTaker&, SharedResources&);
 
   void tell_to_drain(DrainMode how, std::chrono::milliseconds timeout, int successor_inbox) {
     const ChannelMessage drain{.command = ChannelCommand::kDrain,
@@ -114,6 +123,9 @@ class WorkerChild final : public Child {
   UniqueFd handoff_;          // --mode handoff: our end of its connection inbox
   UniqueFd handover_sender_;  // a replacement: the end its predecessor hands over on
   uint32_t reported_open_ = 0;  // draining: connections it still holds
+  // Where the worker keeps what a successor takes from it when this supervisor is gone.
+  int child_status_escrow_fd_ = -1;
+  int child_stats_fd_ = -1;
 };
 
 }  // namespace
@@ -142,6 +154,7 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
   auto status = seqpacket_pair();
   if (!status) return status.error().wrap("status channel");
   launch.status_fd = status->second.get();
+  launch.status_escrow_fd = status->first.get();
 
   std::vector<UniqueFd> listeners;
   std::optional<std::pair<UniqueFd, UniqueFd>> handoff, handover;
@@ -173,12 +186,17 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
     launch.handover_in_fd = handover->second.get();
   }
 
-  auto pid = spawn_worker(launch);
+  WorkerSpec placed;
+  auto pid = spawn_worker(launch, &placed);
   if (!pid) return pid.error();
   auto process = ChildProcess::own(*pid);
   if (!process) return process.error();
   auto child = std::make_unique<WorkerChild>(id, slot, shared, std::move(*process));
+  child->start_time_ = process_start_time(*pid).value_or(0);
   child->listeners_ = std::move(listeners);
+  child->child_listener_fds_ = placed.listener_fds;
+  child->child_status_escrow_fd_ = placed.status_escrow_fd;
+  child->child_stats_fd_ = placed.stats_fd;
   child->stats_.emplace(std::move(*stats));
   child->status_ = std::move(status->first);
   if (handoff) child->handoff_ = std::move(handoff->first);
@@ -187,6 +205,43 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
     child->process().kill_and_reap(false);
     return watched.error();
   }
+  return std::unique_ptr<Child>(std::move(child));
+}
+
+}  // namespace lbd
+
+namespace lbd {
+
+Result<std::unique_ptr<Child>> adopt_worker_child(const nlohmann::json& record, const ProcessRecord& p,
+                                                  ChildProcess owned, const FdTaker& taker, SharedResources& shared) {
+  const int holder = owned.pidfd();
+  auto child = std::make_unique<WorkerChild>(p.id, p.slot, shared, std::move(owned));
+  child->start_time_ = record.value("start_time", uint64_t{0});
+  const FdRef status = fd_ref_from_json(record.value("status", nlohmann::json()));
+  const FdRef stats = fd_ref_from_json(record.value("stats", nlohmann::json()));
+  child->child_status_escrow_fd_ = status.child;
+  child->child_stats_fd_ = stats.child;
+
+  auto status_fd = taker.take(status, holder);
+  if (!status_fd) return status_fd.error().wrap("status channel");
+  child->status_ = std::move(*status_fd);
+  if (auto stats_fd = taker.take(stats, holder)) {
+    auto block = WorkerStatsBlock::map(stats_fd->get());
+    if (block) child->stats_.emplace(std::move(*block));
+  }
+  // Its own listeners (--mode bpf and reuseport; in --mode shared they are everyone's, and the
+  // supervisor takes them once): a retiring worker's were shut and let go already.
+  child->retiring_ = p.role == ProcessRole::kRetiring;
+  const bool own_listeners = shared.options.mode == Mode::kBpf || shared.options.mode == Mode::kReuseport;
+  for (const auto& listener : record.value("listeners", nlohmann::json::array())) {
+    const FdRef ref = fd_ref_from_json(listener);
+    child->child_listener_fds_.push_back(ref.child);
+    if (!own_listeners || child->retiring_) continue;
+    auto fd = taker.take(ref, holder);
+    if (!fd) return fd.error().wrap("listener");
+    child->listeners_.push_back(std::move(*fd));
+  }
+  LBD_TRY(shared.poller->watch(child->status_.get(), Source::kStatus, p.id));
   return std::unique_ptr<Child>(std::move(child));
 }
 

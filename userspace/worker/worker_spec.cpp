@@ -17,6 +17,7 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"slot_table_fd", spec.slot_table_fd},
       {"stats_fd", spec.stats_fd},
       {"status_fd", spec.status_fd},
+      {"status_escrow_fd", spec.status_escrow_fd},
       {"reconcile_queue", spec.reconcile_queue},
       {"publish_at_start", spec.publish_at_start},
       {"max_header_bytes", spec.http.max_header_bytes},
@@ -44,6 +45,7 @@ WorkerSpec decode_worker_spec(const std::string& text) {
     // Optional: a worker built with metrics still starts from a supervisor built before them.
     spec.stats_fd = j.value("stats_fd", -1);
     spec.status_fd = j.at("status_fd").get<int>();
+    spec.status_escrow_fd = j.value("status_escrow_fd", -1);
     spec.reconcile_queue = j.at("reconcile_queue").get<bool>();
     spec.publish_at_start = j.at("publish_at_start").get<bool>();
     spec.http.max_header_bytes = j.at("max_header_bytes").get<size_t>();

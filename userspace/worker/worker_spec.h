@@ -33,6 +33,8 @@ struct WorkerSpec {
                                   // the worker then counts into a block nobody reads
   int status_fd = -1;             // SOCK_SEQPACKET with the supervisor: typed messages
                                   // (worker/channel.h)
+  int status_escrow_fd = -1;      // the supervisor's end of the status channel: kept open, never
+                                  // read, so a supervisor that dies leaves it to the next one
   bool reconcile_queue = false;   // --mode bpf: correct the load counters from TCP_INFO
   // A worker started to replace another writes its slot-table entry only once the supervisor
   // says "SERVING" (after the swap); until then the entry is its predecessor's.

@@ -1,0 +1,103 @@
+#include "supervisor/state_record.h"
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace lbd {
+
+std::string state_record_path(const std::string& control_path) {
+  if (control_path.empty()) return {};
+  std::string path = control_path;
+  if (path.ends_with(".sock")) path.resize(path.size() - 5);
+  return path + ".state";
+}
+
+std::string steering_pin_dir(const std::string& record_path) {
+  // One directory per record, named by a hash of its path: lbd's apps and test runs side by side
+  // each have their own. FNV-1a, 64 bits.
+  uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : record_path) hash = (hash ^ c) * 1099511628211ull;
+  char name[64];
+  snprintf(name, sizeof(name), "/sys/fs/bpf/lbd-%016llx", static_cast<unsigned long long>(hash));
+  return name;
+}
+
+std::string boot_id() {
+  std::ifstream file("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(file, id);
+  return id;
+}
+
+std::optional<uint64_t> process_start_time(pid_t pid) {
+  std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(file, stat)) return std::nullopt;
+  // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  // Fields 3 .. 21 come first; start time is field 22.
+  for (int i = 3; i <= 21; i++) {
+    if (!(fields >> field)) return std::nullopt;
+  }
+  uint64_t start = 0;
+  if (!(fields >> start)) return std::nullopt;
+  return start;
+}
+
+Result<void> write_state_record(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".new";
+  UniqueFd fd(open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return Error::from_errno("write " + temporary);
+  size_t written = 0;
+  while (written < text.size()) {
+    const ssize_t n = write(fd.get(), text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno("write " + temporary);
+    written += static_cast<size_t>(n);
+  }
+  fd.reset();
+  if (rename(temporary.c_str(), path.c_str()) != 0) return Error::from_errno("rename " + temporary + " to " + path);
+  return {};
+}
+
+Result<std::optional<nlohmann::json>> read_state_record(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) return std::optional<nlohmann::json>();
+  std::stringstream text;
+  text << file.rdbuf();
+  nlohmann::json record = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (record.is_discarded()) return Error::invalid("the state record " + path + " is not JSON");
+  return std::optional<nlohmann::json>(std::move(record));
+}
+
+nlohmann::json to_json(const FdRef& ref) { return nlohmann::json::array({ref.supervisor, ref.child}); }
+
+FdRef fd_ref_from_json(const nlohmann::json& j) {
+  if (!j.is_array() || j.size() != 2 || !j[0].is_number_integer() || !j[1].is_number_integer()) return {};
+  return FdRef{j[0].get<int>(), j[1].get<int>()};
+}
+
+Result<UniqueFd> copy_fd_of(int pidfd, int fd) {
+  // The system call itself: Debian 12's glibc declares the wrapper in a header C++ cannot link
+  // against. The copy is close-on-exec.
+  UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
+  if (!copy) return Error::from_errno("pidfd_getfd " + std::to_string(fd));
+  return copy;
+}
+
+Result<UniqueFd> FdTaker::take(const FdRef& ref, int holder) const {
+  if (predecessor_ >= 0 && ref.supervisor >= 0) return copy_fd_of(predecessor_, ref.supervisor);
+  if (holder >= 0 && ref.child >= 0) return copy_fd_of(holder, ref.child);
+  return Error::from_errno(ENOENT, "a descriptor the record names nowhere");
+}
+
+}  // namespace lbd

@@ -1,0 +1,76 @@
+// What one lbd leaves for the next to take its workers over without stopping them
+// (docs/ARCHITECTURE.md, section 9): its successor after `lbctl upgrade`, or the lbd started with
+// the same arguments after it died (kill -9, the OOM killer, a bug).
+//
+// The record is a JSON file next to the control socket (/run/lbd/APP.state), rewritten whenever
+// what it says changes: the command line, the boot, the listen addresses, the slot manager's
+// state, each slot's history, and for each process its pid, its start time and where the
+// descriptors a successor needs are. Each such descriptor is named twice: its number in the
+// supervisor (a live predecessor hands it over) and in the process itself (each worker keeps the
+// supervisor's end of its status channel, each program the read ends of its output pipes, and
+// both their listeners), so that a successor can take it even when the supervisor is dead
+// (pidfd_getfd). The steering program's maps are pinned on the BPF filesystem.
+//
+// A record from another boot, another command line or another version is ignored with one line.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+
+namespace lbd {
+
+inline constexpr int kStateRecordVersion = 1;
+
+// Next to the control socket: /run/lbd/web.sock -> /run/lbd/web.state. Empty without a control
+// socket (no record, no takeover).
+std::string state_record_path(const std::string& control_path);
+// Where the steering maps are pinned for the lbd whose record is at `record_path`.
+std::string steering_pin_dir(const std::string& record_path);
+
+// This boot's id (/proc/sys/kernel/random/boot_id): pids and pins mean nothing across boots.
+std::string boot_id();
+// When `pid` started, in clock ticks since boot (/proc/PID/stat): with the pid, it names a
+// process for good (a pid may be reused, not with the same start time).
+std::optional<uint64_t> process_start_time(pid_t pid);
+
+// Written whole or not at all (a temporary file, then rename).
+Result<void> write_state_record(const std::string& path, const std::string& text);
+// Nothing if there is no file; an error if it is not JSON.
+Result<std::optional<nlohmann::json>> read_state_record(const std::string& path);
+
+// A descriptor a successor needs, by its number in the supervisor and in the process that
+// holds it (-1: not there).
+struct FdRef {
+  int supervisor = -1;
+  int child = -1;
+};
+nlohmann::json to_json(const FdRef& ref);
+FdRef fd_ref_from_json(const nlohmann::json& j);
+
+// Takes recorded descriptors: from the predecessor while it lives (an upgrade), or from the
+// process that keeps a copy (after the predecessor died).
+class FdTaker {
+ public:
+  // `predecessor`: a pidfd of the lbd that wrote the record, or -1 when it is dead.
+  explicit FdTaker(int predecessor) : predecessor_(predecessor) {}
+  // `holder`: a pidfd of the process that keeps the child's copy.
+  Result<UniqueFd> take(const FdRef& ref, int holder) const;
+  bool from_predecessor() const { return predecessor_ >= 0; }
+
+ private:
+  int predecessor_;
+};
+
+// pidfd_getfd: a copy of descriptor `fd` of the process `pidfd` refers to, close-on-exec.
+Result<UniqueFd> copy_fd_of(int pidfd, int fd);
+
+}  // namespace lbd

@@ -1,0 +1,452 @@
+// The state record, and taking the workers over from a predecessor: the lbd before this one,
+// dead (kill -9, the OOM killer, a bug) or handing over to us (`lbctl upgrade`). See
+// state_record.h for what is recorded, and docs/ARCHITECTURE.md, section 9, for the flow.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "steer_abi.h"
+#include "supervisor/launch.h"
+#include "supervisor/notify.h"
+#include "supervisor/supervisor.h"
+
+namespace lbd {
+
+namespace {
+
+using nlohmann::json;
+
+json stats_to_json(const WorkerStatsSnapshot& stats) {
+  return {{"duration_counts", stats.duration_counts}, {"duration_sum_ns", stats.duration_sum_ns},
+          {"accepted", stats.accepted}};
+}
+
+WorkerStatsSnapshot stats_from_json(const json& j) {
+  WorkerStatsSnapshot stats;
+  const auto counts = j.at("duration_counts").get<std::vector<uint64_t>>();
+  std::copy_n(counts.begin(), std::min(counts.size(), stats.duration_counts.size()), stats.duration_counts.begin());
+  stats.duration_sum_ns = j.at("duration_sum_ns").get<uint64_t>();
+  stats.accepted = j.at("accepted").get<uint64_t>();
+  return stats;
+}
+
+std::string pids_of(const json& record) {
+  std::string pids;
+  for (const auto& child : record.value("children", json::array())) {
+    pids += (pids.empty() ? "" : " ") + std::to_string(child.value("pid", 0));
+  }
+  return pids;
+}
+
+}  // namespace
+
+// --- the record -------------------------------------------------------------------------------
+
+json Supervisor::record() const {
+  json children = json::array();
+  for (const auto& [id, c] : children_) children.push_back(c->record());
+  json history = json::array();
+  for (uint32_t slot = 0; slot < history_.size(); slot++) {
+    const SlotHistory& h = history_[slot];
+    if (h.cpu_seconds == 0 && h.stats.requests() == 0 && h.stats.accepted == 0) continue;
+    history.push_back({{"slot", slot}, {"stats", stats_to_json(h.stats)}, {"cpu_seconds", h.cpu_seconds}});
+  }
+  json bound = json::array();
+  for (const auto& address : shared_.bound) bound.push_back(address.to_string());
+  json shared_listeners = json::array();
+  for (const auto& fd : shared_.shared_listeners) shared_listeners.push_back(to_json(FdRef{fd.get(), -1}));
+  return {{"version", kStateRecordVersion},
+          {"boot_id", boot_id()},
+          {"command_line", options_.command_line},
+          {"pid", getpid()},
+          {"binary", shared_.binary},
+          {"started_at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(started_at_.time_since_epoch()).count()},
+          {"mode", mode_name(options_.mode)},
+          {"bound", std::move(bound)},
+          {"groups", shared_.groups},
+          {"pins", pin_dir_},
+          {"policy", shared_.steering ? policy_name(shared_.steering->policy()) : "kernel"},
+          {"control", to_json(FdRef{control_ ? control_->listener_fd() : -1, -1})},
+          {"admin", to_json(FdRef{admin_ ? admin_->listener_fd() : -1, -1})},
+          {"slot_table", to_json(FdRef{shared_.plain_table ? shared_.plain_table->fd() : -1, -1})},
+          {"shared_listeners", std::move(shared_listeners)},
+          {"slots", slots_->save()},
+          {"history", std::move(history)},
+          {"children", std::move(children)}};
+}
+
+// Rewritten when what it says has changed (something called an effect, or a process exited).
+void Supervisor::save_record() {
+  if (!record_dirty_ || record_path_.empty() || !slots_) return;
+  record_dirty_ = false;
+  std::string text = record().dump();
+  if (text == last_record_) return;
+  if (auto written = write_state_record(record_path_, text); !written) {
+    if (!std::exchange(record_write_failed_, true)) {
+      spdlog::warn("{}; a new lbd could not take these workers over if this one died", written.error().message());
+    }
+    return;
+  }
+  record_write_failed_ = false;
+  last_record_ = std::move(text);
+}
+
+// A clean stop: nothing is left to take over.
+void Supervisor::forget_record() {
+  if (record_path_.empty()) return;
+  unlink(record_path_.c_str());
+  if (shared_.steering && !pin_dir_.empty()) shared_.steering->unpin(pin_dir_);
+}
+
+// The record of an lbd that died, if this lbd should take its workers over: same boot, same
+// arguments, a version we read, and nobody serving it any more. Anything else is said in one line
+// and left alone.
+std::optional<json> Supervisor::record_to_take_over() {
+  if (record_path_.empty()) return std::nullopt;
+  auto read = read_state_record(record_path_);
+  if (!read) {
+    spdlog::warn("{}; starting afresh", read.error().message());
+    return std::nullopt;
+  }
+  if (!*read) return std::nullopt;
+  const json& record = **read;
+  auto ignore = [&](const std::string& why) -> std::optional<json> {
+    spdlog::warn("not taking over from the lbd before this one ({}): {}", record_path_, why);
+    return std::nullopt;
+  };
+  if (!record.is_object() || record.value("version", 0) != kStateRecordVersion) {
+    return ignore("its record has another version");
+  }
+  if (record.value("boot_id", "") != boot_id()) {
+    spdlog::info("the state record {} is from an earlier boot; starting afresh", record_path_);
+    return std::nullopt;
+  }
+  if (record.value("command_line", json::array()) != json(options_.command_line)) {
+    return ignore("it was started with other arguments; its processes (pids " + pids_of(record) +
+                  ") are left as they are");
+  }
+  const pid_t predecessor = record.value("pid", 0);
+  if (predecessor == getpid()) return std::nullopt;
+  if (predecessor > 0 && ::kill(predecessor, 0) == 0) {
+    // Its control socket would have refused us already if it were serving; a pid reused since
+    // is another process.
+    spdlog::debug("pid {} of the record exists, but its control socket is gone", predecessor);
+  }
+  if (options_.mode == Mode::kBpf && record.value("pins", "").empty()) {
+    return ignore("its steering maps were not pinned");
+  }
+  // Nothing of it runs any more (its workers died with it, or were stopped): a fresh start.
+  const auto& children = record.value("children", json::array());
+  const bool any_alive = std::any_of(children.begin(), children.end(), [](const json& child) {
+    const auto started = process_start_time(child.value("pid", 0));
+    return started && *started == child.value("start_time", uint64_t{0});
+  });
+  if (!any_alive) {
+    spdlog::info("the lbd before this one (pid {}) left no process running; starting afresh", predecessor);
+    return std::nullopt;
+  }
+  return record;
+}
+
+// --- taking over --------------------------------------------------------------------------------
+
+// Takes everything the record names. From a live predecessor (`upgrading`) the descriptors come
+// from it; from a dead one, from its processes. Nothing is done to any process here: take_charge()
+// does what follows, once this lbd is in charge.
+Result<void> Supervisor::take_over(const json& record, const FdTaker& taker, bool upgrading) {
+  try {
+    for (const auto& text : record.at("bound")) {
+      auto address = parse_address(text.get<std::string>());
+      if (!address) return address.error();
+      shared_.bound.push_back(*address);
+    }
+    shared_.groups = record.at("groups").get<std::vector<uint32_t>>();
+    started_at_ = Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::nanoseconds(record.at("started_at_ns").get<int64_t>())));
+  } catch (const json::exception& e) {
+    return Error::invalid(std::string("the state record is damaged: ") + e.what());
+  }
+
+  // The control socket and the admin endpoint: a predecessor handing over passes its listeners
+  // (no gap for lbctl and the monitoring); after a death they are opened again.
+  UniqueFd control, admin;
+  if (upgrading) {
+    if (auto fd = taker.take(fd_ref_from_json(record.value("control", json())), -1)) control = std::move(*fd);
+    if (auto fd = taker.take(fd_ref_from_json(record.value("admin", json())), -1)) admin = std::move(*fd);
+  }
+  LBD_TRY(open_control(std::move(control)));
+  LBD_TRY(open_admin(std::move(admin)));
+  LBD_TRY(set_up_exec_mode());
+
+  if (options_.mode == Mode::kBpf) {
+    pin_dir_ = record.value("pins", "");
+    SteeringOptions steering = options_.steering;
+    if (auto policy = parse_policy(record.value("policy", ""))) steering.policy = *policy;
+    auto adopted = Steering::adopt(steering, pin_dir_, static_cast<uint32_t>(shared_.groups.size()));
+    if (!adopted) return adopted.error().wrap("take over the steering maps");
+    shared_.steering.emplace(std::move(*adopted));
+  }
+
+  auto restored = SlotManager::restore(record.at("slots"), manager_config(), static_cast<SlotEffects&>(*this));
+  if (!restored) return restored.error();
+  slots_.emplace(std::move(*restored));
+  for (const auto& h : record.value("history", json::array())) {
+    try {
+      const auto slot = h.at("slot").get<uint32_t>();
+      if (slot >= history_.size()) continue;
+      history_[slot].stats = stats_from_json(h.at("stats"));
+      history_[slot].cpu_seconds = h.at("cpu_seconds").get<double>();
+    } catch (const json::exception&) {
+      // A slot's history is worth keeping, not worth refusing the takeover for.
+    }
+  }
+
+  // Each process, checked to be the one recorded and taken with its descriptors.
+  std::map<ProcessId, const json*> recorded;  // points into `record`, not into a copy of it
+  if (auto children = record.find("children"); children != record.end() && children->is_array()) {
+    for (const auto& child : *children) recorded[child.value("id", 0u)] = &child;
+  }
+  for (const ProcessRecord* p : slots_->processes()) {
+    auto found = recorded.find(p->id);
+    auto adopted = found == recorded.end() ? Result<std::unique_ptr<Child>>(Error::invalid("not in the record"))
+                                           : adopt_child(*found->second, *p, taker, shared_);
+    if (!adopted) {
+      lost_.emplace_back(p->id, adopted.error().message());
+      // Still running but not ours to run (its descriptors could not be taken): it finishes what
+      // it holds and goes, and its slot starts a new one.
+      if (found != recorded.end() && process_start_time(p->pid) == found->second->value("start_time", uint64_t{0})) {
+        ::kill(p->pid, SIGTERM);
+      }
+      continue;
+    }
+    if (auto watched = shared_.poller->watch((*adopted)->process().pidfd(), Source::kExit, p->id); !watched) {
+      lost_.emplace_back(p->id, watched.error().message());
+      continue;
+    }
+    children_[p->id] = std::move(*adopted);
+  }
+
+  // The slot table: the steering program's (bpf), else a predecessor's memfd, which its workers
+  // hold as fd 4 (worker_spec.h) when the predecessor is gone.
+  if (!shared_.steering) {
+    auto table_fd = taker.take(fd_ref_from_json(record.value("slot_table", json())), -1);
+    for (auto& [id, c] : children_) {
+      if (table_fd) break;
+      if (const json* r = recorded[id]; r && r->value("kind", "") == "worker") {
+        table_fd = copy_fd_of(c->process().pidfd(), 4);
+      }
+    }
+    auto table = table_fd ? SlotTable::map(table_fd->get()) : SlotTable::create_memfd();
+    if (!table) return table.error();
+    shared_.plain_table.emplace(std::move(*table));
+  }
+  if (options_.mode == Mode::kShared) {
+    // Everyone's listeners: from the predecessor, or from any of its workers (fd 9 on).
+    const json& listeners = record.value("shared_listeners", json::array());
+    for (size_t g = 0; g < shared_.bound.size(); g++) {
+      auto fd = g < listeners.size() ? taker.take(fd_ref_from_json(listeners[g]), -1)
+                                     : Result<UniqueFd>(Error::from_errno(ENOENT, "shared listener"));
+      for (auto& [id, c] : children_) {
+        if (fd) break;
+        const json* r = recorded[id];
+        const json& refs = r ? r->value("listeners", json::array()) : json::array();
+        if (g < refs.size()) fd = copy_fd_of(c->process().pidfd(), fd_ref_from_json(refs[g]).child);
+      }
+      if (!fd) return fd.error().wrap("take over the shared listener of " + shared_.bound[g].to_string());
+      shared_.shared_listeners.push_back(std::move(*fd));
+    }
+  }
+  slots_->announce_restored_slots();
+  takeover_from_ = record.value("pid", 0);
+  return {};
+}
+
+// This lbd is in charge now: the steering program is this build's, what was starting is started
+// again, and what could not be taken over is replaced.
+void Supervisor::take_charge() {
+  const auto now = Clock::now();
+  if (shared_.steering) {
+    // One listener of each group carries the program to all of it (attaching replaces the
+    // predecessor's program for the whole group).
+    for (uint32_t g = 0; g < shared_.groups.size(); g++) {
+      for (const auto& [id, c] : children_) {
+        if (auto attached = c->attach_steering(g); attached) break;
+      }
+    }
+    shared_.steering->set_slot_count(static_cast<uint32_t>(slots_->slots().size()));
+    if (auto pinned = shared_.steering->pin(pin_dir_); !pinned) spdlog::warn("{}", pinned.error().message());
+  }
+  size_t adopted = children_.size();
+  for (auto& [id, why] : lost_) {
+    spdlog::warn("process {} of the lbd before could not be taken over: {}", id, why);
+    slots_->on_exit(id, "was gone when lbd took over", now);
+  }
+  lost_.clear();
+  // A process that was starting was waiting for a probe or a message the predecessor kept:
+  // start it again rather than guess.
+  for (const ProcessRecord* p : slots_->processes()) {
+    if (p->role == ProcessRole::kStarting) {
+      spdlog::info("worker {}: pid {} was starting when lbd took over; starting it again", p->slot, p->pid);
+      if (Child* c = child(p->id)) c->kill();
+    }
+  }
+  record_dirty_ = true;
+  spdlog::info("took over {} processes from lbd pid {} ({} slots, serving {}, mode {}, policy {})", adopted,
+               takeover_from_, slots_->slots().size(), listen_summary(), mode_name(options_.mode),
+               shared_.steering ? policy_name(shared_.steering->policy()) : "kernel");
+  // The service manager follows this pid (an upgrade told it before; after a death it learns it
+  // here), and hears READY=1 with the "ready" line once every slot serves.
+  notify_service_manager(("MAINPID=" + std::to_string(getpid())).c_str());
+  slots_->announce_ready_again();
+}
+
+// --- upgrading: this lbd hands over to the binary on disk ----------------------------------------
+//
+// Tableflip's rules: the successor is started with the same arguments, takes everything over
+// while this lbd waits (and does nothing else), and says READY; only then does this one exit. If
+// it exits first, or is not ready in time, it is killed, this lbd goes on as before, and the
+// upgrade fails with one line. Workers keep their pids and their connections throughout.
+
+namespace {
+
+constexpr char kUpgradeEnv[] = "LBD_UPGRADE_FD";
+constexpr char kReady[] = "READY";
+constexpr std::chrono::seconds kPredecessorExitTimeout{10};
+
+}  // namespace
+
+std::optional<UniqueFd> Supervisor::upgrade_channel_from_environment() {
+  const char* value = getenv(kUpgradeEnv);
+  if (!value) return std::nullopt;
+  UniqueFd channel(atoi(value));
+  unsetenv(kUpgradeEnv);  // not for our children
+  fcntl(channel.get(), F_SETFD, FD_CLOEXEC);
+  return channel;
+}
+
+// Why this lbd cannot hand over now, or empty.
+std::string Supervisor::why_no_upgrade() const {
+  if (record_path_.empty()) {
+    return options_.mode == Mode::kHandoff ? "--mode handoff keeps the supervisor in the data path"
+                                           : "this lbd keeps no state record (it has no control socket)";
+  }
+  if (slots_->stopping()) return "lbd is stopping";
+  if (auto op = slots_->operation()) return std::string("busy: a ") + control::verb_name(*op) + " is in progress";
+  for (const ProcessRecord* p : slots_->processes()) {
+    if (p->role == ProcessRole::kStarting) {
+      return "busy: worker " + std::to_string(p->slot) + " (pid " + std::to_string(p->pid) + ") is starting";
+    }
+  }
+  return {};
+}
+
+void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::milliseconds timeout) {
+  auto fail = [&](const std::string& why) {
+    spdlog::error("upgrade failed: {}", why);
+    if (client && control_) control_->finish_error(*client, "upgrade failed: " + why);
+  };
+  if (auto why = why_no_upgrade(); !why.empty()) return fail(why);
+  // The record the successor reads, as of now.
+  record_dirty_ = true;
+  last_record_.clear();
+  save_record();
+  if (record_write_failed_) return fail("cannot write the state record " + record_path_);
+
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return fail(strerror(errno));
+  UniqueFd ours(pair[0]), theirs(pair[1]);
+  const std::string binary = current_binary_path();  // the file at lbd's path now: a new build
+  ProcessLaunch launch;
+  launch.path = binary;
+  launch.argv = {"lbd"};
+  for (const auto& arg : options_.command_line) launch.argv.push_back(arg);
+  launch.env = inherited_environment({kUpgradeEnv});
+  launch.env.push_back(std::string(kUpgradeEnv) + "=3");
+  launch.fds = {{0, 0}, {1, 1}, {2, 2}, {theirs.get(), 3}};
+  auto pid = spawn_process(launch);
+  if (!pid) return fail(pid.error().message());
+  theirs.reset();
+  auto owned = ChildProcess::own(*pid);
+  if (!owned) return fail(owned.error().message());
+  ChildProcess successor = std::move(*owned);
+  spdlog::info("upgrade: started pid {} ({}); waiting for it to take over", *pid, binary);
+
+  // Wait, doing nothing else: the successor is taking over what this lbd holds.
+  const auto deadline = Clock::now() + timeout;
+  std::string failure;
+  while (true) {
+    pollfd events[2] = {{ours.get(), POLLIN, 0}, {successor.pidfd(), POLLIN, 0}};
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) {
+      failure = "the new lbd (pid " + std::to_string(*pid) + ") did not take over within " +
+                fmt::format("{:.0f}", std::chrono::duration<double>(timeout).count()) + " s";
+      break;
+    }
+    if (poll(events, 2, static_cast<int>(left)) < 0 && errno != EINTR) {
+      failure = std::string("poll: ") + strerror(errno);
+      break;
+    }
+    char message[16] = {};
+    if (events[0].revents & POLLIN) {
+      const ssize_t n = recv(ours.get(), message, sizeof(message) - 1, MSG_DONTWAIT);
+      if (n > 0 && std::string_view(message, static_cast<size_t>(n)) == kReady) {
+        spdlog::info("upgrade: pid {} took over; this lbd (pid {}) exits", *pid, getpid());
+        if (client && control_) {
+          control_->finish_ok(*client, {{"verb", "upgrade"}, {"old_pid", getpid()}, {"new_pid", *pid}});
+        }
+        if (control_) control_->hand_over();
+        handed_over_ = true;
+        return;
+      }
+    }
+    if ((events[0].revents & (POLLHUP | POLLERR)) || (events[1].revents & POLLIN)) {
+      pollfd exited{successor.pidfd(), POLLIN, 0};
+      poll(&exited, 1, 1000);  // it closed the channel: its exit follows at once
+      auto exit = successor.reap();
+      failure = "the new lbd (pid " + std::to_string(*pid) + ") " + (exit ? exit->description : "closed its channel") +
+                " before it took over";
+      break;
+    }
+  }
+  successor.kill_and_reap(false);
+  fail(failure + "; this lbd (pid " + std::to_string(getpid()) + ") keeps serving");
+}
+
+// The successor's side: take over from the lbd that started us, tell it, and wait for it to go.
+Result<void> Supervisor::take_over_from_predecessor(UniqueFd channel) {
+  took_over_ = true;
+  const pid_t parent = getppid();
+  UniqueFd predecessor(static_cast<int>(syscall(SYS_pidfd_open, parent, 0)));
+  if (!predecessor) return Error::from_errno("pidfd_open for the lbd upgrading (pid " + std::to_string(parent) + ")");
+  auto read = read_state_record(record_path_);
+  if (!read) return read.error();
+  if (!*read) return Error::from_errno(ENOENT, "no state record at " + record_path_);
+  const json& record = **read;
+  if (record.value("version", 0) != kStateRecordVersion) {
+    return Error::invalid("the state record of pid " + std::to_string(parent) + " has version " +
+                          record.value("version", json(nullptr)).dump() + "; this lbd reads version " +
+                          std::to_string(kStateRecordVersion));
+  }
+  LBD_TRY(take_over(record, FdTaker(predecessor.get()), /*upgrading=*/true));
+  // The service manager follows the new main pid before the old one exits (NotifyAccess=all).
+  notify_service_manager(("MAINPID=" + std::to_string(getpid())).c_str());
+  if (send(channel.get(), kReady, strlen(kReady), MSG_NOSIGNAL) < 0) {
+    return Error::from_errno("tell the lbd upgrading (pid " + std::to_string(parent) + ") that we are ready");
+  }
+  // It exits now; until it has, it may still be answering its last client.
+  pollfd gone{predecessor.get(), POLLIN, 0};
+  if (poll(&gone, 1, static_cast<int>(std::chrono::milliseconds(kPredecessorExitTimeout).count())) == 0) {
+    spdlog::warn("the lbd before (pid {}) has not exited {} s after the handover", parent, kPredecessorExitTimeout.count());
+  }
+  take_charge();
+  return {};
+}
+
+}  // namespace lbd
