@@ -1,5 +1,7 @@
 #include <signal.h>
+#include <linux/close_range.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -45,6 +47,9 @@ int run_worker(const char* spec_text, Handler handler) {
 }
 
 int run_supervisor(int argc, char** argv) {
+  // Descriptors lbd did not open itself (whatever its parent left open) must not reach its workers
+  // and programs: close-on-exec for all of them. (An upgrade's channel is one: lbd takes it first.)
+  close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
   SupervisorOptions options;
   try {
     auto parsed = parse_command_line(argc, argv);

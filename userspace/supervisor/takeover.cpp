@@ -362,7 +362,9 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return fail(strerror(errno));
   UniqueFd ours(pair[0]), theirs(pair[1]);
-  const std::string binary = current_binary_path();  // the file at lbd's path now: a new build
+  // The file at lbd's path now, a new build (the path resolved at start: /proc/self/exe names
+  // the deleted file once a deploy has replaced it).
+  const std::string& binary = shared_.binary;
   ProcessLaunch launch;
   launch.path = binary;
   launch.argv = {"lbd"};

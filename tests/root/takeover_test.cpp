@@ -1,0 +1,268 @@
+// The supervisor is no single point of failure (docs/ARCHITECTURE.md, section 9): when lbd dies
+// (kill -9 stands in for the OOM killer or a bug), its workers keep serving with the steering in
+// force, and an lbd started with the same arguments takes them over: the same pids serve, and
+// status, reload, drain and scale work on them, with counters carried on. Under load, no request
+// fails at any point. A record that is not this lbd's to take over is ignored with one line.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "support/control_test.h"
+#include "support/exec_test.h"
+#include "supervisor/state_record.h"
+
+namespace lbd::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr auto kLoadBound = 40s;
+
+// A second lbd, started the way systemd's Restart=always would: the same arguments.
+struct Successor {
+  explicit Successor(std::vector<std::string> args) : process(std::move(args)) {}
+  LbdProcess process;
+};
+
+class Takeover : public ControlTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+
+  std::vector<std::string> args(unsigned workers = 2) {
+    std::vector<std::string> a = lbd_flags("bpf", workers, {"--shutdown-timeout", "5"});
+    a.push_back("--control");
+    a.push_back(socket_path());
+    return a;
+  }
+
+  LoadOptions bounded(LoadOptions options) {
+    options.address = address();
+    options.duration = kLoadBound;
+    options.max_requests = 5'000'000;
+    options.nice = 19;
+    return options;
+  }
+
+  // Kills the supervisor (SIGKILL), checks that the workers serve on without it, then starts
+  // an lbd with the same arguments and waits until it has taken them over.
+  std::unique_ptr<Successor> kill_and_take_over(LoadGenerator* load) {
+    const pid_t first = lbd().pid();
+    lbd().signal(SIGKILL);
+    EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+    // A second without a supervisor, as systemd's RestartSec=1 would leave, with requests answered
+    // throughout it: in each half second, some.
+    if (load) {
+      for (int half = 0; half < 2; half++) {
+        const auto until = Clock::now() + 500ms;
+        const uint64_t before = load->completed();
+        EXPECT_TRUE(eventually(after(10s), [&] { return Clock::now() >= until && load->completed() > before + 100; }))
+            << "the workers stopped serving without their supervisor";
+      }
+    } else {
+      EXPECT_EQ(fetch(address(), http_get("/", true), after(5s)).status(), 200) << "the workers stopped serving";
+    }
+    std::vector<std::string> same = args();
+    auto successor = std::make_unique<Successor>(same);
+    auto taken = successor->process.wait_for_log("took over ([0-9]+) processes from lbd pid " + std::to_string(first),
+                                                 after(15s));
+    EXPECT_TRUE(taken) << successor->process.log();
+    auto ready = successor->process.wait_ready(after(15s));
+    EXPECT_TRUE(ready) << successor->process.log();
+    return successor;
+  }
+};
+
+// What the kill and the takeover must not disturb, with each kind of client.
+class TakeoverUnderLoad : public Takeover, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(TakeoverUnderLoad, AfterKill9ANewLbdAdoptsTheWorkersAndNoRequestFails) {
+  const bool keep_alive = GetParam();
+  ASSERT_NO_FATAL_FAILURE(start(args()));
+  const auto before = serving_pids();
+  ASSERT_EQ(before.size(), 2u);
+
+  LoadOptions options;
+  options.keep_alive = keep_alive;
+  options.threads = keep_alive ? 64 : 4;
+  if (keep_alive) options.request = http_get("/");
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  const json status_before = status();
+
+  auto successor = kill_and_take_over(&load);
+  ASSERT_TRUE(successor);
+  EXPECT_EQ(serving_pids(), before) << "the same workers serve";
+  const json status_after = status();
+  EXPECT_EQ(status_after["lbd"].value("pid", 0), successor->process.pid());
+  for (unsigned slot = 0; slot < 2; slot++) {
+    // The slot table is the one the workers have written all along: counters go on.
+    EXPECT_GE(rows_of(status_after, slot).at(0).value("requests", 0u), rows_of(status_before, slot).at(0).value("requests", 0u));
+  }
+  EXPECT_TRUE(wait_for_requests(load, 500, after(10s)));
+
+  // The adopted workers answer to lbctl: a rolling reload replaces them, under the same load.
+  CommandResult reload = lbctl({"reload"});
+  ASSERT_TRUE(reload.exited(0)) << reload.describe();
+  const auto after_reload = serving_pids();
+  for (auto [slot, pid] : before) EXPECT_NE(after_reload.at(slot), pid) << "slot " << slot << " was not replaced";
+  EXPECT_TRUE(wait_for_requests(load, 500, after(10s)));
+  LoadReport report = load.stop();
+  std::cout << (keep_alive ? "64 keep-alive connections" : "new connection per request")
+            << ": kill -9, takeover, reload: " << report.summary() << "\n";
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_EQ(successor->process.count_log(kTroubleInLog), 0u) << successor->process.log();
+}
+
+INSTANTIATE_TEST_SUITE_P(Loads, TakeoverUnderLoad, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& load) {
+                           return load.param ? "KeepAlive" : "NewConnections";
+                         });
+
+TEST_F(Takeover, DrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp) {
+  ASSERT_NO_FATAL_FAILURE(start(args()));
+  ASSERT_TRUE(lbctl({"policy", "rr"}).exited(0));
+  const auto before = serving_pids();
+  auto successor = kill_and_take_over(nullptr);
+  ASSERT_TRUE(successor);
+  EXPECT_EQ(status()["lbd"].value("policy", ""), "rr") << "the policy in force carries over";
+
+  CommandResult drained = lbctl({"drain", "1", "--wait"});
+  EXPECT_TRUE(drained.exited(0)) << drained.describe();
+  EXPECT_TRUE(successor->process.wait_for_log("worker 1 \\(pid " + std::to_string(before.at(1)) + "\\) exited", after(5s)))
+      << successor->process.log();
+  EXPECT_EQ(states_of(status(), 1), "drained");
+  CommandResult scaled = lbctl({"scale", "3"});
+  EXPECT_TRUE(scaled.exited(0)) << scaled.describe();
+  CommandResult undrained = lbctl({"undrain", "1"});
+  EXPECT_TRUE(undrained.exited(0)) << undrained.describe();
+  const auto now = serving_pids();
+  EXPECT_EQ(now.size(), 3u);
+  EXPECT_EQ(now.at(0), before.at(0)) << "the adopted worker in slot 0 still serves";
+  for (int i = 0; i < 30; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+
+  // A clean stop leaves no record and no pinned maps behind.
+  const std::string record = dir_.path("lbd.state");
+  EXPECT_TRUE(std::filesystem::exists(record));
+  successor->process.signal(SIGTERM);
+  EXPECT_EQ(successor->process.wait_exit(after(10s)), ExitStatus::exited(0));
+  EXPECT_FALSE(std::filesystem::exists(record));
+  EXPECT_FALSE(std::filesystem::exists(steering_pin_dir(record)));
+}
+
+TEST_F(Takeover, AWorkerThatDiedMeanwhileIsReplaced) {
+  ASSERT_NO_FATAL_FAILURE(start(args()));
+  const auto before = serving_pids();
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  kill(before.at(1), SIGKILL);  // dies while nobody supervises it
+  Successor successor(args());
+  ASSERT_TRUE(successor.process.wait_for_log("took over 1 processes from lbd pid " + std::to_string(first), after(15s)))
+      << successor.process.log();
+  ASSERT_TRUE(successor.process.wait_ready(after(15s))) << successor.process.log();
+  const auto now = serving_pids();
+  EXPECT_EQ(now.at(0), before.at(0));
+  EXPECT_NE(now.at(1), before.at(1));
+  EXPECT_TRUE(successor.process.wait_for_log("process [0-9]+ of the lbd before could not be taken over", after(1s)));
+}
+
+TEST_F(Takeover, ARecordOfOtherArgumentsIsLeftAloneWithOneLine) {
+  ASSERT_NO_FATAL_FAILURE(start(args()));
+  const auto before = serving_pids();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  // Another worker count: not the lbd that died.
+  LbdProcess other(args(1));
+  ASSERT_TRUE(other.wait_ready(after(10s))) << other.log();
+  EXPECT_TRUE(other.wait_for_log("not taking over from the lbd before this one .*: it was started with other "
+                                 "arguments; its processes \\(pids [0-9 ]+\\) are left as they are",
+                                 after(1s)))
+      << other.log();
+  for (auto [slot, pid] : before) EXPECT_EQ(process_state(pid) != 0, true) << "pid " << pid << " was left alone";
+}
+
+TEST_F(Takeover, ARecordFromAnEarlierBootOrDamagedStartsAfresh) {
+  const std::string record = dir_.path("lbd.state");
+  {
+    std::ofstream out(record);
+    out << json{{"version", 1}, {"boot_id", "not-this-boot"}, {"children", json::array()}}.dump();
+  }
+  ASSERT_NO_FATAL_FAILURE(start(args()));
+  EXPECT_TRUE(lbd().wait_for_log("is from an earlier boot; starting afresh", after(1s))) << lbd().log();
+  lbd_.reset();
+
+  {
+    std::ofstream out(record);
+    out << "{ this is not json";
+  }
+  LbdProcess again(args());
+  ASSERT_TRUE(again.wait_ready(after(10s))) << again.log();
+  EXPECT_TRUE(again.wait_for_log("the state record .* is not JSON; starting afresh", after(1s))) << again.log();
+}
+
+// --- exec mode: programs lbd did not write ---------------------------------------------------------
+
+class ExecTakeover : public ExecTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+};
+
+TEST_F(ExecTakeover, GunicornIsAdoptedWithItsLogAndNoRequestFails) {
+  if (!on_path("gunicorn")) GTEST_SKIP() << "gunicorn is not installed";
+  const std::vector<std::string> command = {"gunicorn", "--workers", "1", "--access-logfile", "-",
+                                            "--chdir", FIXTURES_DIR, "wsgi_hello:app"};
+  const auto run = run_args({"-i", "2"}, command, socket_path(), log_dir());
+  ASSERT_NO_FATAL_FAILURE(start(run));
+  const auto before = serving_pids();
+  ASSERT_EQ(before.size(), 2u);
+  LoadOptions options;
+  options.address = address();
+  options.threads = 4;
+  options.duration = kLoadBound;
+  options.max_requests = 5'000'000;
+  options.nice = 19;
+  LoadGenerator load(options);
+  ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
+
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  EXPECT_TRUE(wait_for_requests(load, 200, after(10s))) << "the programs stopped serving without lbd";
+  LbdProcess successor(run);
+  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+      << successor.log();
+  EXPECT_EQ(serving_pids(), before);
+  // Their access log lines, written while no lbd read them and after, reach the app's log.
+  const size_t logged_before = count_records("GET / HTTP/1.1");
+  EXPECT_TRUE(wait_for_requests(load, 200, after(10s)));
+  EXPECT_TRUE(eventually(after(10s), [&] { return count_records("GET / HTTP/1.1") > logged_before + 100; }))
+      << "the adopted programs' output is logged";
+  CommandResult reload = lbctl({"reload"});
+  EXPECT_TRUE(reload.exited(0)) << reload.describe();
+  LoadReport report = load.stop();
+  std::cout << "gunicorn: kill -9, takeover, reload: " << report.summary() << "\n";
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+}
+
+TEST_F(ExecTakeover, NodeIsAdoptedAndKeepsServing) {
+  if (!on_path("node")) GTEST_SKIP() << "node is not installed";
+  const auto run = run_args({"-i", "2"}, {"node", std::string(FIXTURES_DIR) + "/node_hello.js"}, socket_path(), log_dir());
+  ASSERT_NO_FATAL_FAILURE(start(run));
+  const auto before = serving_pids();
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+  LbdProcess successor(run);
+  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+      << successor.log();
+  EXPECT_EQ(serving_pids(), before);
+  CommandResult drained = lbctl({"drain", "0", "--wait"});
+  EXPECT_TRUE(drained.exited(0)) << drained.describe();
+  for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+}
+
+}  // namespace
+}  // namespace lbd::test

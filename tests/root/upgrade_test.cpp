@@ -1,0 +1,234 @@
+// Upgrading lbd itself (`lbctl upgrade`, SIGUSR2): the binary on disk takes over from the running
+// supervisor, which exits only once it has; the workers keep their pids and their connections,
+// and no request fails. A successor that exits at once, or never takes over, is killed and the
+// old lbd keeps serving: the upgrade fails with one line (docs/ARCHITECTURE.md, section 9).
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+
+#include <cstdio>
+#include <regex>
+#include <set>
+#include <tuple>
+
+#include "support/control_test.h"
+#include "support/exec_test.h"
+
+namespace lbd::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr auto kLoadBound = 60s;
+
+// "upgraded: lbd pid 10 handed over to pid 20" -> {10, 20}.
+std::pair<pid_t, pid_t> handover_of(const CommandResult& r) {
+  int old_pid = 0, new_pid = 0;
+  for (const auto& line : r.out_lines()) {
+    if (sscanf(line.c_str(), "upgraded: lbd pid %d handed over to pid %d", &old_pid, &new_pid) == 2) break;
+  }
+  return {old_pid, new_pid};
+}
+
+size_t open_fds(pid_t pid) {
+  size_t n = 0;
+  if (DIR* dir = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
+    while (readdir(dir)) n++;
+    closedir(dir);
+  }
+  return n >= 2 ? n - 2 : 0;  // . and ..
+}
+
+class Upgrade : public ControlTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+
+  // lbd from a copy of the binary, so that a test can put another file at its path.
+  void start_copy() {
+    copy_executable(LBD_BINARY_PATH, binary());
+    start_controlled(lbd_flags("bpf", 2, {"--shutdown-timeout", "5"}), binary());
+  }
+  std::string binary() const { return dir_.path("lbd"); }
+
+  LoadOptions bounded(LoadOptions options) {
+    options.address = address();
+    options.duration = kLoadBound;
+    options.max_requests = 10'000'000;
+    options.nice = 19;
+    return options;
+  }
+};
+
+class UpgradeUnderLoad : public Upgrade, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(UpgradeUnderLoad, TenUpgradesFailNothingAndKeepEveryWorker) {
+  const bool keep_alive = GetParam();
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const auto workers = serving_pids();
+  ASSERT_EQ(workers.size(), 2u);
+  LoadOptions options;
+  options.keep_alive = keep_alive;
+  options.threads = keep_alive ? 64 : 4;
+  if (keep_alive) options.request = http_get("/");
+  LoadGenerator load(bounded(options));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+
+  pid_t supervisor = lbd().pid();
+  std::set<pid_t> supervisors = {supervisor};
+  for (int i = 1; i <= 10; i++) {
+    CommandResult r = lbctl({"upgrade"});
+    ASSERT_TRUE(r.exited(0)) << "upgrade " << i << ": " << r.describe();
+    const auto [old_pid, new_pid] = handover_of(r);
+    EXPECT_EQ(old_pid, supervisor) << r.out;
+    EXPECT_TRUE(supervisors.insert(new_pid).second) << "upgrade " << i << " did not start a new lbd";
+    supervisor = new_pid;
+    EXPECT_EQ(status()["lbd"].value("pid", 0), supervisor);
+    EXPECT_EQ(serving_pids(), workers) << "upgrade " << i << " replaced a worker";
+    ASSERT_TRUE(wait_for_requests(load, 100, after(10s))) << "the load stalled after upgrade " << i;
+  }
+  LoadReport report = load.stop();
+  std::cout << (keep_alive ? "64 keep-alive connections" : "new connection per request") << ", 10 upgrades: "
+            << report.summary() << "\n";
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
+  EXPECT_EQ(status()["lbd"].value("reloads", -1), 0) << "no worker was reloaded";
+}
+
+INSTANTIATE_TEST_SUITE_P(Loads, UpgradeUnderLoad, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& load) {
+                           return load.param ? "KeepAlive" : "NewConnections";
+                         });
+
+TEST_F(Upgrade, ToABinaryThatExitsAtOnceFailsAndTheOldLbdKeepsServing) {
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const auto workers = serving_pids();
+  LoadGenerator load(bounded(LoadOptions{}));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  replace_executable_with_text(binary(), "#!/bin/sh\nexit 3\n");
+  CommandResult r = lbctl({"upgrade"});
+  EXPECT_TRUE(r.exited(1)) << r.describe();
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("^lbctl: upgrade failed: the new lbd \\(pid [0-9]+\\) exited with status 3 "
+                                                  "before it took over; this lbd \\(pid " +
+                                                  std::to_string(lbd().pid()) + "\\) keeps serving\n$")))
+      << r.err;
+  EXPECT_EQ(status()["lbd"].value("pid", 0), lbd().pid());
+  EXPECT_EQ(serving_pids(), workers);
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+
+  // The real binary back: the next upgrade goes through.
+  replace_executable_with_file(binary(), LBD_BINARY_PATH);
+  CommandResult ok = lbctl({"upgrade"});
+  EXPECT_TRUE(ok.exited(0)) << ok.describe();
+  EXPECT_EQ(serving_pids(), workers);
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  LoadReport report = load.stop();
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+}
+
+TEST_F(Upgrade, ToABinaryThatNeverTakesOverTimesOutAndTheOldLbdKeepsServing) {
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const auto workers = serving_pids();
+  LoadGenerator load(bounded(LoadOptions{}));
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  replace_executable_with_text(binary(), "#!/bin/sh\nexec sleep 60\n");
+  CommandResult r = lbctl({"upgrade", "--timeout", "1"});
+  EXPECT_TRUE(r.exited(1)) << r.describe();
+  EXPECT_NE(r.err.find("did not take over within 1 s; this lbd (pid " + std::to_string(lbd().pid()) + ") keeps serving"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(serving_pids(), workers);
+  // The old lbd still acts: a restart works (with the real binary back at its path).
+  replace_executable_with_file(binary(), LBD_BINARY_PATH);
+  CommandResult reload = lbctl({"restart", "0"});
+  EXPECT_TRUE(reload.exited(0)) << reload.describe();
+  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  LoadReport report = load.stop();
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+}
+
+TEST_F(Upgrade, Sigusr2UpgradesAndUpgradeReloadRollsTheWorkersToo) {
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const auto workers = serving_pids();
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGUSR2);
+  auto handed = lbd().wait_for_log("upgrade: pid ([0-9]+) took over; this lbd \\(pid " + std::to_string(first) + "\\) exits",
+                                   after(15s));
+  ASSERT_TRUE(handed) << lbd().log();
+  EXPECT_TRUE(lbd().wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(5s)));
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::exited(0)) << "the old lbd exits once the new one is in charge";
+  EXPECT_EQ(serving_pids(), workers);
+
+  CommandResult r = lbctl({"upgrade", "--reload"});
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  EXPECT_NE(r.out.find("upgraded: lbd pid " + handed->groups[1] + " handed over to pid "), std::string::npos) << r.out;
+  EXPECT_TRUE(r.out_lines().back().starts_with("reload done: 2 slot(s)")) << r.out;
+  const auto now = serving_pids();
+  for (auto [slot, pid] : workers) EXPECT_NE(now.at(slot), pid) << "slot " << slot << " still runs the old worker";
+}
+
+TEST_F(Upgrade, AHundredUpgradesLeakNoDescriptorAndNoMemory) {
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const auto workers = serving_pids();
+  auto measure = [&](pid_t supervisor) {
+    return std::tuple{open_fds(supervisor), process_rss_bytes(supervisor), open_fds(workers.at(0)),
+                      open_fds(workers.at(1))};
+  };
+  std::tuple<size_t, size_t, size_t, size_t> at_10{};
+  pid_t supervisor = 0;
+  for (int i = 1; i <= 100; i++) {
+    CommandResult r = lbctl({"upgrade"});
+    ASSERT_TRUE(r.exited(0)) << "upgrade " << i << ": " << r.describe();
+    supervisor = handover_of(r).second;
+    if (i == 10) {
+      // Once it answers, the new lbd is in charge (it has let go of what the handover needed).
+      ASSERT_EQ(status()["lbd"].value("pid", 0), supervisor);
+      ASSERT_TRUE(fetch(address(), http_get("/", true), after(2s)).ok());
+      at_10 = measure(supervisor);
+    }
+  }
+  ASSERT_EQ(status()["lbd"].value("pid", 0), supervisor);
+  ASSERT_TRUE(fetch(address(), http_get("/", true), after(2s)).ok());
+  const auto at_100 = measure(supervisor);
+  std::cout << "supervisor fds " << std::get<0>(at_10) << " -> " << std::get<0>(at_100) << ", rss "
+            << std::get<1>(at_10) << " -> " << std::get<1>(at_100) << "; worker fds " << std::get<2>(at_10) << " -> "
+            << std::get<2>(at_100) << ", " << std::get<3>(at_10) << " -> " << std::get<3>(at_100) << "\n";
+  EXPECT_EQ(std::get<0>(at_100), std::get<0>(at_10)) << "the supervisor's descriptors grew";
+  EXPECT_LT(std::get<1>(at_100), std::get<1>(at_10) + (1u << 20)) << "the supervisor's memory grew";
+  EXPECT_EQ(std::get<2>(at_100), std::get<2>(at_10)) << "worker 0's descriptors grew";
+  EXPECT_EQ(std::get<3>(at_100), std::get<3>(at_10)) << "worker 1's descriptors grew";
+  EXPECT_EQ(serving_pids(), workers);
+}
+
+class ExecUpgrade : public ExecTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+};
+
+TEST_F(ExecUpgrade, ProgramsKeepServingAndLoggingThroughAnUpgrade) {
+  if (!on_path("gunicorn")) GTEST_SKIP() << "gunicorn is not installed";
+  ASSERT_NO_FATAL_FAILURE(start_program({"-i", "2"}, {"gunicorn", "--workers", "1", "--access-logfile", "-", "--chdir",
+                                                      FIXTURES_DIR, "wsgi_hello:app"}));
+  const auto workers = serving_pids();
+  LoadOptions options;
+  options.address = address();
+  options.duration = kLoadBound;
+  options.max_requests = 10'000'000;
+  options.nice = 19;
+  LoadGenerator load(options);
+  ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
+  for (int i = 0; i < 3; i++) {
+    CommandResult r = lbctl({"upgrade"});
+    ASSERT_TRUE(r.exited(0)) << r.describe();
+    ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
+  }
+  EXPECT_EQ(serving_pids(), workers);
+  const size_t logged = count_records("GET / HTTP/1.1");
+  ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
+  EXPECT_TRUE(eventually(after(10s), [&] { return count_records("GET / HTTP/1.1") >= logged + 100; }))
+      << "the programs' output is still logged after the upgrades";
+  LoadReport report = load.stop();
+  EXPECT_EQ(report.failed(), 0u) << report.summary();
+}
+
+}  // namespace
+}  // namespace lbd::test
