@@ -2,7 +2,7 @@
 //
 // Shows: the whole embedding API (lbd::run, lbd::Exchange), a synchronous answer, a JSON answer
 // with a custom header, and a deferred answer that does not block the worker's loop.
-// Needs: Linux >= 6.0; root (or CAP_BPF + CAP_NET_ADMIN) for the default --mode bpf.
+// Needs: Linux >= 6.0; root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) for the default --mode bpf.
 // Run:   ./hello_service --listen 127.0.0.1:8081 --workers 2
 //        curl -i localhost:8081/hello?name=ops
 #include <string>

@@ -20,6 +20,7 @@ packages=(
   prometheus             # promtool and a real Prometheus for the /metrics tests
   tmux                   # a real terminal for lbctl top's test
   gunicorn               # a real third-party server run by `lbd run` (exec_test)
+  systemd                # systemd-analyze verify, for the unit `lbd startup` prints
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)

@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 
 #include "common/log.h"
 #include "service.h"
 #include "supervisor/app_launcher.h"
 #include "config/options.h"
+#include "config/systemd_unit.h"
+#include "supervisor/launch.h"
 #include "supervisor/supervisor.h"
 #include "worker/worker.h"
 #include "worker/worker_spec.h"
@@ -46,6 +49,32 @@ int run_worker(const char* spec_text, Handler handler) {
   return 0;
 }
 
+// `lbd startup ARGS...`: the unit on stdout, how to install it on stderr.
+int print_startup_unit(const ParsedCommandLine& parsed) {
+  UnitOptions unit;
+  unit.lbd_args = *parsed.startup_args;
+  unit.lbd_path = current_binary_path();
+  const auto lbctl = std::filesystem::path(unit.lbd_path).parent_path() / "lbctl";
+  const std::string lbctl_path = std::filesystem::exists(lbctl) ? lbctl.string() : "lbctl";
+  unit.working_directory = std::filesystem::current_path().string();
+  if (parsed.options) {
+    const SupervisorOptions& options = *parsed.options;
+    unit.app = options.app;
+    unit.exec_reload = systemd_word(lbctl_path) + " reload" + (options.app == "lbd" ? "" : " " + systemd_word(options.app));
+    unit.runs_program = options.program.has_value();
+    if (options.program) unit.writable.push_back(options.program->log_dir);
+    unit.stop_timeout_s = static_cast<int>(options.shutdown_timeout.count() / 1000) + 20;
+  } else {
+    unit.app = "lbd";
+    unit.exec_reload = "/bin/kill -HUP $MAINPID";  // `lbd start` reloads every app on HUP
+    unit.runs_program = true;
+  }
+  fputs(systemd_unit(unit).c_str(), stdout);
+  fprintf(stderr, "lbd: save this as /etc/systemd/system/%s, then: systemctl daemon-reload && systemctl enable --now %s\n",
+          unit_name(unit.app).c_str(), unit_name(unit.app).c_str());
+  return 0;
+}
+
 int run_supervisor(int argc, char** argv) {
   // Descriptors lbd did not open itself (whatever its parent left open) must not reach its workers
   // and programs: close-on-exec for all of them. (An upgrade's channel is one: lbd takes it first.)
@@ -53,6 +82,7 @@ int run_supervisor(int argc, char** argv) {
   SupervisorOptions options;
   try {
     auto parsed = parse_command_line(argc, argv);
+    if (parsed.startup_args) return print_startup_unit(parsed);
     if (parsed.config_file) {
       init_logging("lbd", "info");
       try {

@@ -7,7 +7,7 @@
 // which by accepting on every listener. That is the real selection path (BPF_PROG_TEST_RUN cannot
 // run sk_reuseport programs), including migration when a listener shuts down.
 //
-// Needs root (or CAP_BPF + CAP_NET_ADMIN); skips otherwise.
+// Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); skips otherwise.
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>

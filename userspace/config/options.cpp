@@ -152,6 +152,21 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
 std::string default_control_path(const std::string& app) { return "/run/lbd/" + app + ".sock"; }
 
 ParsedCommandLine parse_command_line(int argc, char** argv) {
+  // `lbd startup ARGS...`: ARGS are another lbd command line, checked here like one.
+  if (argc >= 2 && std::string_view(argv[1]) == "startup") {
+    if (argc >= 3 && (std::string_view(argv[2]) == "--help" || std::string_view(argv[2]) == "-h")) {
+      std::cout << "Usage: lbd startup [LBD ARGUMENTS...]\n"
+                   "Prints the systemd unit that runs `lbd LBD ARGUMENTS...` (Type=notify, ExecReload=lbctl reload,\n"
+                   "Restart=always, hardened), e.g. lbd startup run -i max --listen 0.0.0.0:80 -- node app.js\n";
+      return {};
+    }
+    std::vector<char*> rest = {argv[0]};
+    for (int i = 2; i < argc; i++) rest.push_back(argv[i]);
+    ParsedCommandLine inner = parse_command_line(static_cast<int>(rest.size()), rest.data());
+    if (!inner.options && !inner.config_file) return {};  // --help or --version
+    inner.startup_args = std::vector<std::string>(argv + 2, argv + argc);
+    return inner;
+  }
   CLI::App app{
       "lbd: runs one worker process per CPU behind a single port and steers every new connection "
       "to a worker in the kernel (eBPF on an SO_REUSEPORT group).\n"
@@ -159,6 +174,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
       "  lbd run [flags] -- PROGRAM ARGS run any program that takes its listener as fd 3 (systemd "
       "LISTEN_FDS), one per CPU\n"
       "  lbd start FILE.toml             run the apps a config file declares\n"
+      "  lbd startup [ARGS...]           print a systemd unit that runs `lbd ARGS...`\n"
       "Signals: HUP reloads, TERM/INT stop gracefully, QUIT stops at once.",
       "lbd"};
   app.set_version_flag("--version", std::string("lbd ") + LBD_VERSION);

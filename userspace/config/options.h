@@ -66,6 +66,8 @@ struct ParsedCommandLine {
   std::optional<SupervisorOptions> options;  // `lbd [flags]` or `lbd run`
   std::optional<std::string> config_file;    // `lbd start FILE`
   bool check_only = false;                    // `lbd start --check FILE`: check it, start nothing
+  // `lbd startup ARGS...`: print the systemd unit that runs `lbd ARGS...` (checked like a start).
+  std::optional<std::vector<std::string>> startup_args;
   // Neither: help or version was printed, exit 0.
 };
 

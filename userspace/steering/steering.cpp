@@ -39,7 +39,7 @@ int forward_libbpf_log(enum libbpf_print_level level, const char* format, va_lis
 Error load_error(int err) {
   if (err == EPERM || err == EACCES) {
     return Error::from_errno(err,
-                             "cannot load the BPF steering program (lbd needs root, or CAP_BPF and "
+                             "cannot load the BPF steering program (lbd needs root, or CAP_BPF, CAP_PERFMON and "
                              "CAP_NET_ADMIN, for --mode bpf; --mode reuseport runs without them)");
   }
   return Error::from_errno(err, "cannot load the BPF steering program");
