@@ -7,9 +7,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 
 #include "support/control_test.h"
+#include "support/admin.h"
 #include "support/exec_test.h"
 #include "supervisor/state_record.h"
 
@@ -87,11 +89,11 @@ TEST_P(TakeoverUnderLoad, AfterKill9ANewLbdAdoptsTheWorkersAndNoRequestFails) {
   options.keep_alive = keep_alive;
   options.threads = keep_alive ? 64 : 4;
   if (keep_alive) options.request = http_get("/");
-  LoadGenerator load(bounded(options));
-  ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
+  auto load = std::make_unique<LoadGenerator>(bounded(options));
+  ASSERT_TRUE(wait_for_requests(*load, 200, after(5s)));
   const json status_before = status();
 
-  auto successor = kill_and_take_over(&load);
+  auto successor = kill_and_take_over(load.get());
   ASSERT_TRUE(successor);
   EXPECT_EQ(serving_pids(), before) << "the same workers serve";
   const json status_after = status();
@@ -100,18 +102,26 @@ TEST_P(TakeoverUnderLoad, AfterKill9ANewLbdAdoptsTheWorkersAndNoRequestFails) {
     // The slot table is the one the workers have written all along: counters go on.
     EXPECT_GE(rows_of(status_after, slot).at(0).value("requests", 0u), rows_of(status_before, slot).at(0).value("requests", 0u));
   }
-  EXPECT_TRUE(wait_for_requests(load, 500, after(10s)));
+  EXPECT_TRUE(wait_for_requests(*load, 500, after(10s)));
+  LoadReport through_takeover = load->stop();
+  std::cout << (keep_alive ? "64 keep-alive connections" : "new connection per request")
+            << ": kill -9 and takeover: " << through_takeover.summary() << "\n";
+  EXPECT_EQ(through_takeover.failed(), 0u) << through_takeover.summary();
+  if (keep_alive) {
+    EXPECT_EQ(through_takeover.connections, 64u) << "a keep-alive connection was lost: " << through_takeover.summary();
+  }
 
   // The adopted workers answer to lbctl: a rolling reload replaces them, under the same load.
+  load = std::make_unique<LoadGenerator>(bounded(options));
+  ASSERT_TRUE(wait_for_requests(*load, 200, after(5s)));
   CommandResult reload = lbctl({"reload"});
   ASSERT_TRUE(reload.exited(0)) << reload.describe();
   const auto after_reload = serving_pids();
   for (auto [slot, pid] : before) EXPECT_NE(after_reload.at(slot), pid) << "slot " << slot << " was not replaced";
-  EXPECT_TRUE(wait_for_requests(load, 500, after(10s)));
-  LoadReport report = load.stop();
-  std::cout << (keep_alive ? "64 keep-alive connections" : "new connection per request")
-            << ": kill -9, takeover, reload: " << report.summary() << "\n";
-  EXPECT_EQ(report.failed(), 0u) << report.summary();
+  EXPECT_TRUE(wait_for_requests(*load, 500, after(10s)));
+  LoadReport through_reload = load->stop();
+  std::cout << "  then a reload of the adopted workers: " << through_reload.summary() << "\n";
+  EXPECT_EQ(through_reload.failed(), 0u) << through_reload.summary();
   EXPECT_EQ(successor->process.count_log(kTroubleInLog), 0u) << successor->process.log();
 }
 
@@ -120,12 +130,32 @@ INSTANTIATE_TEST_SUITE_P(Loads, TakeoverUnderLoad, ::testing::Values(false, true
                            return load.param ? "KeepAlive" : "NewConnections";
                          });
 
-TEST_F(Takeover, DrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp) {
-  ASSERT_NO_FATAL_FAILURE(start(args()));
+TEST_F(Takeover, MetricsDrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp) {
+  std::vector<std::string> with_admin = args();
+  with_admin.insert(with_admin.end(), {"--admin", "127.0.0.1:0"});
+  ASSERT_NO_FATAL_FAILURE(start(with_admin));
+  auto admin_line = lbd().wait_for_log(R"(\[lbd\] admin: serving http://(.+)$)", after(1s));
+  ASSERT_TRUE(admin_line);
+  const net::Address admin = net::Address::parse(admin_line->groups[1]);
+  auto requests_total = [&] {
+    HttpResult r = fetch(admin, http_get("/metrics", true), after(5s));
+    return r.ok() ? MetricSamples::parse(r.response.body).sum("lbd_requests_total", {}) : -1.0;
+  };
+  for (int i = 0; i < 50; i++) ASSERT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+  const double counted = requests_total();
+  EXPECT_GE(counted, 50);
   ASSERT_TRUE(lbctl({"policy", "rr"}).exited(0));
   const auto before = serving_pids();
-  auto successor = kill_and_take_over(nullptr);
-  ASSERT_TRUE(successor);
+
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  auto successor = std::make_unique<Successor>(with_admin);
+  ASSERT_TRUE(successor->process.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+      << successor->process.log();
+  EXPECT_TRUE(successor->process.wait_for_log("admin: serving http://" + admin.to_string() + "$", after(1s)))
+      << "the admin endpoint is back where it was: " << successor->process.log();
+  EXPECT_GE(requests_total(), counted) << "a slot's counters carry on across the takeover";
   EXPECT_EQ(status()["lbd"].value("policy", ""), "rr") << "the policy in force carries over";
 
   CommandResult drained = lbctl({"drain", "1", "--wait"});

@@ -90,6 +90,9 @@ TEST_P(UpgradeUnderLoad, TenUpgradesFailNothingAndKeepEveryWorker) {
   std::cout << (keep_alive ? "64 keep-alive connections" : "new connection per request") << ", 10 upgrades: "
             << report.summary() << "\n";
   EXPECT_EQ(report.failed(), 0u) << report.summary();
+  if (keep_alive) {
+    EXPECT_EQ(report.connections, 64u) << "a keep-alive connection was closed by an upgrade: " << report.summary();
+  }
   EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
   EXPECT_EQ(status()["lbd"].value("reloads", -1), 0) << "no worker was reloaded";
 }

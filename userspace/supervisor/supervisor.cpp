@@ -79,8 +79,10 @@ int Supervisor::run() {
   started_at_ = Clock::now();
   if (auto ok = set_up(); !ok) {
     spdlog::error("{}", ok.error().message());
-    // What this lbd started goes; what it was taking over from another is left serving.
+    // What this lbd started goes; what it was taking over from another is left serving, and so
+    // is the control socket a predecessor may still be serving on.
     if (slots_ && !took_over_) slots_->kill_all();
+    if (control_ && took_over_) control_->hand_over();
     return 1;
   }
 

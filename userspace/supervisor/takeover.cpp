@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -75,6 +76,7 @@ json Supervisor::record() const {
           {"policy", shared_.steering ? policy_name(shared_.steering->policy()) : "kernel"},
           {"control", to_json(FdRef{control_ ? control_->listener_fd() : -1, -1})},
           {"admin", to_json(FdRef{admin_ ? admin_->listener_fd() : -1, -1})},
+          {"admin_address", admin_ ? admin_->address().to_string() : ""},
           {"slot_table", to_json(FdRef{shared_.plain_table ? shared_.plain_table->fd() : -1, -1})},
           {"shared_listeners", std::move(shared_listeners)},
           {"slots", slots_->save()},
@@ -180,6 +182,10 @@ Result<void> Supervisor::take_over(const json& record, const FdTaker& taker, boo
   if (upgrading) {
     if (auto fd = taker.take(fd_ref_from_json(record.value("control", json())), -1)) control = std::move(*fd);
     if (auto fd = taker.take(fd_ref_from_json(record.value("admin", json())), -1)) admin = std::move(*fd);
+  } else if (options_.admin && !record.value("admin_address", "").empty()) {
+    // The port the predecessor served on (--admin may have asked for port 0): the monitoring
+    // finds lbd where it was.
+    if (auto address = parse_address(record.value("admin_address", ""))) options_.admin = *address;
   }
   LBD_TRY(open_control(std::move(control)));
   LBD_TRY(open_admin(std::move(admin)));
@@ -405,6 +411,14 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
         }
         if (control_) control_->hand_over();
         handed_over_ = true;
+        // A stop that came while we waited is the new lbd's to carry out now.
+        signalfd_siginfo info{};
+        while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+          if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT || info.ssi_signo == SIGQUIT) {
+            spdlog::info("passing SIG{} on to pid {}", sigabbrev_np(static_cast<int>(info.ssi_signo)), *pid);
+            successor.signal(static_cast<int>(info.ssi_signo));
+          }
+        }
         return;
       }
     }
