@@ -540,6 +540,36 @@ TEST_F(SlotManagerTest, SavedStateRestoresToTheSameStateAndCarriesOnCounting) {
   EXPECT_EQ(restored->total_restarts(0), 1u);
 }
 
+TEST_F(SlotManagerTest, ATakeoverStartsWhatWasStartingAgainAndFillsSlotsLeftEmpty) {
+  start_serving(2);
+  manager_->restart(7, 0, std::nullopt, T0 + 1s);  // slot 0: a replacement starting
+  manager_->stop(true, T0 + 2s);                   // lbd dies while stopping: nothing serves
+  const nlohmann::json saved = manager_->save();
+
+  FakeEffects successor;
+  auto restored = SlotManager::restore(saved, config_for(2), successor);
+  ASSERT_TRUE(restored) << restored.error().message();
+  EXPECT_FALSE(restored->stopping()) << "a new lbd serves";
+  restored->resume_after_takeover(T0 + 3s);
+  restored->tick(T0 + 3s);
+  EXPECT_EQ(starting_with(successor.take(), "spawn"), (std::vector<std::string>{"spawn 4 slot 1 cpu 1"}));
+  // Slot 0's replacement was killed by the stop; once it has gone, the slot starts one too.
+  restored->on_exit(3, "was killed by signal 9 (SIGKILL)", T0 + 3100ms);
+  restored->tick(T0 + 3100ms);
+  EXPECT_EQ(starting_with(successor.take(), "spawn"), (std::vector<std::string>{"spawn 5 slot 0 cpu 0"}));
+}
+
+TEST_F(SlotManagerTest, AProcessKilledByTheShellNeverBecomesReady) {
+  manager_.emplace(config_for(1), fx_);
+  ASSERT_TRUE(manager_->start(T0));
+  fx_.take();
+  manager_->kill(1);
+  EXPECT_EQ(fx_.take(), (std::vector<std::string>{"kill 1"}));
+  manager_->on_ready(1, T0 + 1ms);  // its READY was already on its way
+  EXPECT_TRUE(fx_.take().empty());
+  EXPECT_FALSE(manager_->slots()[0].active());
+}
+
 TEST_F(SlotManagerTest, AStateItCannotReadIsRefusedWithOneLine) {
   start_serving(1);
   nlohmann::json saved = manager_->save();
@@ -553,6 +583,11 @@ TEST_F(SlotManagerTest, AStateItCannotReadIsRefusedWithOneLine) {
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message().find("unknown process role 'dancing'"), std::string::npos)
       << refused.error().message();
+  saved = manager_->save();
+  saved["slots"][0]["serving"]["slot"] = 5;
+  refused = SlotManager::restore(saved, config_for(1), fx_);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().message(), "the saved slot state puts a process of one slot in another");
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,17 +49,28 @@ struct App {
   bool died = false;  // ended on its own while serving; not restarted yet
 };
 
-bool said_ready(int fd) {
+// What an app's supervisor said on its NOTIFY_SOCKET since the last look.
+struct Notifications {
   bool ready = false;
+  pid_t main_pid = 0;  // MAINPID=: an upgrade's successor, in charge of the app from now on
+};
+
+Notifications read_notifications(int fd) {
+  Notifications said;
   char buffer[512];
   ssize_t n;
   while ((n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT)) > 0) {
     std::string_view text(buffer, static_cast<size_t>(n));
-    if (text == "READY=1" || text.starts_with("READY=1\n") || text.find("\nREADY=1") != std::string_view::npos) {
-      ready = true;
+    while (!text.empty()) {
+      const size_t end = text.find('\n');
+      const std::string_view line = text.substr(0, end);
+      if (line == "READY=1") said.ready = true;
+      if (line.starts_with("MAINPID=")) said.main_pid = static_cast<pid_t>(atoi(std::string(line.substr(8)).c_str()));
+      if (end == std::string_view::npos) break;
+      text.remove_prefix(end + 1);
     }
   }
-  return ready;
+  return said;
 }
 
 class AppLauncher {
@@ -104,7 +116,7 @@ class AppLauncher {
     while (true) {
       size_t ready = 0;
       for (auto& app : apps_) {
-        if (!app.ready && app.notify && said_ready(app.notify.get())) {
+        if (!app.ready && app.notify && listen_to(app).ready) {
           app.ready = true;
           spdlog::info("app {} ready (pid {})", app.name, app.pid());
         }
@@ -162,6 +174,15 @@ class AppLauncher {
     };
     while (any_app()) {
       wait_for_events(poll_timeout_ms());
+      // Notifications first: an upgraded app's successor announces itself before its
+      // predecessor exits, and that exit must not look like the app's end.
+      for (auto& app : apps_) {
+        if (!app.running() || !app.notify) continue;
+        if (listen_to(app).ready && !app.ready) {
+          app.ready = true;
+          spdlog::info("app {} ready again (pid {})", app.name, app.pid());
+        }
+      }
       if (auto failed = reap(); !failed.empty() && !stopping_) {
         spdlog::error("{}", failed);
         if (!schedule_restarts()) exit_code = 1;
@@ -175,12 +196,6 @@ class AppLauncher {
         stop_all(SIGQUIT);
       }
       if (!restart_due_apps()) exit_code = 1;
-      for (auto& app : apps_) {
-        if (app.running() && !app.ready && app.notify && said_ready(app.notify.get())) {
-          app.ready = true;
-          spdlog::info("app {} ready again (pid {})", app.name, app.pid());
-        }
-      }
     }
     spdlog::info("stopped");
     return exit_code;
@@ -222,6 +237,22 @@ class AppLauncher {
     return all_kept;
   }
 
+  // Reads the app supervisor's notifications; a MAINPID= from another process is an upgrade's
+  // successor (`lbctl upgrade APP`): the app is that process now, and the one we started is left
+  // to exit and be reaped.
+  Notifications listen_to(App& app) {
+    Notifications said = read_notifications(app.notify.get());
+    if (said.main_pid > 0 && said.main_pid != app.pid()) {
+      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, said.main_pid, 0)));
+      if (pidfd) {
+        spdlog::info("app {} is pid {} now (upgraded from pid {})", app.name, said.main_pid, app.pid());
+        if (app.process && !app.process->adopted()) handed_over_.push_back(std::move(*app.process));
+        app.process.emplace(ChildProcess::adopt(said.main_pid, std::move(pidfd)));
+      }
+    }
+    return said;
+  }
+
   int poll_timeout_ms() const {
     auto next = Clock::time_point::max();
     for (const auto& app : apps_) {
@@ -238,9 +269,10 @@ class AppLauncher {
   void wait_for_events(int timeout_ms) {
     std::vector<pollfd> fds{{signal_fd_.get(), POLLIN, 0}};
     for (auto& app : apps_) {
-      if (!app.ready && app.notify) fds.push_back({app.notify.get(), POLLIN, 0});
+      if (app.notify) fds.push_back({app.notify.get(), POLLIN, 0});
       if (app.running()) fds.push_back({app.process->pidfd(), POLLIN, 0});
     }
+    for (auto& old : handed_over_) fds.push_back({old.pidfd(), POLLIN, 0});
     poll(fds.data(), fds.size(), timeout_ms);
     signalfd_siginfo info{};
     while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
@@ -262,6 +294,8 @@ class AppLauncher {
 
   // Reaps exited app supervisors; returns a description of those that ended, if any.
   std::string reap() {
+    // Those that handed their app over to a successor: reaped, and nothing more.
+    std::erase_if(handed_over_, [](ChildProcess& old) { return old.reap().has_value(); });
     std::string ended;
     for (auto& app : apps_) {
       if (!app.running()) continue;
@@ -297,6 +331,7 @@ class AppLauncher {
   config::FileConfig file_;
   const std::string binary_ = current_binary_path();
   std::deque<App> apps_;  // a deque: spawn() and the loops hold references while apps are added
+  std::vector<ChildProcess> handed_over_;  // app supervisors that were upgraded, until they exit
   UniqueFd signal_fd_;
   int stop_signal_ = 0;
   bool stopping_ = false;

@@ -55,8 +55,8 @@ nlohmann::json Child::record_base(const char* kind) const {
   // Ours while we keep copies (not in --mode shared, nor once it retires); the process's always.
   nlohmann::json listeners = nlohmann::json::array();
   for (size_t i = 0; i < std::max(listeners_.size(), child_listener_fds_.size()); i++) {
-    listeners.push_back(to_json(FdRef{i < listeners_.size() ? listeners_[i].get() : -1,
-                                      i < child_listener_fds_.size() ? child_listener_fds_[i] : -1}));
+    listeners.push_back(to_json(fd_ref(i < listeners_.size() ? listeners_[i].get() : -1,
+                                      i < child_listener_fds_.size() ? child_listener_fds_[i] : -1)));
   }
   return {{"kind", kind},
           {"id", id_},

@@ -38,6 +38,7 @@ class ChildProcess {
   bool signal(int signal) const;
   // Sends `signal` to the process group it leads (exec mode: what a program forked goes too).
   // Only until it is reaped: while it exists, even as a zombie, no other group can have its id.
+  // (An adopted process's parent reaps it: only while it surely runs.)
   void signal_group(int signal) const;
 
   struct Exit {

@@ -29,10 +29,12 @@ Result<sockaddr_un> unix_address(const std::string& path) {
   return addr;
 }
 
-// True if something accepts connections at `path` (another lbd).
+// True if something accepts connections at `path` (another lbd). Non-blocking: a listener whose
+// queue is full answers EAGAIN at once, and is someone too.
 bool someone_listens(const sockaddr_un& addr) {
-  UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  return probe && connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe) return false;
+  return connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 || errno == EAGAIN;
 }
 
 }  // namespace

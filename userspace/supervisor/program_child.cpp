@@ -65,6 +65,14 @@ class ProgramChild final : public Child {
   ProgramChild(ProcessId id, uint32_t slot, SharedResources& shared, ChildProcess process,
                Clock::time_point started = Clock::now())
       : Child(id, slot, shared, std::move(process)), started_at_(started) {}
+  // Its pipes stay open in the program (its copies of the read ends): unwatched explicitly, and
+  // not read (a successor may be reading them now).
+  ~ProgramChild() override {
+    for (auto& output : output_) {
+      if (output) shared_.poller->unwatch(output->fd());
+    }
+    if (notify_) shared_.poller->unwatch(notify_.get());
+  }
 
   Result<void> swap_in(Child* previous) override {
     probe_.reset();  // its listener leaves the probe place, so that it can go into the slot
@@ -96,6 +104,7 @@ class ProgramChild final : public Child {
     killed_ = true;
     probe_.reset();
     process_.signal_group(SIGKILL);  // what it forked goes too
+    process_.signal(SIGKILL);        // and it, even if it left its group (setsid)
   }
 
   ChildNews on_readable(Source source, uint32_t stream) override {
@@ -114,8 +123,9 @@ class ProgramChild final : public Child {
     close_output();
     // What it left running in its process group goes with it: asked to finish, if it was
     // draining (its children may still be answering); at once, if it crashed. Now, before it is
-    // reaped, while the group's id cannot belong to anyone else.
-    process_.signal_group(retiring_ ? SIGTERM : SIGKILL);
+    // reaped, while the group's id cannot belong to anyone else. (Not for a program an earlier lbd
+    // started: its parent may have reaped it already, and the id may be someone else's.)
+    if (!process_.adopted()) process_.signal_group(retiring_ ? SIGTERM : SIGKILL);
     stop_listening();
   }
 
@@ -150,9 +160,9 @@ class ProgramChild final : public Child {
 
   nlohmann::json record() const override {
     nlohmann::json r = record_base("program");
-    r["stdout"] = to_json(FdRef{output_[0] ? output_[0]->fd() : -1, child_output_fds_[0]});
-    r["stderr"] = to_json(FdRef{output_[1] ? output_[1]->fd() : -1, child_output_fds_[1]});
-    r["notify"] = to_json(FdRef{notify_.get(), -1});
+    r["stdout"] = to_json(fd_ref(output_[0] ? output_[0]->fd() : -1, child_output_fds_[0]));
+    r["stderr"] = to_json(fd_ref(output_[1] ? output_[1]->fd() : -1, child_output_fds_[1]));
+    r["notify"] = to_json(fd_ref(notify_.get(), -1));
     return r;
   }
   uint64_t resident_bytes() const override { return tree_rss_ ? tree_rss_ : Child::resident_bytes(); }
@@ -454,7 +464,7 @@ Result<std::unique_ptr<Child>> adopt_program_child(const nlohmann::json& record,
     const FdRef ref = fd_ref_from_json(listener);
     child->child_listener_fds_.push_back(ref.child);
     // A retiring program may have closed its listener already: then there is nothing to watch.
-    auto fd = taker.take(ref, holder);
+    auto fd = taker.take(ref, holder, p.pid);
     if (fd) {
       child->listeners_.push_back(std::move(*fd));
     } else if (!child->retiring_) {
@@ -466,7 +476,7 @@ Result<std::unique_ptr<Child>> adopt_program_child(const nlohmann::json& record,
   for (uint32_t stream = 0; stream < 2; stream++) {
     const FdRef ref = fd_ref_from_json(record.value(streams[stream], nlohmann::json()));
     child->child_output_fds_[stream] = ref.child;
-    auto fd = taker.take(ref, holder);
+    auto fd = taker.take(ref, holder, p.pid);
     if (!fd) continue;  // its output is not ours to log any more; it still serves
     child->output_[stream].emplace(
         shared.logs->adopt_pipe(std::move(*fd), p.slot, stream == 0 ? logs::Stream::kOut : logs::Stream::kErr));

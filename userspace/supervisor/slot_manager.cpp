@@ -320,6 +320,9 @@ void SlotManager::on_exit(ProcessId id, const std::string& ended, Clock::time_po
     spdlog::error("worker {}: {}", slot->index, why);
     slot->replacement.reset();
     operation_slot_failed(slot->index, slot_name(slot->index) + ": " + why);
+    // Nothing serves the slot either (after a takeover from an lbd that died while stopping):
+    // start one, as after a crash.
+    if (!slot->serving && slot->wanted && !slot->failed && !stopping_ && !slot->restart_at) slot->restart_at = now;
   } else {
     const bool was_ready = p->role == ProcessRole::kServing;
     if (p->for_operation && !was_ready) {
@@ -870,6 +873,10 @@ Result<SlotManager> SlotManager::restore(const json& saved, SlotManagerConfig co
       if (!j.at("serving").is_null()) slot.serving = process_from_json(j.at("serving"));
       if (!j.at("replacement").is_null()) slot.replacement = process_from_json(j.at("replacement"));
       for (const auto& p : j.at("retiring")) slot.retiring.push_back(process_from_json(p));
+      if ((slot.serving && slot.serving->slot != slot.index) || (slot.replacement && slot.replacement->slot != slot.index) ||
+          std::any_of(slot.retiring.begin(), slot.retiring.end(), [&](const auto& p) { return p.slot != slot.index; })) {
+        return invalid("puts a process of one slot in another");
+      }
       slot.restarts.remember(times_from_json(j.at("crashes")));
       slot.restart_at = optional_time_from_json(j.at("restart_at"));
       slot.restart_count = j.at("restart_count").get<unsigned>();
@@ -881,13 +888,27 @@ Result<SlotManager> SlotManager::restore(const json& saved, SlotManagerConfig co
   } catch (const json::exception& e) {
     return invalid(std::string("is damaged: ") + e.what());
   }
+  std::set<ProcessId> ids;
   for (const auto* p : manager.processes()) {
+    if (!ids.insert(p->id).second) return invalid("names process " + std::to_string(p->id) + " twice");
     if (p->id >= manager.next_process_id_) {
       return invalid("names process " + std::to_string(p->id) + ", beyond its next id " +
                      std::to_string(manager.next_process_id_));
     }
   }
   return manager;
+}
+
+void SlotManager::resume_after_takeover(Clock::time_point now) {
+  for (auto& slot : slots_) {
+    if (slot.wanted && !slot.failed && !slot.removing && !slot.serving && !slot.replacement && !slot.restart_at) {
+      slot.restart_at = now;
+    }
+  }
+}
+
+void SlotManager::kill(ProcessId id) {
+  if (auto [slot, p] = locate(id); p) kill_now(*p);
 }
 
 void SlotManager::announce_ready_again() {

@@ -199,6 +199,11 @@ class SlotManager {
   // A new supervisor is in charge: it says "ready" (all_ready) once every slot serves again,
   // as a starting one does.
   void announce_ready_again();
+  // After a takeover: every slot that is wanted and has nothing to serve it, nor a restart coming
+  // (its lbd died while stopping, say), starts one now.
+  void resume_after_takeover(Clock::time_point now);
+  // Kills a process (it will never become ready or serve); its exit follows as an event.
+  void kill(ProcessId id);
 
  private:
   // A long request (reload, restart, drain --wait, undrain, scale) in progress. One at a time.

@@ -1,12 +1,15 @@
 #include "supervisor/state_record.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 namespace lbd {
@@ -53,6 +56,15 @@ std::optional<uint64_t> process_start_time(pid_t pid) {
   return start;
 }
 
+bool process_runs(pid_t pid, uint64_t start_time) {
+  if (pid <= 0 || process_start_time(pid) != start_time) return false;
+  std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(file, stat);
+  const size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z' && stat[close + 2] != 'X';
+}
+
 Result<void> write_state_record(const std::string& path, const std::string& text) {
   const std::string temporary = path + ".new";
   UniqueFd fd(open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -79,11 +91,26 @@ Result<std::optional<nlohmann::json>> read_state_record(const std::string& path)
   return std::optional<nlohmann::json>(std::move(record));
 }
 
-nlohmann::json to_json(const FdRef& ref) { return nlohmann::json::array({ref.supervisor, ref.child}); }
+FdRef fd_ref(int fd, int child_fd) {
+  FdRef ref{fd, child_fd};
+  struct stat st{};
+  if (fd >= 0 && fstat(fd, &st) == 0) {
+    ref.device = st.st_dev;
+    ref.inode = st.st_ino;
+  }
+  return ref;
+}
+
+nlohmann::json to_json(const FdRef& ref) {
+  return nlohmann::json::array({ref.supervisor, ref.child, ref.device, ref.inode});
+}
 
 FdRef fd_ref_from_json(const nlohmann::json& j) {
-  if (!j.is_array() || j.size() != 2 || !j[0].is_number_integer() || !j[1].is_number_integer()) return {};
-  return FdRef{j[0].get<int>(), j[1].get<int>()};
+  if (!j.is_array() || j.size() != 4) return {};
+  for (const auto& n : j) {
+    if (!n.is_number_integer()) return {};
+  }
+  return FdRef{j[0].get<int>(), j[1].get<int>(), j[2].get<uint64_t>(), j[3].get<uint64_t>()};
 }
 
 Result<UniqueFd> copy_fd_of(int pidfd, int fd) {
@@ -94,10 +121,49 @@ Result<UniqueFd> copy_fd_of(int pidfd, int fd) {
   return copy;
 }
 
-Result<UniqueFd> FdTaker::take(const FdRef& ref, int holder) const {
-  if (predecessor_ >= 0 && ref.supervisor >= 0) return copy_fd_of(predecessor_, ref.supervisor);
-  if (holder >= 0 && ref.child >= 0) return copy_fd_of(holder, ref.child);
-  return Error::from_errno(ENOENT, "a descriptor the record names nowhere");
+namespace {
+
+// The copy is the file the record names.
+Result<UniqueFd> checked(Result<UniqueFd> copy, const FdRef& ref) {
+  if (!copy) return copy;
+  struct stat st{};
+  if (fstat(copy->get(), &st) != 0) return Error::from_errno("fstat a taken descriptor");
+  if (ref.inode == 0 || st.st_dev != ref.device || st.st_ino != ref.inode) {
+    return Error::from_errno(ESTALE, "descriptor " + std::to_string(ref.child) + " is another file now");
+  }
+  return copy;
+}
+
+// The number under which `pid` keeps the open file (device, inode) now, if it does.
+std::optional<int> find_fd(pid_t pid, uint64_t device, uint64_t inode) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  std::unique_ptr<DIR, int (*)(DIR*)> entries(opendir(dir.c_str()), closedir);
+  if (!entries) return std::nullopt;
+  while (dirent* entry = readdir(entries.get())) {
+    struct stat st{};
+    if (entry->d_name[0] == '.' || stat((dir + "/" + entry->d_name).c_str(), &st) != 0) continue;
+    if (st.st_dev == device && st.st_ino == inode) return atoi(entry->d_name);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<UniqueFd> FdTaker::take(const FdRef& ref, int holder, pid_t holder_pid) const {
+  Result<UniqueFd> taken = Error::from_errno(ENOENT, "a descriptor the record names nowhere");
+  if (predecessor_ >= 0 && ref.supervisor >= 0) {
+    taken = checked(copy_fd_of(predecessor_, ref.supervisor), ref);
+    if (taken) return taken;
+  }
+  if (holder < 0 || ref.inode == 0) return taken;
+  if (ref.child >= 0) {
+    taken = checked(copy_fd_of(holder, ref.child), ref);
+    if (taken) return taken;
+  }
+  if (holder_pid > 0) {
+    if (auto moved = find_fd(holder_pid, ref.device, ref.inode)) taken = checked(copy_fd_of(holder, *moved), ref);
+  }
+  return taken;
 }
 
 }  // namespace lbd

@@ -41,6 +41,8 @@ std::string boot_id();
 // When `pid` started, in clock ticks since boot (/proc/PID/stat): with the pid, it names a
 // process for good (a pid may be reused, not with the same start time).
 std::optional<uint64_t> process_start_time(pid_t pid);
+// `pid` is the process that started at `start_time`, and has not exited (a zombie has).
+bool process_runs(pid_t pid, uint64_t start_time);
 
 // Written whole or not at all (a temporary file, then rename).
 Result<void> write_state_record(const std::string& path, const std::string& text);
@@ -48,11 +50,17 @@ Result<void> write_state_record(const std::string& path, const std::string& text
 Result<std::optional<nlohmann::json>> read_state_record(const std::string& path);
 
 // A descriptor a successor needs, by its number in the supervisor and in the process that
-// holds it (-1: not there).
+// holds it (-1: not there), and what it is (device and inode of the open file, from the
+// supervisor's copy): a number alone could name another file by the time it is taken (a program
+// closes its listener and opens a connection that gets the number), so what is taken is checked.
 struct FdRef {
   int supervisor = -1;
   int child = -1;
+  uint64_t device = 0;
+  uint64_t inode = 0;  // 0: not known, so not taken from the process
 };
+// The reference to the supervisor's `fd`, kept by the process as `child_fd`.
+FdRef fd_ref(int fd, int child_fd);
 nlohmann::json to_json(const FdRef& ref);
 FdRef fd_ref_from_json(const nlohmann::json& j);
 
@@ -62,8 +70,11 @@ class FdTaker {
  public:
   // `predecessor`: a pidfd of the lbd that wrote the record, or -1 when it is dead.
   explicit FdTaker(int predecessor) : predecessor_(predecessor) {}
-  // `holder`: a pidfd of the process that keeps the child's copy.
-  Result<UniqueFd> take(const FdRef& ref, int holder) const;
+  // `holder`: a pidfd of the process that keeps the child's copy, `holder_pid` its pid. The
+  // predecessor's copy first, then the holder's at its recorded number, then wherever the holder
+  // keeps that file now (a program may have moved it: Python's socket.fromfd dups it); each is
+  // checked to be the recorded file.
+  Result<UniqueFd> take(const FdRef& ref, int holder, pid_t holder_pid = 0) const;
   bool from_predecessor() const { return predecessor_ >= 0; }
 
  private:

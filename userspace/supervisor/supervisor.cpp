@@ -123,9 +123,10 @@ int Supervisor::run() {
           if (admin_) admin_->on_client_event(e.index, e.events);
           break;
       }
+      // Upgraded: the successor is in charge of everything now, the rest of this batch included.
+      if (handed_over_) return 0;
     }
     run_timers(Clock::now());
-    if (handed_over_) return 0;  // the successor is in charge of everything now
     save_record();
     if (slots_->finished()) break;
     if (slots_->all_failed()) {
@@ -170,9 +171,11 @@ Result<void> Supervisor::set_up() {
   // --mode handoff keeps the supervisor in the data path: nothing to hand over or take over.
   if (options_.mode != Mode::kHandoff) record_path_ = state_record_path(options_.control_path);
   if (auto upgrade = upgrade_channel_from_environment()) return take_over_from_predecessor(std::move(*upgrade));
-  if (auto record = record_to_take_over()) {
+  auto record = record_to_take_over();
+  if (!record) return record.error();
+  if (*record) {
     took_over_ = true;
-    if (auto taken = take_over(*record, FdTaker(-1), /*upgrading=*/false); !taken) {
+    if (auto taken = take_over(**record, FdTaker(-1), /*upgrading=*/false); !taken) {
       return taken.error().wrap("cannot take over from the lbd before (its processes keep serving)");
     }
     take_charge();
@@ -413,7 +416,7 @@ void Supervisor::sample_memory(Clock::time_point now) {
 
 void Supervisor::on_signal() {
   signalfd_siginfo info{};
-  while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+  while (!handed_over_ && read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
     const auto now = Clock::now();
     switch (info.ssi_signo) {
       case SIGTERM:

@@ -106,8 +106,9 @@ class Supervisor final : private SlotEffects {
   nlohmann::json record() const;
   void save_record();
   void forget_record();
-  std::optional<nlohmann::json> record_to_take_over();
+  Result<std::optional<nlohmann::json>> record_to_take_over();
   Result<void> take_over(const nlohmann::json& record, const FdTaker& taker, bool upgrading);
+  Result<void> take_over_recorded(const nlohmann::json& record, const FdTaker& taker, bool upgrading);
   void take_charge();
   std::optional<UniqueFd> upgrade_channel_from_environment();
   Result<void> take_over_from_predecessor(UniqueFd channel);
@@ -158,7 +159,17 @@ class Supervisor final : private SlotEffects {
   std::string last_record_;      // as last written
   bool took_over_ = false;       // this lbd took its processes over from another
   pid_t takeover_from_ = 0;
-  std::vector<std::pair<ProcessId, std::string>> lost_;  // recorded processes not taken over
+  Clock::time_point takeover_started_;
+  // Recorded processes not taken over: why, and (if it still runs) the pid and start time that
+  // name it, so that take_charge() can stop it.
+  struct Lost {
+    ProcessId id;
+    std::string why;
+    pid_t pid = 0;
+    uint64_t start_time = 0;
+  };
+  std::vector<Lost> lost_;
+  Clock::time_point next_record_retry_;  // a failed write is tried again from then
   bool handed_over_ = false;     // a successor is in charge: this lbd exits and touches nothing
   uint32_t handoff_next_ = 0;
   uint64_t handoff_dropped_ = 0;

@@ -62,11 +62,12 @@ json Supervisor::record() const {
   json bound = json::array();
   for (const auto& address : shared_.bound) bound.push_back(address.to_string());
   json shared_listeners = json::array();
-  for (const auto& fd : shared_.shared_listeners) shared_listeners.push_back(to_json(FdRef{fd.get(), -1}));
+  for (const auto& fd : shared_.shared_listeners) shared_listeners.push_back(to_json(fd_ref(fd.get(), -1)));
   return {{"version", kStateRecordVersion},
           {"boot_id", boot_id()},
           {"command_line", options_.command_line},
           {"pid", getpid()},
+          {"start_time", process_start_time(getpid()).value_or(0)},
           {"binary", shared_.binary},
           {"started_at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(started_at_.time_since_epoch()).count()},
           {"mode", mode_name(options_.mode)},
@@ -74,10 +75,10 @@ json Supervisor::record() const {
           {"groups", shared_.groups},
           {"pins", pin_dir_},
           {"policy", shared_.steering ? policy_name(shared_.steering->policy()) : "kernel"},
-          {"control", to_json(FdRef{control_ ? control_->listener_fd() : -1, -1})},
-          {"admin", to_json(FdRef{admin_ ? admin_->listener_fd() : -1, -1})},
+          {"control", to_json(fd_ref(control_ ? control_->listener_fd() : -1, -1))},
+          {"admin", to_json(fd_ref(admin_ ? admin_->listener_fd() : -1, -1))},
           {"admin_address", admin_ ? admin_->address().to_string() : ""},
-          {"slot_table", to_json(FdRef{shared_.plain_table ? shared_.plain_table->fd() : -1, -1})},
+          {"slot_table", to_json(fd_ref(shared_.plain_table ? shared_.plain_table->fd() : -1, -1))},
           {"shared_listeners", std::move(shared_listeners)},
           {"slots", slots_->save()},
           {"history", std::move(history)},
@@ -87,74 +88,82 @@ json Supervisor::record() const {
 // Rewritten when what it says has changed (something called an effect, or a process exited).
 void Supervisor::save_record() {
   if (!record_dirty_ || record_path_.empty() || !slots_) return;
+  const auto now = Clock::now();
+  if (record_write_failed_ && now < next_record_retry_) return;
+  // Arguments need not be UTF-8; JSON must be: such bytes are written as U+FFFD (the record
+  // then matches no command line, and is not taken over, rather than lbd stopping here).
+  std::string text = record().dump(-1, ' ', false, json::error_handler_t::replace);
   record_dirty_ = false;
-  std::string text = record().dump();
   if (text == last_record_) return;
   if (auto written = write_state_record(record_path_, text); !written) {
     if (!std::exchange(record_write_failed_, true)) {
       spdlog::warn("{}; a new lbd could not take these workers over if this one died", written.error().message());
     }
+    record_dirty_ = true;  // tried again in a second
+    next_record_retry_ = now + std::chrono::seconds(1);
     return;
   }
-  record_write_failed_ = false;
+  if (std::exchange(record_write_failed_, false)) spdlog::info("state record {} written again", record_path_);
   last_record_ = std::move(text);
 }
 
-// A clean stop: nothing is left to take over.
+// A clean stop: nothing is left to take over (while a process runs, a record stays for it).
 void Supervisor::forget_record() {
-  if (record_path_.empty()) return;
+  if (record_path_.empty() || (slots_ && !slots_->processes().empty())) return;
   unlink(record_path_.c_str());
   if (shared_.steering && !pin_dir_.empty()) shared_.steering->unpin(pin_dir_);
 }
 
 // The record of an lbd that died, if this lbd should take its workers over: same boot, same
-// arguments, a version we read, and nobody serving it any more. Anything else is said in one line
-// and left alone.
-std::optional<json> Supervisor::record_to_take_over() {
-  if (record_path_.empty()) return std::nullopt;
+// arguments, a version we read, its lbd gone, and some process of it still running. A record
+// not to take over is said in one line and left alone; an lbd still running it is an error.
+Result<std::optional<json>> Supervisor::record_to_take_over() {
+  if (record_path_.empty()) return std::optional<json>();
   auto read = read_state_record(record_path_);
   if (!read) {
     spdlog::warn("{}; starting afresh", read.error().message());
-    return std::nullopt;
+    return std::optional<json>();
   }
-  if (!*read) return std::nullopt;
+  if (!*read) return std::optional<json>();
   const json& record = **read;
-  auto ignore = [&](const std::string& why) -> std::optional<json> {
+  auto ignore = [&](const std::string& why) -> Result<std::optional<json>> {
     spdlog::warn("not taking over from the lbd before this one ({}): {}", record_path_, why);
-    return std::nullopt;
+    return std::optional<json>();
   };
-  if (!record.is_object() || record.value("version", 0) != kStateRecordVersion) {
-    return ignore("its record has another version");
+  try {
+    if (!record.is_object() || record.value("version", 0) != kStateRecordVersion) {
+      return ignore("its record has another version");
+    }
+    if (record.value("boot_id", "") != boot_id()) {
+      spdlog::info("the state record {} is from an earlier boot; starting afresh", record_path_);
+      return std::optional<json>();
+    }
+    if (record.value("command_line", json::array()) != json(options_.command_line)) {
+      return ignore("it was started with other arguments; its processes (pids " + pids_of(record) +
+                    ") are left as they are");
+    }
+    // Its lbd must be gone: the same pid with the same start time is that lbd, still running.
+    const pid_t predecessor = record.value("pid", 0);
+    if (process_runs(predecessor, record.value("start_time", uint64_t{0}))) {
+      return Error::from_errno(EADDRINUSE, "another lbd is running (control socket " + options_.control_path +
+                                               "), pid " + std::to_string(predecessor));
+    }
+    if (options_.mode == Mode::kBpf && record.value("pins", "").empty()) {
+      return ignore("its steering maps were not pinned");
+    }
+    // Nothing of it runs any more (its workers died with it, or were stopped): a fresh start.
+    const auto& children = record.value("children", json::array());
+    const bool any_alive = std::any_of(children.begin(), children.end(), [](const json& child) {
+      return process_runs(child.value("pid", 0), child.value("start_time", uint64_t{0}));
+    });
+    if (!any_alive) {
+      spdlog::info("the lbd before this one (pid {}) left no process running; starting afresh", predecessor);
+      return std::optional<json>();
+    }
+  } catch (const json::exception& e) {
+    return ignore(std::string("its record is damaged: ") + e.what());
   }
-  if (record.value("boot_id", "") != boot_id()) {
-    spdlog::info("the state record {} is from an earlier boot; starting afresh", record_path_);
-    return std::nullopt;
-  }
-  if (record.value("command_line", json::array()) != json(options_.command_line)) {
-    return ignore("it was started with other arguments; its processes (pids " + pids_of(record) +
-                  ") are left as they are");
-  }
-  const pid_t predecessor = record.value("pid", 0);
-  if (predecessor == getpid()) return std::nullopt;
-  if (predecessor > 0 && ::kill(predecessor, 0) == 0) {
-    // Its control socket would have refused us already if it were serving; a pid reused since
-    // is another process.
-    spdlog::debug("pid {} of the record exists, but its control socket is gone", predecessor);
-  }
-  if (options_.mode == Mode::kBpf && record.value("pins", "").empty()) {
-    return ignore("its steering maps were not pinned");
-  }
-  // Nothing of it runs any more (its workers died with it, or were stopped): a fresh start.
-  const auto& children = record.value("children", json::array());
-  const bool any_alive = std::any_of(children.begin(), children.end(), [](const json& child) {
-    const auto started = process_start_time(child.value("pid", 0));
-    return started && *started == child.value("start_time", uint64_t{0});
-  });
-  if (!any_alive) {
-    spdlog::info("the lbd before this one (pid {}) left no process running; starting afresh", predecessor);
-    return std::nullopt;
-  }
-  return record;
+  return std::optional<json>(record);
 }
 
 // --- taking over --------------------------------------------------------------------------------
@@ -164,31 +173,48 @@ std::optional<json> Supervisor::record_to_take_over() {
 // does what follows, once this lbd is in charge.
 Result<void> Supervisor::take_over(const json& record, const FdTaker& taker, bool upgrading) {
   try {
-    for (const auto& text : record.at("bound")) {
-      auto address = parse_address(text.get<std::string>());
-      if (!address) return address.error();
-      shared_.bound.push_back(*address);
-    }
-    shared_.groups = record.at("groups").get<std::vector<uint32_t>>();
-    started_at_ = Clock::time_point(std::chrono::duration_cast<Clock::duration>(
-        std::chrono::nanoseconds(record.at("started_at_ns").get<int64_t>())));
+    return take_over_recorded(record, taker, upgrading);
   } catch (const json::exception& e) {
     return Error::invalid(std::string("the state record is damaged: ") + e.what());
   }
+}
+
+Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& taker, bool upgrading) {
+  takeover_started_ = Clock::now();
+  spdlog::info("taking over from lbd pid {} ({}; {} processes in the record)", record.value("pid", 0),
+               upgrading ? "it hands over" : "it is gone", record.value("children", json::array()).size());
+  for (const auto& text : record.at("bound")) {
+    auto address = parse_address(text.get<std::string>());
+    if (!address) return address.error();
+    shared_.bound.push_back(*address);
+  }
+  shared_.groups = record.at("groups").get<std::vector<uint32_t>>();
+  started_at_ = Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+      std::chrono::nanoseconds(record.at("started_at_ns").get<int64_t>())));
 
   // The control socket and the admin endpoint: a predecessor handing over passes its listeners
-  // (no gap for lbctl and the monitoring); after a death they are opened again.
+  // (no gap for lbctl and the monitoring); after a death they are opened again, the admin
+  // endpoint where it was (--admin may have asked for port 0), else where --admin says.
   UniqueFd control, admin;
   if (upgrading) {
-    if (auto fd = taker.take(fd_ref_from_json(record.value("control", json())), -1)) control = std::move(*fd);
-    if (auto fd = taker.take(fd_ref_from_json(record.value("admin", json())), -1)) admin = std::move(*fd);
-  } else if (options_.admin && !record.value("admin_address", "").empty()) {
-    // The port the predecessor served on (--admin may have asked for port 0): the monitoring
-    // finds lbd where it was.
-    if (auto address = parse_address(record.value("admin_address", ""))) options_.admin = *address;
+    if (!options_.control_path.empty()) {
+      auto fd = taker.take(fd_ref_from_json(record.value("control", json())), -1);
+      if (!fd) return fd.error().wrap("take over the control socket");
+      control = std::move(*fd);
+    }
+    if (options_.admin) {
+      auto fd = taker.take(fd_ref_from_json(record.value("admin", json())), -1);
+      if (!fd) return fd.error().wrap("take over the admin endpoint");
+      admin = std::move(*fd);
+    }
   }
   LBD_TRY(open_control(std::move(control)));
-  LBD_TRY(open_admin(std::move(admin)));
+  if (!upgrading && options_.admin && !record.value("admin_address", "").empty()) {
+    const auto configured = options_.admin;
+    if (auto address = parse_address(record.value("admin_address", ""))) options_.admin = *address;
+    if (!open_admin(UniqueFd())) options_.admin = configured;
+  }
+  if (!admin_) LBD_TRY(open_admin(std::move(admin)));
   LBD_TRY(set_up_exec_mode());
 
   if (options_.mode == Mode::kBpf) {
@@ -214,39 +240,43 @@ Result<void> Supervisor::take_over(const json& record, const FdTaker& taker, boo
     }
   }
 
-  // Each process, checked to be the one recorded and taken with its descriptors.
+  // Each process, checked to be the one recorded and taken with its descriptors. One that cannot
+  // be taken over is left alone until this lbd is in charge (take_charge()).
   std::map<ProcessId, const json*> recorded;  // points into `record`, not into a copy of it
   if (auto children = record.find("children"); children != record.end() && children->is_array()) {
-    for (const auto& child : *children) recorded[child.value("id", 0u)] = &child;
+    for (const auto& child : *children) {
+      if (child.is_object()) recorded[child.value("id", 0u)] = &child;
+    }
   }
   for (const ProcessRecord* p : slots_->processes()) {
     auto found = recorded.find(p->id);
     auto adopted = found == recorded.end() ? Result<std::unique_ptr<Child>>(Error::invalid("not in the record"))
                                            : adopt_child(*found->second, *p, taker, shared_);
-    if (!adopted) {
-      lost_.emplace_back(p->id, adopted.error().message());
-      // Still running but not ours to run (its descriptors could not be taken): it finishes what
-      // it holds and goes, and its slot starts a new one.
-      if (found != recorded.end() && process_start_time(p->pid) == found->second->value("start_time", uint64_t{0})) {
-        ::kill(p->pid, SIGTERM);
+    if (adopted) {
+      if (auto watched = shared_.poller->watch((*adopted)->process().pidfd(), Source::kExit, p->id); watched) {
+        children_[p->id] = std::move(*adopted);
+        continue;
+      } else {
+        adopted = Result<std::unique_ptr<Child>>(watched.error());
       }
-      continue;
     }
-    if (auto watched = shared_.poller->watch((*adopted)->process().pidfd(), Source::kExit, p->id); !watched) {
-      lost_.emplace_back(p->id, watched.error().message());
-      continue;
+    Lost lost{p->id, adopted.error().message()};
+    if (found != recorded.end()) {
+      lost.pid = p->pid;
+      lost.start_time = found->second->value("start_time", uint64_t{0});
     }
-    children_[p->id] = std::move(*adopted);
+    lost_.push_back(std::move(lost));
   }
 
   // The slot table: the steering program's (bpf), else a predecessor's memfd, which its workers
   // hold as fd 4 (worker_spec.h) when the predecessor is gone.
   if (!shared_.steering) {
-    auto table_fd = taker.take(fd_ref_from_json(record.value("slot_table", json())), -1);
+    const FdRef table_ref = fd_ref_from_json(record.value("slot_table", json()));
+    auto table_fd = taker.take(table_ref, -1);
     for (auto& [id, c] : children_) {
       if (table_fd) break;
       if (const json* r = recorded[id]; r && r->value("kind", "") == "worker") {
-        table_fd = copy_fd_of(c->process().pidfd(), 4);
+        table_fd = taker.take(FdRef{-1, 4, table_ref.device, table_ref.inode}, c->process().pidfd(), c->pid());
       }
     }
     auto table = table_fd ? SlotTable::map(table_fd->get()) : SlotTable::create_memfd();
@@ -257,13 +287,16 @@ Result<void> Supervisor::take_over(const json& record, const FdTaker& taker, boo
     // Everyone's listeners: from the predecessor, or from any of its workers (fd 9 on).
     const json& listeners = record.value("shared_listeners", json::array());
     for (size_t g = 0; g < shared_.bound.size(); g++) {
-      auto fd = g < listeners.size() ? taker.take(fd_ref_from_json(listeners[g]), -1)
-                                     : Result<UniqueFd>(Error::from_errno(ENOENT, "shared listener"));
+      const FdRef shared_ref = g < listeners.size() ? fd_ref_from_json(listeners[g]) : FdRef{};
+      auto fd = taker.take(shared_ref, -1);
       for (auto& [id, c] : children_) {
         if (fd) break;
         const json* r = recorded[id];
         const json& refs = r ? r->value("listeners", json::array()) : json::array();
-        if (g < refs.size()) fd = copy_fd_of(c->process().pidfd(), fd_ref_from_json(refs[g]).child);
+        if (g < refs.size()) {
+          fd = taker.take(FdRef{-1, fd_ref_from_json(refs[g]).child, shared_ref.device, shared_ref.inode},
+                          c->process().pidfd(), c->pid());
+        }
       }
       if (!fd) return fd.error().wrap("take over the shared listener of " + shared_.bound[g].to_string());
       shared_.shared_listeners.push_back(std::move(*fd));
@@ -290,23 +323,36 @@ void Supervisor::take_charge() {
     if (auto pinned = shared_.steering->pin(pin_dir_); !pinned) spdlog::warn("{}", pinned.error().message());
   }
   size_t adopted = children_.size();
-  for (auto& [id, why] : lost_) {
-    spdlog::warn("process {} of the lbd before could not be taken over: {}", id, why);
-    slots_->on_exit(id, "was gone when lbd took over", now);
+  for (const Lost& lost : lost_) {
+    spdlog::warn("process {} of the lbd before could not be taken over: {}", lost.id, lost.why);
+    // Still running but not ours to run (its descriptors could not be taken): it finishes what it
+    // holds and goes, and its slot starts a new one.
+    if (process_runs(lost.pid, lost.start_time)) ::kill(lost.pid, SIGTERM);
+    slots_->on_exit(lost.id, "was gone when lbd took over", now);
   }
   lost_.clear();
   // A process that was starting was waiting for a probe or a message the predecessor kept:
-  // start it again rather than guess.
+  // start it again rather than guess (the slot manager kills it, so it never becomes ready).
+  std::vector<ProcessId> starting;
   for (const ProcessRecord* p : slots_->processes()) {
-    if (p->role == ProcessRole::kStarting) {
-      spdlog::info("worker {}: pid {} was starting when lbd took over; starting it again", p->slot, p->pid);
-      if (Child* c = child(p->id)) c->kill();
-    }
+    if (p->role == ProcessRole::kStarting) starting.push_back(p->id);
   }
+  for (ProcessId id : starting) {
+    if (const ProcessRecord* p = slots_->find(id)) {
+      spdlog::info("worker {}: pid {} was starting when lbd took over; starting it again", p->slot, p->pid);
+    }
+    slots_->kill(id);
+  }
+  // A slot left with nothing to serve it (lbd died while stopping, say) starts a worker.
+  slots_->resume_after_takeover(now);
+  // The record names this lbd from now on (before anything else happens to it).
   record_dirty_ = true;
-  spdlog::info("took over {} processes from lbd pid {} ({} slots, serving {}, mode {}, policy {})", adopted,
+  last_record_.clear();
+  save_record();
+  spdlog::info("took over {} processes from lbd pid {} ({} slots, serving {}, mode {}, policy {}) in {} ms", adopted,
                takeover_from_, slots_->slots().size(), listen_summary(), mode_name(options_.mode),
-               shared_.steering ? policy_name(shared_.steering->policy()) : "kernel");
+               shared_.steering ? policy_name(shared_.steering->policy()) : "kernel",
+               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - takeover_started_).count());
   // The service manager follows this pid (an upgrade told it before; after a death it learns it
   // here), and hears READY=1 with the "ready" line once every slot serves.
   notify_service_manager(("MAINPID=" + std::to_string(getpid())).c_str());
@@ -392,13 +438,15 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
   while (true) {
     pollfd events[2] = {{ours.get(), POLLIN, 0}, {successor.pidfd(), POLLIN, 0}};
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) {
-      failure = "the new lbd (pid " + std::to_string(*pid) + ") did not take over within " +
-                fmt::format("{:.0f}", std::chrono::duration<double>(timeout).count()) + " s";
+    // At the deadline, one last look without waiting: a READY that came just then counts.
+    const int ready = poll(events, 2, static_cast<int>(std::max<int64_t>(left, 0)));
+    if (ready < 0 && errno != EINTR) {
+      failure = std::string("poll: ") + strerror(errno);
       break;
     }
-    if (poll(events, 2, static_cast<int>(left)) < 0 && errno != EINTR) {
-      failure = std::string("poll: ") + strerror(errno);
+    if (ready == 0 && left <= 0) {
+      failure = "the new lbd (pid " + std::to_string(*pid) + ") did not take over within " +
+                fmt::format("{:.0f}", std::chrono::duration<double>(timeout).count()) + " s";
       break;
     }
     char message[16] = {};
@@ -445,10 +493,19 @@ Result<void> Supervisor::take_over_from_predecessor(UniqueFd channel) {
   if (!read) return read.error();
   if (!*read) return Error::from_errno(ENOENT, "no state record at " + record_path_);
   const json& record = **read;
-  if (record.value("version", 0) != kStateRecordVersion) {
+  if (!record.is_object() || record.value("version", 0) != kStateRecordVersion) {
     return Error::invalid("the state record of pid " + std::to_string(parent) + " has version " +
-                          record.value("version", json(nullptr)).dump() + "; this lbd reads version " +
-                          std::to_string(kStateRecordVersion));
+                          (record.is_object() ? record.value("version", json(nullptr)).dump() : "?") +
+                          "; this lbd reads version " + std::to_string(kStateRecordVersion));
+  }
+  // The lbd that started us is the one the record names (its pid and start time), and it is
+  // still there: its descriptors are what we take.
+  ucred peer{};
+  socklen_t length = sizeof(peer);
+  if (record.value("pid", 0) != parent || process_start_time(parent) != record.value("start_time", uint64_t{0}) ||
+      getsockopt(channel.get(), SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0 || peer.pid != parent) {
+    return Error::invalid("the lbd that started this one (pid " + std::to_string(parent) +
+                          ") is not the one the state record " + record_path_ + " names");
   }
   LBD_TRY(take_over(record, FdTaker(predecessor.get()), /*upgrading=*/true));
   // The service manager follows the new main pid before the old one exits (NotifyAccess=all).

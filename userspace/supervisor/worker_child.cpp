@@ -28,6 +28,8 @@ class WorkerChild final : public Child {
  public:
   WorkerChild(ProcessId id, uint32_t slot, SharedResources& shared, ChildProcess process)
       : Child(id, slot, shared, std::move(process)) {}
+  // Its status channel stays open in the worker (its copy of our end): unwatched explicitly.
+  ~WorkerChild() override { close_status(); }
 
   void serving() override {
     if (!status_ || !send_channel_message(status_.get(), {.command = ChannelCommand::kServing})) {
@@ -93,8 +95,8 @@ class WorkerChild final : public Child {
 
   nlohmann::json record() const override {
     nlohmann::json r = record_base("worker");
-    r["status"] = to_json(FdRef{status_.get(), child_status_escrow_fd_});
-    r["stats"] = to_json(FdRef{stats_ ? stats_->fd() : -1, child_stats_fd_});
+    r["status"] = to_json(fd_ref(status_.get(), child_status_escrow_fd_));
+    r["stats"] = to_json(fd_ref(stats_ ? stats_->fd() : -1, child_stats_fd_));
     return r;
   }
   int handoff_inbox() const override { return handoff_.get(); }
@@ -222,10 +224,10 @@ Result<std::unique_ptr<Child>> adopt_worker_child(const nlohmann::json& record, 
   child->child_status_escrow_fd_ = status.child;
   child->child_stats_fd_ = stats.child;
 
-  auto status_fd = taker.take(status, holder);
+  auto status_fd = taker.take(status, holder, p.pid);
   if (!status_fd) return status_fd.error().wrap("status channel");
   child->status_ = std::move(*status_fd);
-  if (auto stats_fd = taker.take(stats, holder)) {
+  if (auto stats_fd = taker.take(stats, holder, p.pid)) {
     auto block = WorkerStatsBlock::map(stats_fd->get());
     if (block) child->stats_.emplace(std::move(*block));
   }
@@ -237,7 +239,7 @@ Result<std::unique_ptr<Child>> adopt_worker_child(const nlohmann::json& record, 
     const FdRef ref = fd_ref_from_json(listener);
     child->child_listener_fds_.push_back(ref.child);
     if (!own_listeners || child->retiring_) continue;
-    auto fd = taker.take(ref, holder);
+    auto fd = taker.take(ref, holder, p.pid);
     if (!fd) return fd.error().wrap("listener");
     child->listeners_.push_back(std::move(*fd));
   }
