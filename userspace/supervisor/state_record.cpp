@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -79,6 +81,73 @@ Result<void> write_state_record(const std::string& path, const std::string& text
   fd.reset();
   if (rename(temporary.c_str(), path.c_str()) != 0) return Error::from_errno("rename " + temporary + " to " + path);
   return {};
+}
+
+StateRecordWriter::StateRecordWriter(std::string path)
+    : path_(std::move(path)), thread_([this](std::stop_token stop) { run(stop); }) {}
+
+StateRecordWriter::~StateRecordWriter() {
+  thread_.request_stop();
+  changed_.notify_all();
+}
+
+uint64_t StateRecordWriter::submit(std::string text) {
+  const uint64_t version = next_version_++;
+  {
+    std::lock_guard lock(mutex_);
+    pending_ = std::move(text);
+    pending_version_ = version;
+  }
+  changed_.notify_all();
+  return version;
+}
+
+bool StateRecordWriter::wait_written(uint64_t version, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  changed_.wait_for(lock, timeout, [&] { return written_version_ >= version || failed_version_ >= version; });
+  return written_version_ >= version;
+}
+
+void StateRecordWriter::remove() {
+  {
+    std::unique_lock lock(mutex_);
+    pending_version_ = 0;  // not to be written
+    pending_.clear();
+  }
+  // A write in progress holds no lock while it writes: stop the thread (it finishes that write)
+  // and only then remove the file, which nothing can write again.
+  thread_.request_stop();
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  unlink(path_.c_str());
+}
+
+std::optional<Error> StateRecordWriter::take_error() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(error_, std::nullopt);
+}
+
+void StateRecordWriter::run(std::stop_token stop) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);  // the supervisor takes its signals on a signalfd
+  std::unique_lock lock(mutex_);
+  while (true) {
+    changed_.wait(lock, stop, [&] { return pending_version_ != 0; });
+    if (pending_version_ == 0) return;  // stopped with nothing pending
+    const std::string text = std::move(pending_);
+    const uint64_t version = std::exchange(pending_version_, 0);
+    lock.unlock();
+    auto written = write_state_record(path_, text);
+    lock.lock();
+    if (written) {
+      written_version_ = version;
+    } else {
+      failed_version_ = version;
+      error_ = written.error();
+    }
+    changed_.notify_all();
+  }
 }
 
 Result<std::optional<nlohmann::json>> read_state_record(const std::string& path) {

@@ -16,9 +16,14 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -46,6 +51,43 @@ bool process_runs(pid_t pid, uint64_t start_time);
 
 // Written whole or not at all (a temporary file, then rename).
 Result<void> write_state_record(const std::string& path, const std::string& text);
+
+// Writes the record on a thread of its own: the supervisor's loop must not wait for the disk
+// (docs/ARCHITECTURE.md, invariant 5; a VM's disk was seen to stall a rename for half a minute).
+// The loop hands over the newest text; versions that came in between are skipped. The thread
+// never logs (lbd's logger is not thread-safe): a write's error is kept for the loop to report.
+class StateRecordWriter {
+ public:
+  explicit StateRecordWriter(std::string path);
+  ~StateRecordWriter();  // writes what is pending, then stops
+  StateRecordWriter(const StateRecordWriter&) = delete;
+  StateRecordWriter& operator=(const StateRecordWriter&) = delete;
+
+  // The record as it is now; returns its version.
+  uint64_t submit(std::string text);
+  // Waits until `version` (or a later one) is written, or `timeout` passes: false then, or if
+  // its write failed.
+  bool wait_written(uint64_t version, std::chrono::milliseconds timeout);
+  // Drops what is pending, waits for a write in progress, and removes the record: nothing is
+  // left to take over.
+  void remove();
+  // The last failed write's error (once), and whether the last write succeeded.
+  std::optional<Error> take_error();
+
+ private:
+  void run(std::stop_token stop);
+
+  const std::string path_;
+  std::mutex mutex_;
+  std::condition_variable_any changed_;
+  std::string pending_;           // guarded by mutex_
+  uint64_t pending_version_ = 0;  // guarded by mutex_; 0: nothing pending
+  uint64_t written_version_ = 0;  // guarded by mutex_
+  uint64_t failed_version_ = 0;   // guarded by mutex_
+  std::optional<Error> error_;    // guarded by mutex_
+  uint64_t next_version_ = 1;     // the loop's alone
+  std::jthread thread_;           // last: it starts once everything it uses exists
+};
 // Nothing if there is no file; an error if it is not JSON.
 Result<std::optional<nlohmann::json>> read_state_record(const std::string& path);
 

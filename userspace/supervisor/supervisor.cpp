@@ -127,7 +127,7 @@ int Supervisor::run() {
       if (handed_over_) return 0;
     }
     run_timers(Clock::now());
-    save_record();
+    save_record();  // handed to its writer's thread: the loop does not wait for the disk
     if (slots_->finished()) break;
     if (slots_->all_failed()) {
       spdlog::error("every worker has failed; lbd is exiting");
@@ -343,6 +343,7 @@ int Supervisor::poll_timeout_ms() const {
   if (options_.max_memory && !slots_->stopping()) next = std::min(next, next_memory_sample_);
   if (control_) next = std::min(next, next_control_sweep_);
   if (shared_.logs) next = std::min(next, next_log_check_);
+  if (record_write_failed_) next = std::min(next, next_record_retry_);
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
   }

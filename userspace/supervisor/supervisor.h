@@ -156,7 +156,9 @@ class Supervisor final : private SlotEffects {
   std::string pin_dir_;          // where the steering maps are pinned
   bool record_dirty_ = false;    // something it says may have changed
   bool record_write_failed_ = false;
-  std::string last_record_;      // as last written
+  std::string last_record_;      // as last handed to the writer
+  uint64_t last_record_version_ = 0;
+  std::unique_ptr<StateRecordWriter> record_writer_;
   bool took_over_ = false;       // this lbd took its processes over from another
   pid_t takeover_from_ = 0;
   Clock::time_point takeover_started_;

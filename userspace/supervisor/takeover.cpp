@@ -85,32 +85,38 @@ json Supervisor::record() const {
           {"children", std::move(children)}};
 }
 
-// Rewritten when what it says has changed (something called an effect, or a process exited).
+// Rewritten when what it says has changed (something called an effect, or a process exited), by
+// the writer's thread. A failed write is reported once and tried again a second later.
 void Supervisor::save_record() {
-  if (!record_dirty_ || record_path_.empty() || !slots_) return;
+  if (record_path_.empty() || !slots_) return;
+  if (!record_writer_) record_writer_ = std::make_unique<StateRecordWriter>(record_path_);
   const auto now = Clock::now();
-  if (record_write_failed_ && now < next_record_retry_) return;
+  if (auto error = record_writer_->take_error()) {
+    if (!std::exchange(record_write_failed_, true)) {
+      spdlog::warn("{}; a new lbd could not take these workers over if this one died", error->message());
+    }
+    record_dirty_ = true;
+    last_record_.clear();
+    next_record_retry_ = now + std::chrono::seconds(1);
+  }
+  if (!record_dirty_ || (record_write_failed_ && now < next_record_retry_)) return;
   // Arguments need not be UTF-8; JSON must be: such bytes are written as U+FFFD (the record
   // then matches no command line, and is not taken over, rather than lbd stopping here).
   std::string text = record().dump(-1, ' ', false, json::error_handler_t::replace);
   record_dirty_ = false;
   if (text == last_record_) return;
-  if (auto written = write_state_record(record_path_, text); !written) {
-    if (!std::exchange(record_write_failed_, true)) {
-      spdlog::warn("{}; a new lbd could not take these workers over if this one died", written.error().message());
-    }
-    record_dirty_ = true;  // tried again in a second
-    next_record_retry_ = now + std::chrono::seconds(1);
-    return;
-  }
-  if (std::exchange(record_write_failed_, false)) spdlog::info("state record {} written again", record_path_);
+  last_record_version_ = record_writer_->submit(text);
   last_record_ = std::move(text);
 }
 
 // A clean stop: nothing is left to take over (while a process runs, a record stays for it).
 void Supervisor::forget_record() {
   if (record_path_.empty() || (slots_ && !slots_->processes().empty())) return;
-  unlink(record_path_.c_str());
+  if (record_writer_) {
+    record_writer_->remove();
+  } else {
+    unlink(record_path_.c_str());
+  }
   if (shared_.steering && !pin_dir_.empty()) shared_.steering->unpin(pin_dir_);
 }
 
@@ -405,11 +411,13 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
     if (client && control_) control_->finish_error(*client, "upgrade failed: " + why);
   };
   if (auto why = why_no_upgrade(); !why.empty()) return fail(why);
-  // The record the successor reads, as of now.
+  // The record the successor reads, as of now, on disk before it starts.
   record_dirty_ = true;
   last_record_.clear();
   save_record();
-  if (record_write_failed_) return fail("cannot write the state record " + record_path_);
+  if (!record_writer_ || !record_writer_->wait_written(last_record_version_, timeout)) {
+    return fail("cannot write the state record " + record_path_);
+  }
 
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return fail(strerror(errno));
