@@ -68,9 +68,9 @@ class Takeover : public ControlTest {
     std::vector<std::string> same = args();
     auto successor = std::make_unique<Successor>(same);
     auto taken = successor->process.wait_for_log("took over ([0-9]+) processes from lbd pid " + std::to_string(first),
-                                                 after(15s));
+                                                 after(60s));
     EXPECT_TRUE(taken) << successor->process.log();
-    auto ready = successor->process.wait_ready(after(15s));
+    auto ready = successor->process.wait_ready(after(60s));
     EXPECT_TRUE(ready) << successor->process.log();
     return successor;
   }
@@ -151,7 +151,7 @@ TEST_F(Takeover, MetricsDrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp)
   lbd().signal(SIGKILL);
   EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
   auto successor = std::make_unique<Successor>(with_admin);
-  ASSERT_TRUE(successor->process.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+  ASSERT_TRUE(successor->process.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
       << successor->process.log();
   EXPECT_TRUE(successor->process.wait_for_log("admin: serving http://" + admin.to_string() + "$", after(1s)))
       << "the admin endpoint is back where it was: " << successor->process.log();
@@ -189,9 +189,9 @@ TEST_F(Takeover, AWorkerThatDiedMeanwhileIsReplaced) {
   EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
   kill(before.at(1), SIGKILL);  // dies while nobody supervises it
   Successor successor(args());
-  ASSERT_TRUE(successor.process.wait_for_log("took over 1 processes from lbd pid " + std::to_string(first), after(15s)))
+  ASSERT_TRUE(successor.process.wait_for_log("took over 1 processes from lbd pid " + std::to_string(first), after(60s)))
       << successor.process.log();
-  ASSERT_TRUE(successor.process.wait_ready(after(15s))) << successor.process.log();
+  ASSERT_TRUE(successor.process.wait_ready(after(60s))) << successor.process.log();
   const auto now = serving_pids();
   EXPECT_EQ(now.at(0), before.at(0));
   EXPECT_NE(now.at(1), before.at(1));
@@ -261,7 +261,7 @@ TEST_F(ExecTakeover, GunicornIsAdoptedWithItsLogAndNoRequestFails) {
   EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
   EXPECT_TRUE(wait_for_requests(load, 200, after(10s))) << "the programs stopped serving without lbd";
   LbdProcess successor(run);
-  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
       << successor.log();
   EXPECT_EQ(serving_pids(), before);
   // Their access log lines, written while no lbd read them and after, reach the app's log.
@@ -286,7 +286,7 @@ TEST_F(ExecTakeover, NodeIsAdoptedAndKeepsServing) {
   EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
   for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
   LbdProcess successor(run);
-  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(15s)))
+  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
       << successor.log();
   EXPECT_EQ(serving_pids(), before);
   CommandResult drained = lbctl({"drain", "0", "--wait"});
