@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -53,6 +54,17 @@ class ConfigStart : public ::testing::Test {
     std::vector<std::string> argv = {LBCTL_PATH, "--control-dir", dir_.path("run")};
     argv.insert(argv.end(), args.begin(), args.end());
     return run_command(argv, after(30s));
+  }
+
+  // The app's worker pids by slot, from lbctl status.
+  std::vector<pid_t> worker_pids(const std::string& app) {
+    std::vector<pid_t> pids;
+    CommandResult r = lbctl({"status", app, "--json"});
+    if (!r.exited(0)) return pids;
+    for (const auto& w : json::parse(r.out)["workers"]) {
+      if (w.value("state", "") == "active") pids.push_back(w.value("pid", 0));
+    }
+    return pids;
   }
 
   TempDir dir_;
@@ -107,8 +119,11 @@ TEST_F(ConfigStart, AnAppWhoseSupervisorDiesIsStartedAgainAndTheOthersStay) {
   const pid_t web_before = supervisor_pid("web"), api_before = supervisor_pid("api");
   ASSERT_GT(web_before, 0);
   ASSERT_GT(api_before, 0);
+  const std::vector<pid_t> web_workers = worker_pids("web");
+  ASSERT_EQ(web_workers.size(), 2u);
 
-  // Killed outright (the OOM killer, an operator's kill -9): lbd start runs it again.
+  // Killed outright (the OOM killer, an operator's kill -9): lbd start runs it again, and the new
+  // supervisor takes the app's workers over (they served on meanwhile).
   ASSERT_EQ(kill(web_before, SIGKILL), 0);
   ASSERT_TRUE(lbd.wait_for_log("app web \\(pid " + std::to_string(web_before) + "\\) was killed by signal 9", after(10s)))
       << lbd.log();
@@ -118,11 +133,36 @@ TEST_F(ConfigStart, AnAppWhoseSupervisorDiesIsStartedAgainAndTheOthersStay) {
   EXPECT_GT(web_after, 0);
   EXPECT_NE(web_after, web_before);
   EXPECT_EQ(supervisor_pid("api"), api_before) << "the other app was left alone";
+  EXPECT_EQ(worker_pids("web"), web_workers) << "the app's workers were taken over, not restarted";
   HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(web_port)), http_get("/", true), after(5s));
   EXPECT_TRUE(r.ok() && r.response.body.starts_with("hello from worker ")) << r.describe();
 
   lbd.signal(SIGTERM);
   EXPECT_EQ(lbd.wait_exit(after(20s)), ExitStatus::exited(0)) << lbd.log();
+}
+
+TEST_F(ConfigStart, KillingLbdStartLeavesTheAppsServingAndTheNextOneTakesThemOver) {
+  const uint16_t web_port = free_port(), api_port = free_port();
+  const std::string file = write_config(lbd_table() + app_block("web", web_port) + app_block("api", api_port));
+  auto first = std::make_unique<LbdProcess>(std::vector<std::string>{"start", file});
+  ASSERT_TRUE(first->wait_for_log("\\[lbd\\] ready: 2 apps$", after(20s))) << first->log();
+  const auto web_workers = worker_pids("web"), api_workers = worker_pids("api");
+  ASSERT_EQ(web_workers.size(), 2u);
+  ASSERT_EQ(api_workers.size(), 2u);
+
+  // lbd start dies; its apps' supervisors go with it (at once), their workers stay.
+  first->signal(SIGKILL);
+  EXPECT_EQ(first->wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  for (uint16_t port : {web_port, api_port}) {
+    HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(port)), http_get("/", true), after(5s));
+    EXPECT_TRUE(r.ok()) << "port " << port << " stopped serving with lbd start gone: " << r.describe();
+  }
+  LbdProcess second({"start", file});
+  ASSERT_TRUE(second.wait_for_log("\\[lbd\\] ready: 2 apps$", after(60s))) << second.log();
+  EXPECT_EQ(worker_pids("web"), web_workers);
+  EXPECT_EQ(worker_pids("api"), api_workers);
+  second.signal(SIGTERM);
+  EXPECT_EQ(second.wait_exit(after(20s)), ExitStatus::exited(0)) << second.log();
 }
 
 TEST_F(ConfigStart, AnAppThatCannotStartStopsTheOthers) {
