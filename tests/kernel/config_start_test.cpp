@@ -61,7 +61,8 @@ class ConfigStart : public ::testing::Test {
     std::vector<pid_t> pids;
     CommandResult r = lbctl({"status", app, "--json"});
     if (!r.exited(0)) return pids;
-    for (const auto& w : json::parse(r.out)["workers"]) {
+    const json status = json::parse(r.out);  // kept: the loop walks into it
+    for (const auto& w : status["workers"]) {
       if (w.value("state", "") == "active") pids.push_back(w.value("pid", 0));
     }
     return pids;
