@@ -175,7 +175,8 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
       "LISTEN_FDS), one per CPU\n"
       "  lbd start FILE.toml             run the apps a config file declares\n"
       "  lbd startup [ARGS...]           print a systemd unit that runs `lbd ARGS...`\n"
-      "Signals: HUP reloads, TERM/INT stop gracefully, QUIT stops at once.",
+      "Signals: HUP reloads, USR2 upgrades lbd itself (lbctl upgrade), TERM/INT stop gracefully, QUIT stops at once.\n"
+      "A crashed lbd restarted with the same arguments takes its still-running workers over.",
       "lbd"};
   app.set_version_flag("--version", std::string("lbd ") + LBD_VERSION);
 
