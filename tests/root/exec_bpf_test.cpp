@@ -21,14 +21,6 @@ constexpr auto kLoadBound = 40s;
 class ExecBpf : public ExecTest {
  protected:
   void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
-
-  LoadOptions bounded(LoadOptions options) {
-    options.address = address();
-    options.duration = kLoadBound;
-    options.max_requests = 5'000'000;
-    options.nice = 19;  // the clients stand in for other machines (see reload_test.cpp)
-    return options;
-  }
 };
 
 TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
@@ -38,7 +30,7 @@ TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
   ASSERT_EQ(first.size(), 2u);
   LoadOptions options;
   options.threads = 4;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
   const auto started = Clock::now();
   for (int i = 1; i <= 10; i++) {
@@ -76,7 +68,7 @@ TEST_F(ExecBpf, AProgramThatDoesNotNotifyIsReadyOnlyOnceItAccepts) {
   LoadOptions options;
   options.threads = 4;
   options.request_timeout = 20s;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
 
   // A slow start: 1.5 s before it accepts. Each slot's new program is ready only then.
@@ -118,7 +110,7 @@ TEST_F(ExecBpf, AProgramRestartedUnderLoadIsSeenAcceptingThoughItsQueueNeverEmpt
   LoadOptions options;
   options.threads = 8;
   options.request_timeout = 20s;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 100, after(5s))) << "the load did not get going";
   const size_t from_line = lbd().log_lines();
   ASSERT_EQ(kill(first, SIGKILL), 0);
@@ -141,7 +133,7 @@ TEST_F(ExecBpf, NodeIsReadyWhenItAcceptsAndReloadsUnderLoadFailNothing) {
                                         {"node", std::string(FIXTURES_DIR) + "/node_hello.js"}));
   LoadOptions options;
   options.threads = 4;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
   for (int i = 1; i <= 3; i++) {
     CommandResult r = lbctl({"reload"});
@@ -220,7 +212,7 @@ TEST_F(ExecBpf, DrainingAStoppedProgramMovesItsQueueToTheOthersAtOnce) {
   LoadOptions options;
   options.threads = 8;
   options.request_timeout = 20s;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   // Clients soon wait on connections queued at the stopped program.
   ASSERT_TRUE(eventually(after(10s), [&] { return rows_of(status(), 1).at(0).value("steered", 0) >= 4; }, 10ms));
   // Draining it must not wait for it to close its listener (it never will, stopped): the queue
@@ -242,7 +234,7 @@ TEST_F(ExecBpf, MaxMemoryReplacesAGrowingProgramWithoutFailingARequest) {
   const auto before = serving_pids();
   LoadOptions options;
   options.threads = 2;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
 
   // One worker grows past the limit: whichever the kernel steers this request to.

@@ -48,18 +48,6 @@ class Reload : public ControlTest {
     start_controlled(lbd_flags("bpf", workers, {"--shutdown-timeout", "5"}), std::move(binary));
   }
 
-  // Load shape for `options`: bounded in time (kLoadBound) and count; the tests stop it earlier,
-  // once what they check is done. The clients stand in for other machines, so they run at a lower
-  // priority than lbd: on a 2-CPU box (or under ASan) busy clients would otherwise starve the
-  // new workers a reload starts.
-  LoadOptions bounded(LoadOptions options) {
-    options.address = address();
-    options.duration = kLoadBound;
-    options.max_requests = 5'000'000;
-    options.nice = 19;
-    return options;
-  }
-
   // Ten `lbctl reload` in a row while `options` load runs: each replaces every worker (the pid
   // it replaces is the one the previous reload started), and no request fails.
   void ten_reloads_under_load(LoadOptions options, const std::string& what) {
@@ -69,7 +57,7 @@ class Reload : public ControlTest {
     const auto first = current;
 
     const auto load_started = Clock::now();
-    LoadGenerator load(bounded(options));
+    LoadGenerator load(bounded(options, kLoadBound));
     ASSERT_TRUE(wait_for_requests(load, 200, after(5s))) << "the load did not get going";
     const uint64_t before_reloads = load.completed();
     std::vector<pid_t> retired;
@@ -152,8 +140,8 @@ TEST_F(Reload, ParallelReloadsUnderLoadFailNothing) {
   kept.keep_alive = true;
   kept.threads = 16;
   kept.request = http_get("/");
-  LoadGenerator new_connections(bounded(fresh));
-  LoadGenerator keep_alive(bounded(kept));
+  LoadGenerator new_connections(bounded(fresh, kLoadBound));
+  LoadGenerator keep_alive(bounded(kept, kLoadBound));
   ASSERT_TRUE(wait_for_requests(new_connections, 200, after(5s)));
   ASSERT_TRUE(wait_for_requests(keep_alive, 200, after(5s)));
 
@@ -245,7 +233,7 @@ TEST_F(Reload, NewWorkerThatExitsLeavesTheOldOnesServing) {
 
   LoadOptions options;
   options.threads = 4;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
 
   replace_executable_with_text(binary, "#!/bin/sh\nexit 1\n");
@@ -299,7 +287,7 @@ TEST_F(Reload, NewWorkerThatNeverGetsReadyTimesOut) {
 
   LoadOptions options;
   options.threads = 4;
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(options, kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
 
   // It holds its listener and status channel but never says READY=1.

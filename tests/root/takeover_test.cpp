@@ -39,14 +39,6 @@ class Takeover : public ControlTest {
     return a;
   }
 
-  LoadOptions bounded(LoadOptions options) {
-    options.address = address();
-    options.duration = kLoadBound;
-    options.max_requests = 5'000'000;
-    options.nice = 19;
-    return options;
-  }
-
   // Kills the supervisor (SIGKILL), checks that the workers serve on without it, then starts
   // an lbd with the same arguments and waits until it has taken them over.
   std::unique_ptr<Successor> kill_and_take_over(LoadGenerator* load) {
@@ -85,11 +77,8 @@ TEST_P(TakeoverUnderLoad, AfterKill9ANewLbdAdoptsTheWorkersAndNoRequestFails) {
   const auto before = serving_pids();
   ASSERT_EQ(before.size(), 2u);
 
-  LoadOptions options;
-  options.keep_alive = keep_alive;
-  options.threads = keep_alive ? 64 : 4;
-  if (keep_alive) options.request = http_get("/");
-  auto load = std::make_unique<LoadGenerator>(bounded(options));
+  const LoadOptions options = bounded(clients(keep_alive), kLoadBound);
+  auto load = std::make_unique<LoadGenerator>(options);
   ASSERT_TRUE(wait_for_requests(*load, 200, after(5s)));
   const json status_before = status();
 
@@ -112,7 +101,7 @@ TEST_P(TakeoverUnderLoad, AfterKill9ANewLbdAdoptsTheWorkersAndNoRequestFails) {
   }
 
   // The adopted workers answer to lbctl: a rolling reload replaces them, under the same load.
-  load = std::make_unique<LoadGenerator>(bounded(options));
+  load = std::make_unique<LoadGenerator>(options);
   ASSERT_TRUE(wait_for_requests(*load, 200, after(5s)));
   CommandResult reload = lbctl({"reload"});
   ASSERT_TRUE(reload.exited(0)) << reload.describe();
@@ -247,13 +236,7 @@ TEST_F(ExecTakeover, GunicornIsAdoptedWithItsLogAndNoRequestFails) {
   ASSERT_NO_FATAL_FAILURE(start(run));
   const auto before = serving_pids();
   ASSERT_EQ(before.size(), 2u);
-  LoadOptions options;
-  options.address = address();
-  options.threads = 4;
-  options.duration = kLoadBound;
-  options.max_requests = 5'000'000;
-  options.nice = 19;
-  LoadGenerator load(options);
+  LoadGenerator load(bounded(clients(false), kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
 
   const pid_t first = lbd().pid();

@@ -50,13 +50,6 @@ class Upgrade : public ControlTest {
   }
   std::string binary() const { return dir_.path("lbd"); }
 
-  LoadOptions bounded(LoadOptions options) {
-    options.address = address();
-    options.duration = kLoadBound;
-    options.max_requests = 10'000'000;
-    options.nice = 19;
-    return options;
-  }
 };
 
 class UpgradeUnderLoad : public Upgrade, public ::testing::WithParamInterface<bool> {};
@@ -66,11 +59,7 @@ TEST_P(UpgradeUnderLoad, TenUpgradesFailNothingAndKeepEveryWorker) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();
   ASSERT_EQ(workers.size(), 2u);
-  LoadOptions options;
-  options.keep_alive = keep_alive;
-  options.threads = keep_alive ? 64 : 4;
-  if (keep_alive) options.request = http_get("/");
-  LoadGenerator load(bounded(options));
+  LoadGenerator load(bounded(clients(keep_alive), kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
 
   pid_t supervisor = lbd().pid();
@@ -105,7 +94,7 @@ INSTANTIATE_TEST_SUITE_P(Loads, UpgradeUnderLoad, ::testing::Values(false, true)
 TEST_F(Upgrade, ToABinaryThatExitsAtOnceFailsAndTheOldLbdKeepsServing) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();
-  LoadGenerator load(bounded(LoadOptions{}));
+  LoadGenerator load(bounded(clients(false), kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
   replace_executable_with_text(binary(), "#!/bin/sh\nexit 3\n");
   CommandResult r = lbctl({"upgrade"});
@@ -131,7 +120,7 @@ TEST_F(Upgrade, ToABinaryThatExitsAtOnceFailsAndTheOldLbdKeepsServing) {
 TEST_F(Upgrade, ToABinaryThatNeverTakesOverTimesOutAndTheOldLbdKeepsServing) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();
-  LoadGenerator load(bounded(LoadOptions{}));
+  LoadGenerator load(bounded(clients(false), kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 200, after(5s)));
   replace_executable_with_text(binary(), "#!/bin/sh\nexec sleep 60\n");
   CommandResult r = lbctl({"upgrade", "--timeout", "1"});
@@ -212,12 +201,7 @@ TEST_F(ExecUpgrade, ProgramsKeepServingAndLoggingThroughAnUpgrade) {
   ASSERT_NO_FATAL_FAILURE(start_program({"-i", "2"}, {"gunicorn", "--workers", "1", "--access-logfile", "-", "--chdir",
                                                       FIXTURES_DIR, "wsgi_hello:app"}));
   const auto workers = serving_pids();
-  LoadOptions options;
-  options.address = address();
-  options.duration = kLoadBound;
-  options.max_requests = 10'000'000;
-  options.nice = 19;
-  LoadGenerator load(options);
+  LoadGenerator load(bounded(clients(false), kLoadBound));
   ASSERT_TRUE(wait_for_requests(load, 100, after(10s)));
   for (int i = 0; i < 3; i++) {
     CommandResult r = lbctl({"upgrade"});

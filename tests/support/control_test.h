@@ -78,6 +78,27 @@ class ControlTest : public LbdTest {
     return pids;
   }
 
+  // Load that stands in for other machines' clients: bounded in time (`bound`) and count (the
+  // tests stop it earlier, once what they check is done), and at a lower priority than lbd: on a
+  // 2-CPU box (or under ASan) busy clients would otherwise starve the processes lbd starts.
+  LoadOptions bounded(LoadOptions options, std::chrono::seconds bound) {
+    options.address = address();
+    options.duration = bound;
+    options.max_requests = 10'000'000;
+    options.nice = 19;
+    return options;
+  }
+
+  // The two kinds of client the reload, upgrade and takeover tests put lbd under: 4 clients
+  // opening a new connection per request, or 64 keep-alive connections.
+  static LoadOptions clients(bool keep_alive) {
+    LoadOptions options;
+    options.keep_alive = keep_alive;
+    options.threads = keep_alive ? 64 : 4;
+    if (keep_alive) options.request = http_get("/");
+    return options;
+  }
+
   // The slot's states in status order, e.g. "starting,draining" (a slot mid-replacement).
   static std::string states_of(const nlohmann::json& status, unsigned slot) {
     std::string states;
