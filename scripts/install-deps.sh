@@ -8,6 +8,7 @@ packages=(
   # build
   cmake make g++ pkg-config clang llvm
   libbpf-dev bpftool liburing-dev
+  libseccomp-dev         # the steering guard every worker and program runs under
   linux-libc-dev         # <linux/bpf.h>: the steering program's only kernel header (no BTF needed)
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   node-llhttp            # Node.js's HTTP parser, as C sources (/usr/share/llhttp)

@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh build
-exec build/lbd --listen 0.0.0.0:8080 "$@"
+# --demo-routes: the bundled app's /work and /sleep, which the README's examples use; a plain lbd
+# serves neither (any client could burn a worker's CPU with them).
+exec build/lbd --listen 0.0.0.0:8080 --demo-routes "$@"

@@ -10,7 +10,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first: each may include the ones before it.
-LAYERS = ["common", "net", "logs", "metrics", "control", "steering", "worker", "config", "supervisor"]
+LAYERS = ["common", "sandbox", "net", "logs", "metrics", "control", "steering", "worker", "config", "supervisor"]
 ALLOWED = {f"userspace/{layer}": set(LAYERS[:i + 1]) for i, layer in enumerate(LAYERS)}
 ALLOWED["tools/lbctl"] = {"common", "control", "logs", "lbctl"}
 # lbload links nothing of the server: only header-only helpers (RAII, ring set-up) it shares.

@@ -4,4 +4,6 @@
 #include "service.h"
 #include "worker/bundled_app.h"
 
-int main(int argc, char** argv) { return lbd::run(argc, argv, lbd::bundled_app); }
+int main(int argc, char** argv) {
+  return lbd::run(argc, argv, lbd::HandlerFactory([](const lbd::WorkerSpec& spec) { return lbd::bundled_app(spec.demo_routes); }));
+}

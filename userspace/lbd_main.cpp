@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "service.h"
+#include "sandbox/confine.h"
 #include "supervisor/app_launcher.h"
 #include "config/options.h"
 #include "config/systemd_unit.h"
@@ -20,7 +21,20 @@ namespace lbd {
 
 namespace {
 
-int run_worker(const char* spec_text, Handler handler) {
+// The worker gives up its privileges once everything that needs them is done (its ring, its
+// file table and descriptor limit, its listeners are all set up in Worker::create), and before
+// it reads a byte from a client.
+Result<void> confine_worker(const WorkerSpec& spec) {
+  auto guard = SeccompProgram::steering_guard();
+  if (!guard) return guard.error();
+  const RunAs* as = spec.run_as ? &*spec.run_as : nullptr;
+  if (ConfineFailure failed = confine(as, false, &*guard)) {
+    return Error::from_errno(failed.err, std::string("confine: ") + failed.step);
+  }
+  return {};
+}
+
+int run_worker(const char* spec_text, const HandlerFactory& make_handler) {
   WorkerSpec spec;
   try {
     spec = decode_worker_spec(spec_text);
@@ -37,9 +51,13 @@ int run_worker(const char* spec_text, Handler handler) {
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
 
-  auto worker = Worker::create(spec, std::move(handler));
+  auto worker = Worker::create(spec, make_handler(spec));
   if (!worker) {
     spdlog::error("cannot start: {}", worker.error().message());
+    return 1;
+  }
+  if (auto confined = confine_worker(spec); !confined) {
+    spdlog::error("cannot start: {}", confined.error().message());
     return 1;
   }
   if (auto ok = (*worker)->run(); !ok) {
@@ -82,6 +100,8 @@ int run_supervisor(int argc, char** argv) {
   SupervisorOptions options;
   try {
     auto parsed = parse_command_line(argc, argv);
+    // Who the children run as: refused here, in one line, rather than at the first spawn.
+    if (parsed.options) settle_run_as(*parsed.options, geteuid());
     if (parsed.startup_args) return print_startup_unit(parsed);
     if (parsed.config_file) {
       init_logging("lbd", "info");
@@ -106,9 +126,13 @@ int run_supervisor(int argc, char** argv) {
 
 }  // namespace
 
-int run(int argc, char** argv, Handler handler) {
-  if (const char* spec = getenv(kWorkerSpecEnv)) return run_worker(spec, std::move(handler));
+int run(int argc, char** argv, const HandlerFactory& make_handler) {
+  if (const char* spec = getenv(kWorkerSpecEnv)) return run_worker(spec, make_handler);
   return run_supervisor(argc, argv);
+}
+
+int run(int argc, char** argv, Handler handler) {
+  return run(argc, argv, [&handler](const WorkerSpec&) { return handler; });
 }
 
 }  // namespace lbd

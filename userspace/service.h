@@ -7,11 +7,19 @@
 // worker, and lbd::run() tells the two apart by the worker spec in the environment.
 #pragma once
 
+#include <functional>
+
 #include "worker/handler.h"
+#include "worker/worker_spec.h"
 
 namespace lbd {
 
 // Returns the process exit code.
 int run(int argc, char** argv, Handler handler);
+
+// The same, with the handler made in each worker from what it was started with (for example
+// lbd's bundled app, whose demo routes are on only with --demo-routes).
+using HandlerFactory = std::function<Handler(const WorkerSpec&)>;
+int run(int argc, char** argv, const HandlerFactory& make_handler);
 
 }  // namespace lbd

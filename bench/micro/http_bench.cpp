@@ -88,7 +88,7 @@ class BenchConnection {
 
  private:
   const std::string date_ = http_date_now();  // the worker caches it once a second
-  Handler handler_ = bundled_app;
+  Handler handler_ = bundled_app(false);
   RequestParser parser_;
   std::string out_;
   BenchExchange exchange_{parser_, out_, date_};

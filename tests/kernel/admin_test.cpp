@@ -20,7 +20,7 @@ using nlohmann::json;
 
 class Admin : public AdminTest {
  protected:
-  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start_with_admin(lbd_flags("reuseport", 2))); }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start_with_admin(lbd_flags("reuseport", 2, {"--demo-routes"}))); }
 
   // lbd still serves: the admin endpoint answers, and so does a worker.
   void expect_still_serving() {

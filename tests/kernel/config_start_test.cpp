@@ -43,7 +43,7 @@ class ConfigStart : public ::testing::Test {
   std::string app_block(const std::string& name, uint16_t port) {
     return "[[app]]\nname = \"" + name + "\"\ncommand = [\"" + SOCKET_ACTIVATED_SERVER_PATH +
            "\"]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\nworkers = 2\nmode = \"reuseport\"\n"
-           "wait_ready = true\n";
+           "wait_ready = true\n" + std::string(geteuid() == 0 ? "user = \"nobody\"\n" : "");
   }
 
   std::string lbd_table() {
@@ -185,17 +185,24 @@ TEST_F(ConfigStart, AnAppThatCannotStartStopsTheOthers) {
 TEST_F(ConfigStart, ABadFileNamesTheFileLineAndKeyAndStartsNothing) {
   const uint16_t port = free_port();
   const std::string good = lbd_table() + app_block("web", port);
+  const std::string next_line = std::to_string(std::count(good.begin(), good.end(), '\n') + 1);
   struct Case {
     std::string what, text, expected;
   };
-  const std::vector<Case> cases = {
-      {"syntax error", good + "workers = = 3\n", "lbd.toml:11:11: syntax error"},
-      {"unknown key", good + "workrs = 3\n", "lbd.toml:11: app 'web': key 'workrs' is not known"},
+  std::vector<Case> cases = {
+      {"syntax error", good + "workers = = 3\n", "lbd.toml:" + next_line + ":11: syntax error"},
+      {"unknown key", good + "workrs = 3\n", "lbd.toml:" + next_line + ": app 'web': key 'workrs' is not known"},
       {"wrong type", lbd_table() + "[[app]]\nname = \"web\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\nworkers = true\n",
        "lbd.toml:8: app 'web': key 'workers' must be"},
       {"missing command", lbd_table() + "[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\n",
        "lbd.toml:4: app 'web': key 'command' is missing"},
+      {"unknown user", lbd_table() + "[[app]]\nname = \"web\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\nuser = \"no-such-user\"\n",
+       "lbd.toml:8: app 'web': key 'user'"},
   };
+  if (geteuid() == 0) {  // started as root, an app runs as root only when the file says so
+    cases.push_back({"root by default", lbd_table() + "[[app]]\nname = \"web\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:1\"\n",
+                     "lbd.toml:4: app 'web': refusing to run x as root: set user = \"NAME\" (or allow_root = true)"});
+  }
   for (const auto& c : cases) {
     const std::string file = write_config(c.text);
     CommandResult r = run_command({LBD_BINARY_PATH, "start", file}, after(10s));

@@ -18,7 +18,7 @@ class Http : public LbdTest {
     return c;
   }
 
-  std::vector<std::string> extra_flags_;
+  std::vector<std::string> extra_flags_ = {"--demo-routes"};
 };
 
 TEST_F(Http, KeepAliveServesSeveralRequestsOnOneConnection) {
@@ -234,7 +234,7 @@ TEST_F(Http, SlowRequestDoesNotDelayAnotherConnectionOnTheSameWorker) {
 
 class HttpIdleTimeout : public Http {
  protected:
-  HttpIdleTimeout() { extra_flags_ = {"--idle-timeout", "0.5"}; }
+  HttpIdleTimeout() { extra_flags_ = {"--demo-routes", "--idle-timeout", "0.5"}; }
 };
 
 TEST_F(HttpIdleTimeout, IdleKeepAliveConnectionIsClosedByTheServer) {

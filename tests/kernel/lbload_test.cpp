@@ -52,7 +52,7 @@ uint64_t count_at(const json& j, const std::string& key) {
 
 class Lbload : public LbdTest {
  protected:
-  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags("reuseport", 2))); }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags("reuseport", 2, {"--demo-routes"}))); }
   std::string url(const std::string& path = "/") const { return url_of(address(), path); }
 
   // Every request answered, by both workers.

@@ -10,7 +10,7 @@ namespace {
 
 class Stop : public LbdTest, public ::testing::WithParamInterface<std::string> {
  protected:
-  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags(GetParam(), 1))); }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags(GetParam(), 1, {"--demo-routes"}))); }
 
   // Puts `target` in flight on `c`: it is pipelined behind a GET /, so once the GET's answer is
   // back the worker has read (and started) the slow request too.

@@ -18,7 +18,7 @@ class Drain : public ControlTest {
  protected:
   void SetUp() override {
     LBD_REQUIRE_ROOT("--mode bpf loads the steering program");
-    ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 2)));
+    ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 2, {"--demo-routes"})));
     worker0_ = lbd().worker_pid(0);
     ASSERT_GT(worker0_, 0);
   }

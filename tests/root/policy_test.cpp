@@ -32,7 +32,7 @@ TEST_F(Policy, RoundRobinGivesEachWorkerTheSameShare) {
 }
 
 TEST_F(Policy, LeastSendsNewConnectionsAwayFromAWorkerHoldingMany) {
-  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least"})));
+  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least", "--demo-routes"})));
   // Hold 40 idle keep-alive connections on worker 0. `least` balances, so worker 0 gets one in
   // four: keep every connection open until 40 are on worker 0, then let go of the others.
   std::vector<HttpConnection> on_zero, others;
@@ -63,7 +63,7 @@ TEST_F(Policy, LeastSendsNewConnectionsAwayFromAWorkerHoldingMany) {
 }
 
 TEST_F(Policy, LeastStopsSendingToAStoppedWorkerWithin100ms) {
-  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least"})));
+  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least", "--demo-routes"})));
   const pid_t stalled = lbd().worker_pid(0);
   ASSERT_TRUE(stop_process(stalled, after(2s))) << "worker 0 did not stop";
   std::this_thread::sleep_for(100ms);  // the bound lbd promises (docs/ARCHITECTURE.md, section 5)
@@ -86,7 +86,7 @@ TEST_F(Policy, LeastStopsSendingToAStoppedWorkerWithin100ms) {
 }
 
 TEST_F(Policy, LeastStopsSendingToABusyWorkerWithin100ms) {
-  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least"})));
+  ASSERT_NO_FATAL_FAILURE(start(lbd_flags("bpf", 4, {"--policy", "least", "--demo-routes"})));
   // A keep-alive connection on worker 0, then a request that keeps it computing for 3 s: its
   // event loop does not turn meanwhile.
   HttpConnection busy;

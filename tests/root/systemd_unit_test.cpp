@@ -62,7 +62,7 @@ TEST_F(SystemdUnit, StartupPrintsAUnitSystemdAccepts) {
   EXPECT_TRUE(verified.exited(0)) << verified.describe();
 
   // An app of `lbd run`: its own unit name, reloaded by name, its words quoted for systemd.
-  CommandResult app = startup({"run", "-i", "2", "--name", "web", "--", "/bin/sh", "-c", "echo 100% $HOME"});
+  CommandResult app = startup({"run", "-i", "2", "--name", "web", "--user", "nobody", "--", "/bin/sh", "-c", "echo 100% $HOME"});
   ASSERT_TRUE(app.exited(0)) << app.describe();
   EXPECT_NE(app.out.find(" reload web\n"), std::string::npos) << app.out;
   EXPECT_NE(app.out.find(" -- /bin/sh -c \"echo 100%% $$HOME\"\n"), std::string::npos) << app.out;

@@ -6,6 +6,9 @@
 //   log_records()   // the app's log, one record per line
 #pragma once
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -23,12 +26,24 @@ class ExecTest : public ControlTest {
  protected:
   static constexpr const char* kApp = "app";
 
+  // As root, the program runs as nobody (lbd refuses to run it as root unless told to), so
+  // every exec-mode test also shows that the program works unprivileged and under the steering
+  // guard. A test that needs another user passes its own --user or --allow-root in FLAGS.
+  static std::vector<std::string> user_flags(const std::vector<std::string>& flags) {
+    const bool named = std::find_if(flags.begin(), flags.end(), [](const std::string& f) {
+                         return f == "--user" || f == "-u" || f == "--allow-root";
+                       }) != flags.end();
+    if (geteuid() != 0 || named) return {};
+    return {"--user", "nobody"};
+  }
+
   // lbd run --name app --listen 127.0.0.1:0 --control ... --log-dir ... FLAGS -- COMMAND
   static std::vector<std::string> run_args(const std::vector<std::string>& flags,
                                            const std::vector<std::string>& command,
                                            const std::string& control, const std::string& log_dir) {
     std::vector<std::string> args = {"run", "--name", kApp, "--listen", "127.0.0.1:0",
                                      "--control", control, "--log-dir", log_dir};
+    for (const auto& flag : user_flags(flags)) args.push_back(flag);
     args.insert(args.end(), flags.begin(), flags.end());
     args.push_back("--");
     args.insert(args.end(), command.begin(), command.end());

@@ -1,4 +1,4 @@
-// A private directory under /tmp for one test (control sockets, copies of binaries), removed with
+// A directory of its own under /tmp for one test (control sockets, copies of binaries), removed with
 // everything in it when the test ends.
 //
 //   TempDir dir;
@@ -20,6 +20,11 @@ class TempDir {
     char name[] = "/tmp/lbd-test-XXXXXX";
     if (!mkdtemp(name)) throw std::runtime_error("mkdtemp failed");
     root_ = name;
+    // Reachable by other users: a test run as root starts programs as nobody, which must be
+    // able to execute the scripts and copies of binaries a test puts here.
+    std::filesystem::permissions(root_, std::filesystem::perms::owner_all | std::filesystem::perms::group_read |
+                                            std::filesystem::perms::group_exec | std::filesystem::perms::others_read |
+                                            std::filesystem::perms::others_exec);
   }
   ~TempDir() {
     std::error_code ignored;

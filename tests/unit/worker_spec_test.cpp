@@ -28,6 +28,14 @@ void expect_same(const WorkerSpec& a, const WorkerSpec& b) {
   EXPECT_EQ(a.drain_timeout, b.drain_timeout);
   EXPECT_EQ(a.max_connections, b.max_connections);
   EXPECT_EQ(a.log_level, b.log_level);
+  EXPECT_EQ(a.demo_routes, b.demo_routes);
+  ASSERT_EQ(a.run_as.has_value(), b.run_as.has_value());
+  if (a.run_as) {
+    EXPECT_EQ(a.run_as->uid, b.run_as->uid);
+    EXPECT_EQ(a.run_as->gid, b.run_as->gid);
+    EXPECT_EQ(a.run_as->groups, b.run_as->groups);
+    EXPECT_EQ(a.run_as->describe(), b.run_as->describe());
+  }
 }
 
 TEST(WorkerSpec, DefaultSpecRoundTrips) {
@@ -51,6 +59,8 @@ TEST(WorkerSpec, EveryFieldRoundTrips) {
   steered.drain_timeout = std::chrono::milliseconds(250);
   steered.max_connections = 77;
   steered.log_level = "debug";
+  steered.demo_routes = true;
+  steered.run_as = RunAs{.uid = 65534, .gid = 65533, .groups = {65533, 4}, .user = "nobody", .group = "nogroup"};
   expect_same(decode_worker_spec(encode_worker_spec(steered)), steered);
 
   WorkerSpec handoff;

@@ -1,6 +1,7 @@
 #include "config/app_config.h"
 
 #include "common/app_name.h"
+#include "sandbox/run_as.h"
 
 #include <fcntl.h>
 #include <sys/un.h>
@@ -315,7 +316,7 @@ bool is_env_name(std::string_view name) {
 // Keys that [lbd] may set as defaults for every app and an app may set for itself.
 const std::vector<std::string> kSharedKeys = {
     "workers", "cpus", "pin", "policy", "mode", "env", "max_memory", "kill_timeout", "ready_delay",
-    "ready_timeout", "wait_ready", "max_restarts", "restart_window", "log_level"};
+    "ready_timeout", "wait_ready", "max_restarts", "restart_window", "log_level", "user", "allow_root"};
 
 
 void read_env(const Where& where, const toml::node& value, AppConfig& into) {
@@ -392,6 +393,12 @@ bool read_shared_key(const Where& where, const std::string& key, const toml::nod
       where.bad_value(value, key, "unknown level '" + text + "' (expected " + join(levels) + ")");
     }
     into.log_level = text;
+  } else if (key == "user") {
+    std::string text = read_nonempty_string(where, value, key);
+    if (auto as = resolve_user(text); !as) where.bad_value(value, key, as.error().message());
+    into.user = text;
+  } else if (key == "allow_root") {
+    into.allow_root = read_bool(where, value, key);
   } else if (key == "restart_window") {
     into.restart_window_s = read_seconds(where, value, key);
   } else if (key == "max_restarts") {
@@ -738,6 +745,8 @@ std::vector<std::string> lbd_run_arguments(const AppConfig& app, const FileConfi
   if (app.log_max_bytes) flag("--log-max-size", format_size(*app.log_max_bytes));
   if (app.log_files) flag("--log-files", std::to_string(*app.log_files));
   if (!app.log_level.empty()) flag("--log-level", app.log_level);
+  if (!app.user.empty()) flag("--user", app.user);
+  if (app.allow_root.value_or(false)) argv.push_back("--allow-root");
   flag("--control", control_socket_path(app, file));
   if (!app.admin.empty()) flag("--admin", app.admin);
   argv.push_back("--");

@@ -54,6 +54,7 @@ struct ServingFlags {
   std::string control_path;
   std::string admin_text;
   std::string max_memory_text;
+  std::string user;
 };
 
 // `workers_flag` names the worker-count flag: lbd's "-w,--workers", `lbd run`'s PM2-style
@@ -87,6 +88,9 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--control", f.control_path,
                  "Control socket for lbctl (default /run/lbd/<name>.sock; 'none' for no socket)");
+  app.add_option("-u,--user", f.user,
+                 "Run the workers as USER[:GROUP] (names or numbers). Started as root, lbd's own workers default "
+                 "to nobody:nogroup, and `lbd run` needs --user or --allow-root");
   app.add_option("--admin", f.admin_text,
                  "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g. "
                  "127.0.0.1:9180 (default: off; port 0 picks a free port, logged)");
@@ -144,12 +148,35 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
     options.control_path_given = true;
   }
   if (!f.admin_text.empty()) options.admin = flag_value(parse_address(f.admin_text), "--admin");
+  options.user = f.user;
   return options;
 }
 
 }  // namespace
 
 std::string default_control_path(const std::string& app) { return "/run/lbd/" + app + ".sock"; }
+
+void settle_run_as(SupervisorOptions& options, uid_t euid) {
+  options.run_as.reset();
+  if (!options.user.empty()) {
+    auto as = resolve_user(options.user);
+    if (!as) throw ConfigError("--user: " + as.error().message());
+    if (euid != 0 && as->uid != euid) {
+      throw ConfigError("--user " + options.user + ": only root can run workers as another user");
+    }
+    if (euid == 0) options.run_as = std::move(*as);
+    return;
+  }
+  if (euid != 0) return;  // the children run as lbd's own user
+  if (options.program) {
+    if (options.allow_root) return;
+    throw ConfigError("refusing to run " + options.program->command[0] +
+                      " as root: name a user with --user USER (or pass --allow-root)");
+  }
+  auto nobody = default_worker_user();
+  if (!nobody) throw ConfigError("no user 'nobody' to run the workers as: name one with --user");
+  options.run_as = std::move(*nobody);
+}
 
 ParsedCommandLine parse_command_line(int argc, char** argv) {
   // `lbd startup ARGS...`: ARGS are another lbd command line, checked here like one.
@@ -193,6 +220,10 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
 
   ServingFlags flags;
   add_serving_flags(app, flags, "-w,--workers", "--shutdown-timeout");
+  bool demo_routes = false;
+  app.add_flag("--demo-routes", demo_routes,
+               "Also serve the bundled app's /work?us=N (burns CPU) and /sleep?ms=N (holds the connection), "
+               "for demos and benchmarks; off by default, since any client could use them to load the workers");
   app.add_option("-m,--mode", flags.mode_text,
                  "How connections reach workers: bpf (lbd's steering), reuseport (kernel hash), "
                  "shared (one listener), handoff (supervisor accepts and passes fds)")
@@ -220,6 +251,9 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
       "A worker counts as ready this long after it started, even if it has neither sent READY=1 nor been "
       "seen accepting (s). Default: in --mode bpf a worker is ready once it accepts lbd's probe connection "
       "(a worker that never accepts never is); in --mode reuseport, 1 s");
+  bool allow_root = false;
+  run->add_flag("--allow-root", allow_root,
+                "Run the program as root when lbd is root and no --user is given (refused otherwise)");
   run->add_flag("--wait-ready", program.wait_ready, "Only READY=1 on NOTIFY_SOCKET makes a worker ready");
   run->add_option("--ready-timeout", ready_timeout_s, "A worker not ready by then is killed and reported (s)")
       ->capture_default_str();
@@ -259,6 +293,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
     if (!command.empty()) throw ConfigError("a program to run needs `lbd run`: lbd run [flags] -- PROGRAM ARGS");
     SupervisorOptions options = serving_options(flags, "--workers");
     options.command_line = command_line;
+    options.demo_routes = demo_routes;
     return {.options = std::move(options), .config_file = std::nullopt, .check_only = false};
   }
 
@@ -295,6 +330,7 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
   if (program.log_max_bytes < 4096) throw ConfigError("--log-max-size: at least 4K");
   if (program.log_files < 1 || program.log_files > 1000) throw ConfigError("--log-files: expected 1 to 1000");
   options.command_line = command_line;
+  options.allow_root = allow_root;
   options.app = name;
   if (!options.control_path_given) options.control_path = default_control_path(name);
   options.program = std::move(program);

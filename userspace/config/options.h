@@ -9,6 +9,7 @@
 
 #include "config/values.h"
 #include "net/address.h"
+#include "sandbox/run_as.h"
 #include "steering/steering.h"
 #include "worker/http.h"
 
@@ -59,7 +60,20 @@ struct SupervisorOptions {
   bool control_path_given = false;  // --control was set: failing to create it is an error
   // --admin: where to serve /metrics, /healthz and /readyz over HTTP; none by default.
   std::optional<net::Address> admin;
+  // Who the workers (or the program's processes) run as (docs/ARCHITECTURE.md, "Privileges"):
+  // --user as given, `lbd run --allow-root`, and what settle_run_as() made of them.
+  std::string user;
+  bool allow_root = false;
+  std::optional<RunAs> run_as;  // none: as lbd itself
+  bool demo_routes = false;     // --demo-routes: the bundled app's /work and /sleep
 };
+
+// Decides who the children run as, for a supervisor running with effective uid `euid`:
+// - `--user` names them (only root can switch users);
+// - lbd's own workers, started as root with no --user, run as nobody:nogroup;
+// - a program (`lbd run`), started as root with no --user, is refused unless --allow-root.
+// Throws ConfigError with one line otherwise.
+void settle_run_as(SupervisorOptions& options, uid_t euid);
 
 // What main() should do after parsing.
 struct ParsedCommandLine {

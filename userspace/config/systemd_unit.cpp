@@ -58,11 +58,13 @@ RuntimeDirectoryPreserve=yes
 LogsDirectory=lbd
 LimitNOFILE=1048576
 
-# What lbd needs: loading and attaching the steering program (CAP_BPF, CAP_PERFMON: the verifier
-# refuses it without, CAP_NET_ADMIN) and ports below 1024. Nothing else: its workers and programs
-# get no more (tests/root/systemd_unit_test.cpp runs lbd with exactly these, through a reload,
-# an upgrade and a takeover after kill -9).
-CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_BIND_SERVICE
+# What the supervisor needs: loading and attaching the steering program (CAP_BPF, CAP_PERFMON: the
+# verifier refuses it without, CAP_NET_ADMIN), ports below 1024, starting its workers and programs
+# as --user with no capabilities (CAP_SETUID, CAP_SETGID, CAP_SETPCAP), giving their group the log
+# and notify sockets (CAP_CHOWN), and signalling, inspecting and taking over processes of that user
+# (CAP_KILL, CAP_SYS_PTRACE). Its workers and programs keep none of them (tests/root/
+# systemd_unit_test.cpp runs lbd with exactly these, through a reload, an upgrade and a takeover).
+CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN CAP_KILL CAP_SYS_PTRACE
 AmbientCapabilities=
 NoNewPrivileges=yes
 # )" + (o.runs_program ? std::string("A program may write where it lives: /usr, /boot and /etc alone are read-only.")

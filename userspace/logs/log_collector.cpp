@@ -153,8 +153,8 @@ Result<std::unique_ptr<LogCollector>> LogCollector::create(LogOptions options) {
                       std::to_string(record) + " bytes (one record)");
   }
 
-  LBD_TRY(make_directories(options.dir, 0755));
-  auto file = LogFile::open({options.dir, options.app, options.max_bytes, options.keep_files});
+  LBD_TRY(make_directories(options.dir, 0750, options.group));
+  auto file = LogFile::open({options.dir, options.app, options.max_bytes, options.keep_files, options.group});
   if (!file) return file.error();
   auto shared = std::make_shared<Shared>(std::move(*file), options.app, options.max_buffered_bytes);
   std::unique_ptr<LogCollector> collector(new LogCollector(std::move(options), shared));

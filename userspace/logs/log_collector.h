@@ -57,7 +57,8 @@
 namespace lbd::logs {
 
 struct LogOptions {
-  std::string dir;                                  // created (mkdir -p, 0755) if missing
+  std::string dir;                                  // created (mkdir -p, 0750) if missing
+  int group = -1;                                   // the group that may read dir and log; -1: lbd's
   std::string app;                                  // [A-Za-z0-9][A-Za-z0-9_.-]*: <dir>/<app>.log
   uint64_t max_bytes = 10 << 20;                    // rotate before app.log would pass this
   unsigned keep_files = 5;                          // rotated files kept: app.log.1 (newest) .. .N

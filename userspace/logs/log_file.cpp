@@ -22,8 +22,12 @@ Result<void> LogFile::reopen() {
   // O_NOFOLLOW: lbd runs as root, and a symlink planted at app.log must not make it append to
   // some other file. O_NONBLOCK only for the open itself: if app.log is a FIFO nobody reads, the
   // open fails (ENXIO) instead of hanging lbd's start-up.
-  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644));
+  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0640));
   if (!fd) return Error::from_errno("open " + path_);
+  // Readable by the program's group (its developers can tail it), by nobody else.
+  if (options_.group >= 0 && fchown(fd.get(), static_cast<uid_t>(-1), static_cast<gid_t>(options_.group)) != 0) {
+    return Error::from_errno("chown " + path_);
+  }
   const int flags = fcntl(fd.get(), F_GETFL);
   if (flags < 0 || fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
     return Error::from_errno("fcntl " + path_);
@@ -108,12 +112,16 @@ Result<void> LogFile::append(std::string_view records) {
   return {};
 }
 
-Result<void> make_directories(const std::string& dir, unsigned mode) {
+Result<void> make_directories(const std::string& dir, unsigned mode, int group) {
   if (dir.empty()) return Error::from_errno(ENOENT, "mkdir ''");
   // Each prefix ending before a '/', then the whole path.
   for (size_t slash = dir.find('/', 1);; slash = dir.find('/', slash + 1)) {
     const std::string prefix = dir.substr(0, slash);
-    if (::mkdir(prefix.c_str(), static_cast<mode_t>(mode)) != 0 && errno != EEXIST) {
+    if (::mkdir(prefix.c_str(), static_cast<mode_t>(mode)) == 0) {
+      if (group >= 0 && ::chown(prefix.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(group)) != 0) {
+        return Error::from_errno("chown " + prefix);
+      }
+    } else if (errno != EEXIST) {
       return Error::from_errno("mkdir " + prefix);
     }
     if (slash == std::string::npos) break;

@@ -26,12 +26,13 @@ struct LogFileOptions {
   std::string app;          // a valid app name (record.h)
   uint64_t max_bytes = 0;   // rotate before the file would pass this
   unsigned keep_files = 0;  // rotated files kept; 0: app.log is deleted when it is full
+  int group = -1;           // the group that may read the log (the program's); -1: lbd's own
 };
 
 class LogFile {
  public:
-  // Opens <dir>/<app>.log for appending, creating it (0644). An existing file is continued, and
-  // rotated first if it is already full.
+  // Opens <dir>/<app>.log for appending, creating it (0640, in `group` when given). An existing
+  // file is continued, and rotated first if it is already full.
   static Result<LogFile> open(LogFileOptions options);
 
   // Appends `records` (whole records, each ending in '\n': the caller's batch), rotating between
@@ -60,7 +61,8 @@ class LogFile {
   uint64_t records_written_ = 0;
 };
 
-// mkdir -p: creates `dir` and its missing parents with `mode` (before the umask).
-Result<void> make_directories(const std::string& dir, unsigned mode = 0755);
+// mkdir -p: creates `dir` and its missing parents with `mode` (before the umask), in `group`
+// when it is not -1 (directories that exist already are left as they are).
+Result<void> make_directories(const std::string& dir, unsigned mode = 0755, int group = -1);
 
 }  // namespace lbd::logs

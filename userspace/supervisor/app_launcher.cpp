@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "config/app_config.h"
+#include "config/options.h"
 #include "supervisor/notify.h"
 #include "supervisor/restart_policy.h"
 #include "supervisor/launch.h"
@@ -339,13 +340,40 @@ class AppLauncher {
 
 }  // namespace
 
+namespace {
+
+// Each app as its own `lbd run` will see it, so that a start fails before any app runs (and
+// --check says so) when one of them could not start: who it would run as, first of all.
+void check_each_app(const std::string& path, const config::FileConfig& file) {
+  for (const auto& app : file.apps) {
+    if (geteuid() == 0 && app.user.empty() && !app.allow_root.value_or(false)) {
+      throw ConfigError(path + ":" + std::to_string(app.line) + ": app '" + app.name + "': refusing to run " +
+                        app.command + " as root: set user = \"NAME\" (or allow_root = true)");
+    }
+    std::vector<std::string> args = config::lbd_run_arguments(app, file);
+    args.insert(args.begin(), "lbd");
+    std::vector<char*> argv;
+    for (auto& arg : args) argv.push_back(arg.data());
+    try {
+      ParsedCommandLine parsed = parse_command_line(static_cast<int>(argv.size()), argv.data());
+      if (parsed.options) settle_run_as(*parsed.options, geteuid());
+    } catch (const ConfigError& e) {
+      throw ConfigError("app '" + app.name + "': " + e.what());
+    }
+  }
+}
+
+}  // namespace
+
 int run_apps(const std::string& config_path) {
   config::FileConfig file = config::load_config_file(config_path);  // throws ConfigError
+  check_each_app(config_path, file);
   return AppLauncher(std::move(file)).run();
 }
 
 int check_apps(const std::string& config_path) {
   config::FileConfig file = config::load_config_file(config_path);  // throws ConfigError
+  check_each_app(config_path, file);
   std::string names;
   for (const auto& app : file.apps) names += (names.empty() ? "" : ", ") + app.name;
   printf("%s: good: %zu app%s (%s)\n", config_path.c_str(), file.apps.size(), file.apps.size() == 1 ? "" : "s",

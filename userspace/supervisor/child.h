@@ -30,9 +30,11 @@
 #include "logs/log_collector.h"
 #include "metrics/worker_stats.h"
 #include "net/address.h"
+#include "sandbox/confine.h"
 #include "steering/slot_table.h"
 #include "steering/steering.h"
 #include "supervisor/child_process.h"
+#include "supervisor/notify.h"
 #include "supervisor/poller.h"
 #include "supervisor/process_stats.h"
 #include "supervisor/slot_manager.h"
@@ -46,7 +48,8 @@ namespace lbd {
 // outlives every child.
 struct SharedResources {
   const SupervisorOptions& options;
-  std::string binary;                       // lbd's own, for its workers
+  std::string binary;                       // lbd's own, for its workers: the path...
+  UniqueFd binary_fd;                       // ...and the file they execute (open_lbd_binary())
   std::optional<Steering> steering;         // --mode bpf
   std::optional<SlotTable> plain_table;     // other modes
   std::vector<net::Address> bound;          // listen addresses with their real ports
@@ -54,6 +57,8 @@ struct SharedResources {
   std::vector<UniqueFd> shared_listeners;   // --mode shared and handoff: one per address
   std::optional<Poller> poller;
   std::unique_ptr<logs::LogCollector> logs;  // exec mode: the app's log file
+  std::optional<SeccompProgram> steering_guard;  // exec mode: built at the first start
+  std::optional<NotifyDirectory> notify_dir;     // exec mode: the programs' NOTIFY_SOCKETs
 
   explicit SharedResources(const SupervisorOptions& o) : options(o) {}
   SlotTable& table() { return steering ? steering->table() : *plain_table; }

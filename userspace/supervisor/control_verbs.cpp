@@ -74,6 +74,7 @@ void Supervisor::verb_undrain(ClientId client, const control::Request& request) 
 }
 
 void Supervisor::verb_reload(ClientId client, const control::Request& request) {
+  if (!pick_up_binary(client)) return;
   slots_->reload(client, request.parallel, timeout_of(request), Clock::now());
 }
 

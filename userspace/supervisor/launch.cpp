@@ -65,6 +65,9 @@ void report_failure(const char* what, const char* subject, int err) {
     lifted[i] = fcntl(launch.fds[i].first, F_DUPFD_CLOEXEC, floor);
     if (lifted[i] < 0) _exit(126);
   }
+  // The file to execute, lifted too: placing the fds may reuse its number.
+  const int exec_fd = launch.exec_fd >= 0 ? fcntl(launch.exec_fd, F_DUPFD_CLOEXEC, floor) : -1;
+  if (launch.exec_fd >= 0 && exec_fd < 0) _exit(126);
   for (size_t i = 0; i < launch.fds.size(); i++) {
     if (dup2(lifted[i], launch.fds[i].second) < 0) _exit(126);  // dup2 clears close-on-exec
   }
@@ -88,13 +91,27 @@ void report_failure(const char* what, const char* subject, int err) {
   sigprocmask(SIG_SETMASK, &none, nullptr);
   signal(SIGPIPE, SIG_DFL);
 
+  if (launch.confine) {
+    if (ConfineFailure failed = confine(launch.run_as, launch.keep_caps, launch.filter)) {
+      report_failure("confine the program:", failed.step, failed.err);
+      _exit(126);
+    }
+  }
+
   if (listen_pid_value) format_decimal(static_cast<unsigned long>(getpid()), listen_pid_value);
   if (!launch.cwd.empty() && chdir(launch.cwd.c_str()) != 0) {
     report_failure("change directory to", launch.cwd.c_str(), errno);
     _exit(127);
   }
 
-  execve(launch.path.c_str(), argv, envp);
+  if (exec_fd >= 0) {
+    execveat(exec_fd, "", argv, envp, AT_EMPTY_PATH);
+    // A script ("#!") is run by its interpreter from /dev/fd/N, which close-on-exec has closed by
+    // then (ENOENT): only for one, the descriptor stays open across the exec.
+    if (errno == ENOENT && fcntl(exec_fd, F_SETFD, 0) == 0) execveat(exec_fd, "", argv, envp, AT_EMPTY_PATH);
+  } else {
+    execve(launch.path.c_str(), argv, envp);
+  }
   const int err = errno;
   if (launch.exec_failed_fd >= 0) {
     const ChannelRecord record =
@@ -168,6 +185,7 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed) {
   for (int fd : launch.listener_fds) spec.listener_fds.push_back(place(fd));
 
   process.path = launch.binary;
+  process.exec_fd = launch.binary_fd;
   process.argv = {launch.title};
   process.env = inherited_environment({kWorkerSpecEnv});
   process.env.push_back(std::string(kWorkerSpecEnv) + "=" + encode_worker_spec(spec));
@@ -175,6 +193,25 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed) {
   process.exec_failed_fd = spec.status_fd;
   if (placed) *placed = spec;
   return spawn_process(process);
+}
+
+Result<UniqueFd> open_lbd_binary(const std::string& path, bool trusted_only) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno("open " + path);
+  struct stat st{};
+  if (fstat(fd.get(), &st) != 0) return Error::from_errno("fstat " + path);
+  if (!S_ISREG(st.st_mode)) return Error::from_errno(EACCES, path + " is not a regular file");
+  if (!trusted_only) return fd;
+  // Checked on the open file, not the path: what passes is what runs.
+  if (st.st_uid != 0 && st.st_uid != geteuid()) {
+    return Error::invalid(path + " is owned by uid " + std::to_string(st.st_uid) +
+                          ", not root: lbd will not run it (chown root it, if it is yours)");
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    return Error::invalid(path + " is writable by " + ((st.st_mode & S_IWOTH) ? "every user" : "its group") +
+                          ": lbd will not run it (chmod go-w it)");
+  }
+  return fd;
 }
 
 std::string current_binary_path() {

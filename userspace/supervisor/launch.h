@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
+#include "sandbox/confine.h"
 #include "worker/worker_spec.h"
 
 namespace lbd {
@@ -38,6 +40,15 @@ struct ProcessLaunch {
   // If exec fails: the child's fd number of a seqpacket socket to send kExecFailed on (errno;
   // worker/channel.h); -1: write "lbd: cannot execute ...: <errno>" to the child's fd 2 instead.
   int exec_failed_fd = -1;
+  // Execute this open file (execveat) rather than `path`, which then only names it in messages.
+  int exec_fd = -1;
+  // Confine the child before exec (sandbox/confine.h): become `run_as` (null: stay as lbd),
+  // drop every capability unless `keep_caps`, and install `filter` (null: none). An exec-mode
+  // program is confined here; lbd's own worker confines itself once its ring is set up.
+  bool confine = false;
+  const RunAs* run_as = nullptr;
+  bool keep_caps = false;
+  const SeccompProgram* filter = nullptr;
 };
 
 // Returns the child's pid. If exec fails the child reports it (see exec_failed_fd) and exits
@@ -45,7 +56,8 @@ struct ProcessLaunch {
 Result<pid_t> spawn_process(const ProcessLaunch& launch);
 
 struct WorkerLaunch {
-  std::string binary;  // the program to execute (the path lbd was started from)
+  std::string binary;  // the path lbd was started from, for messages
+  int binary_fd = -1;  // the file to execute (open_lbd_binary())
   std::string title;   // argv[0] of the worker, what ps shows: "lbd: worker 3"
   int cpu = -1;        // pin to this CPU before exec; -1 = no pinning
   // The supervisor's fds to pass; -1 for none. spawn_worker() renumbers them in the child and
@@ -71,6 +83,13 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed = null
 // The environment lbd was started with, minus the variables lbd sets for its children itself
 // (any name in `drop`).
 std::vector<std::string> inherited_environment(const std::vector<std::string>& drop);
+
+// lbd's own binary, opened once and executed from the descriptor (execveat) for every worker
+// and successor, so that whoever may replace the file at its path, or the folder it is in,
+// cannot put other code into a process lbd starts as root (docs/ARCHITECTURE.md, "Privileges").
+// With `trusted_only` (a reload or an upgrade picking up a new build), the file must be owned by
+// root (or by lbd's own user) and writable by nobody else; otherwise the error says why.
+Result<UniqueFd> open_lbd_binary(const std::string& path, bool trusted_only);
 
 // The absolute path of the running binary, resolved at start-up so later launches execute the
 // file now at that path (a new build), not the deleted inode /proc/self/exe may point to.

@@ -4,7 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -42,6 +45,55 @@ Result<UniqueFd> notify_listener(const std::string& name) {
     return Error::from_errno("bind notify socket @" + name);
   }
   return fd;
+}
+
+Result<NotifyDirectory> NotifyDirectory::create(const std::string& base, const std::string& prefix, int group) {
+  std::string templ = base + "/" + prefix + "-XXXXXX";
+  if (!mkdtemp(templ.data())) return Error::from_errno("mkdtemp " + templ);
+  NotifyDirectory dir(templ, group);  // from here, removed again on failure
+  if (group >= 0 && chown(templ.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(group)) != 0) {
+    return Error::from_errno("chown " + templ);
+  }
+  if (chmod(templ.c_str(), group >= 0 ? 0710 : 0700) != 0) return Error::from_errno("chmod " + templ);
+  return dir;
+}
+
+NotifyDirectory::~NotifyDirectory() {
+  if (!path_.empty()) rmdir(path_.c_str());  // fails, harmlessly, while a socket is still in it
+}
+
+Result<NotifyDirectory::Socket> NotifyDirectory::open_socket() const {
+  uint64_t random[2] = {};
+  if (getrandom(random, sizeof(random), 0) != static_cast<ssize_t>(sizeof(random))) {
+    return Error::from_errno("getrandom");
+  }
+  char name[40];
+  snprintf(name, sizeof(name), "%016llx%016llx", static_cast<unsigned long long>(random[0]),
+           static_cast<unsigned long long>(random[1]));
+  Socket socket{UniqueFd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)), path_ + "/" + name};
+  if (!socket.fd) return Error::from_errno("notify socket");
+  int one = 1;
+  if (setsockopt(socket.fd.get(), SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0) {
+    return Error::from_errno("notify socket SO_PASSCRED");
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket.path.size() + 1 > sizeof(addr.sun_path)) {
+    return Error::from_errno(ENAMETOOLONG, "notify socket " + socket.path);
+  }
+  memcpy(addr.sun_path, socket.path.data(), socket.path.size());
+  if (bind(socket.fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return Error::from_errno("bind notify socket " + socket.path);
+  }
+  // Sending to a Unix socket needs write permission on it.
+  const bool shared = group_ >= 0;
+  if ((shared && chown(socket.path.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(group_)) != 0) ||
+      chmod(socket.path.c_str(), shared ? 0620 : 0600) != 0) {
+    const Error error = Error::from_errno("chmod notify socket " + socket.path);
+    unlink(socket.path.c_str());
+    return error;
+  }
+  return socket;
 }
 
 }  // namespace lbd

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -15,5 +16,34 @@ void notify_service_manager(const char* message);
 // non-blocking datagram socket bound to @name in the abstract namespace (no file to clean up),
 // with SO_PASSCRED so each message says which process sent it. Their NOTIFY_SOCKET is "@name".
 Result<UniqueFd> notify_listener(const std::string& name);
+
+// Where exec-mode programs' notify sockets live: a directory of this supervisor's own,
+// <base>/<prefix>-XXXXXX, made by mkdtemp, root's and `group`'s only (0710: the group may reach a
+// socket whose name it knows, and cannot list them). Each socket has a random name and is bound
+// 0620 in `group`: another local user can neither send to one nor bind one first, and cannot
+// guess a program's socket. Removed (if empty) when the owner goes.
+class NotifyDirectory {
+ public:
+  static Result<NotifyDirectory> create(const std::string& base, const std::string& prefix, int group);
+  NotifyDirectory(NotifyDirectory&& other) noexcept : path_(std::exchange(other.path_, {})), group_(other.group_) {}
+  NotifyDirectory& operator=(NotifyDirectory&& other) noexcept {
+    std::swap(path_, other.path_);
+    group_ = other.group_;
+    return *this;
+  }
+  ~NotifyDirectory();
+
+  struct Socket {
+    UniqueFd fd;       // non-blocking, SO_PASSCRED
+    std::string path;  // the program's NOTIFY_SOCKET
+  };
+  Result<Socket> open_socket() const;
+  const std::string& path() const { return path_; }
+
+ private:
+  NotifyDirectory(std::string path, int group) : path_(std::move(path)), group_(group) {}
+  std::string path_;
+  int group_ = -1;
+};
 
 }  // namespace lbd

@@ -73,13 +73,29 @@ struct Parent {
   }
 };
 
+// The parent of `pid` from /proc/PID/stat (`proc`: an open /proc), or -1 if it is gone.
+pid_t parent_of(int proc, pid_t pid) {
+  char path[32];
+  char stat[512];
+  std::snprintf(path, sizeof path, "%d/stat", pid);
+  const ssize_t n = read_small(proc, path, stat, sizeof stat);
+  if (n <= 0) return -1;
+  // "PID (COMM) S PPID ...": COMM may hold spaces and parentheses, so parse after the last ')'.
+  // A line longer than the buffer is cut in the numeric fields, after COMM and PPID.
+  const std::string_view line(stat, static_cast<size_t>(n));
+  const size_t paren = line.rfind(')');
+  if (paren == std::string_view::npos || paren + 4 >= line.size()) return -1;
+  const char* first = line.data() + paren + 4;  // past ") S "
+  pid_t ppid = 0;
+  if (std::from_chars(first, line.data() + line.size(), ppid).ec != std::errc()) return -1;
+  return ppid;
+}
+
 // Every process on the machine with its parent, sorted by parent.
 Result<std::vector<Parent>> read_parents(int proc) {
   UniqueDir dir = open_dir(proc, ".");
   if (!dir) return Error::from_errno("open /proc");
   std::vector<Parent> parents;
-  char path[32];
-  char stat[512];
   while (true) {
     errno = 0;
     const dirent* entry = ::readdir(dir.get());
@@ -89,17 +105,8 @@ Result<std::vector<Parent>> read_parents(int proc) {
     }
     const pid_t pid = pid_of(entry->d_name);
     if (pid <= 0) continue;
-    std::snprintf(path, sizeof path, "%d/stat", pid);
-    const ssize_t n = read_small(proc, path, stat, sizeof stat);
-    if (n <= 0) continue;  // gone (ENOENT, ESRCH, or an empty read): skip it
-    // "PID (COMM) S PPID ...": COMM may hold spaces and parentheses, so parse after the last ')'.
-    // A line longer than the buffer is cut in the numeric fields, after COMM and PPID.
-    const std::string_view line(stat, static_cast<size_t>(n));
-    const size_t paren = line.rfind(')');
-    if (paren == std::string_view::npos || paren + 4 >= line.size()) continue;
-    const char* first = line.data() + paren + 4;  // past ") S "
-    pid_t ppid = 0;
-    if (std::from_chars(first, line.data() + line.size(), ppid).ec != std::errc()) continue;
+    const pid_t ppid = parent_of(proc, pid);
+    if (ppid < 0) continue;  // gone (ENOENT, ESRCH, or an empty read): skip it
     parents.push_back({ppid, pid});
   }
   std::sort(parents.begin(), parents.end());
@@ -325,6 +332,17 @@ Result<std::vector<pid_t>> process_tree(pid_t root) {
   auto trees = process_trees({root});
   if (!trees) return trees.error();
   return std::move(trees->front());
+}
+
+bool in_tree_of(pid_t pid, pid_t root) {
+  UniqueFd proc(::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!proc) return false;
+  // A bounded walk: a parent chain is short, and a loop (pids reused mid-walk) must not hang us.
+  for (int hops = 0; hops < 64 && pid > 1; hops++) {
+    if (pid == root) return true;
+    pid = parent_of(proc.get(), pid);
+  }
+  return false;
 }
 
 uint64_t tree_rss_bytes(const std::vector<pid_t>& tree) {

@@ -33,6 +33,10 @@ namespace lbd {
 Result<std::vector<std::vector<pid_t>>> process_trees(const std::vector<pid_t>& roots);
 Result<std::vector<pid_t>> process_tree(pid_t root);
 
+// Whether `pid` is `root` or one of its descendants now (a walk up its parent chain in /proc).
+// False for a process that is gone: a sender that exits before it is checked is not believed.
+bool in_tree_of(pid_t pid, pid_t root);
+
 // The resident memory of a tree: the sum of each process's RSS (/proc/PID/statm). Pages shared
 // between processes (what a forked worker still shares copy-on-write with its master, shared
 // libraries, shared memory) are counted once per process, so a tree of N forked workers reads

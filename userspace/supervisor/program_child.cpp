@@ -24,6 +24,7 @@
 //   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
 //   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <string.h>
@@ -40,6 +41,7 @@
 #include "supervisor/child.h"
 #include "supervisor/launch.h"
 #include "supervisor/notify.h"
+#include "supervisor/process_tree.h"
 #include "supervisor/program_load.h"
 
 namespace lbd {
@@ -72,6 +74,7 @@ class ProgramChild final : public Child {
       if (output) shared_.poller->unwatch(output->fd());
     }
     if (notify_) shared_.poller->unwatch(notify_.get());
+    forget_notify_path();
   }
 
   Result<void> swap_in(Child* previous) override {
@@ -81,6 +84,7 @@ class ProgramChild final : public Child {
 
   void serving() override {
     serving_ = true;
+    forget_notify_path();  // READY=1 has nothing left to say; STATUS= lines still come on the fd
     probe_.reset();
     ready_at_.reset();
     publish_load();  // at once: not stalled until the next look
@@ -187,17 +191,19 @@ class ProgramChild final : public Child {
       message.msg_controllen = sizeof(control);
       const ssize_t n = recvmsg(notify_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n < 0) break;  // EAGAIN: all read
-      // Anyone on the machine can send to an abstract socket: believe only the program's own uid
-      // (or root). Its children may notify for it (gunicorn's master does).
+      // Only the program's own processes (its pid, or processes it started: gunicorn's master
+      // notifies for it) as its own user are believed; SO_PASSCRED makes the kernel say who sent
+      // each datagram. The socket's path is private too (NotifyDirectory); this is the second lock.
       const cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
       if (!cmsg || cmsg->cmsg_type != SCM_CREDENTIALS) continue;
       ucred cred{};
       memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
-      if (cred.uid != 0 && cred.uid != getuid()) {
-        static bool warned = false;  // once: anyone may send here, and a flood must not flood the log
+      const uid_t program_uid = shared_.options.run_as ? shared_.options.run_as->uid : geteuid();
+      if (cred.uid != program_uid || !in_tree_of(cred.pid, pid())) {
+        static bool warned = false;  // once: a flood must not flood the log
         if (std::exchange(warned, true)) continue;
-        spdlog::warn("worker {}: ignored a notification from uid {} (pid {}): only root and lbd's uid count", slot_,
-                     cred.uid, cred.pid);
+        spdlog::warn("worker {}: ignored a notification from pid {} (uid {}): only the program's own processes count",
+                     slot_, cred.pid, cred.uid);
         continue;
       }
       std::string_view text(buffer, static_cast<size_t>(n));
@@ -342,6 +348,12 @@ class ProgramChild final : public Child {
 
   const Clock::time_point started_at_;
   UniqueFd notify_;
+  std::string notify_path_;  // its NOTIFY_SOCKET, unlinked once it serves or goes
+
+  void forget_notify_path() {
+    if (!notify_path_.empty()) unlink(notify_path_.c_str());
+    notify_path_.clear();
+  }
   std::optional<logs::LogPipe> output_[2];  // its stdout and stderr, into the app's log
   std::optional<Probe> probe_;
   unsigned probes_started_ = 0;
@@ -374,6 +386,17 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   launch.cpu = cpu;
   launch.own_process_group = true;
   launch.listen_pid = true;
+  // The program is confined before exec: it runs as --user with no capabilities and under the
+  // steering guard (or as root with its capabilities, when --allow-root kept it there).
+  if (!shared.steering_guard) {
+    auto guard = SeccompProgram::steering_guard();
+    if (!guard) return guard.error();
+    shared.steering_guard.emplace(std::move(*guard));
+  }
+  launch.confine = true;
+  launch.run_as = options.run_as ? &*options.run_as : nullptr;
+  launch.keep_caps = !options.run_as && geteuid() == 0;
+  launch.filter = &*shared.steering_guard;
 
   auto listeners = shared.open_listeners();
   if (!listeners) return listeners.error();
@@ -394,8 +417,17 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   launch.fds.emplace_back(pipes->out.fd(), output_escrow);
   launch.fds.emplace_back(pipes->err.fd(), output_escrow + 1);
 
-  const std::string notify_name = fmt::format("lbd/{}/notify/{}", getpid(), id);
-  auto notify = notify_listener(notify_name);
+  if (!shared.notify_dir) {
+    // Root's in /run/lbd, where only root may create names (not beside the control socket: the
+    // program's user must be able to reach it, and --control may name a private directory).
+    const int group = options.run_as ? static_cast<int>(options.run_as->gid) : -1;
+    std::string base = "/tmp";
+    if (geteuid() == 0 && (mkdir("/run/lbd", 0755) == 0 || errno == EEXIST)) base = "/run/lbd";
+    auto dir = NotifyDirectory::create(base, options.app + ".notify", group);
+    if (!dir) return dir.error();
+    shared.notify_dir.emplace(std::move(*dir));
+  }
+  auto notify = shared.notify_dir->open_socket();
   if (!notify) return notify.error();
 
   // lbd's environment, then the operator's --env, then the protocol's variables (which win).
@@ -411,7 +443,7 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   }
   launch.env.push_back("LISTEN_FDS=" + std::to_string(listeners->size()));
   launch.env.push_back("LISTEN_FDNAMES=" + names);
-  launch.env.push_back("NOTIFY_SOCKET=@" + notify_name);
+  launch.env.push_back("NOTIFY_SOCKET=" + notify->path);
   launch.env.push_back("LB_WORKER_ID=" + std::to_string(slot));
   launch.env.push_back("LB_WORKERS=" + std::to_string(workers));
   launch.env.push_back("LB_APP=" + options.app);
@@ -430,7 +462,8 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   if (shared.steering && !program.wait_ready) {
     if (auto probed = child->start_probe(); !probed) child->fall_back_to_ready_delay(probed.error().message());
   }
-  child->notify_ = std::move(*notify);
+  child->notify_ = std::move(notify->fd);
+  child->notify_path_ = notify->path;
   // Our copies of the write ends close as `pipes` goes: the child holds the only ones, so its
   // exit is the pipes' EOF.
   child->output_[0].emplace(std::move(pipes->out));

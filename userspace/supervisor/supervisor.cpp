@@ -153,6 +153,14 @@ int Supervisor::run() {
 Result<void> Supervisor::set_up() {
   shared_.binary = current_binary_path();
   if (shared_.binary.empty()) return Error::from_errno("cannot find lbd's own binary (/proc/self/exe)");
+  // The file this lbd was started from: workers and restarts execute it until a reload picks up
+  // a new build the same checks trust.
+  auto binary = open_lbd_binary(shared_.binary, false);
+  if (!binary) return binary.error();
+  shared_.binary_fd = std::move(*binary);
+  if (auto trusted = open_lbd_binary(shared_.binary, true); !trusted) {
+    spdlog::warn("{}; a reload will keep the workers on this build", trusted.error().message());
+  }
 
   // Signals arrive through the loop, never as interruptions. Children's exits come through
   // their pidfds, not SIGCHLD.
@@ -222,6 +230,7 @@ Result<void> Supervisor::set_up_exec_mode() {
   }
   if (auto found = find_program(program.command[0], program.cwd); !found) return found.error();
   auto logs = logs::LogCollector::create({.dir = program.log_dir,
+                                          .group = options_.run_as ? static_cast<int>(options_.run_as->gid) : -1,
                                           .app = options_.app,
                                           .max_bytes = program.log_max_bytes,
                                           .keep_files = program.log_files});
@@ -285,9 +294,30 @@ Result<void> Supervisor::start_fresh() {
   spdlog::info("starting {} {} on {} (mode {}, policy {}, {}{})", options_.workers, what, listen_summary(),
                mode_name(options_.mode), policy_name(options_.steering.policy),
                options_.pin ? "pinned" : "not pinned", control_ ? ", control " + control_->path() : std::string());
+  spdlog::info("{}", run_as_summary());
   slots_.emplace(manager_config(), static_cast<SlotEffects&>(*this));
   record_dirty_ = true;
   return slots_->start(Clock::now());
+}
+
+bool Supervisor::pick_up_binary(std::optional<ClientId> client) {
+  if (is_program() || slots_->operation()) return true;  // a program is looked up at each start
+  auto binary = open_lbd_binary(shared_.binary, true);
+  if (!binary) {
+    const std::string why = "reload refused: " + binary.error().message() + "; the workers keep serving";
+    spdlog::error("{}", why);
+    if (client && control_) control_->finish_error(*client, why);
+    return false;
+  }
+  shared_.binary_fd = std::move(*binary);
+  return true;
+}
+
+std::string Supervisor::run_as_summary() const {
+  const char* who = is_program() ? "the program runs" : "workers run";
+  if (options_.run_as) return fmt::format("{} as {}, with no capabilities", who, options_.run_as->describe());
+  if (geteuid() == 0) return fmt::format("{} as root (--allow-root), with the steering guard only", who);
+  return fmt::format("{} as lbd's own user (uid {}), with no capabilities", who, geteuid());
 }
 
 Result<void> Supervisor::open_shared_listeners() {
@@ -442,6 +472,7 @@ void Supervisor::on_signal() {
       case SIGHUP:
         if (slots_->stopping()) break;
         if (!slots_->operation()) spdlog::info("SIGHUP: rolling reload");
+        if (!pick_up_binary(std::nullopt)) break;
         slots_->reload(std::nullopt, 1, std::nullopt, now);
         break;
     }

@@ -72,6 +72,11 @@ class Supervisor final : private SlotEffects {
   Result<void> set_up_exec_mode();
   SlotManagerConfig manager_config() const;
   Result<void> open_shared_listeners();
+  // "workers run as nobody:nogroup (uid 65534, gid 65534), with no capabilities", for the log.
+  std::string run_as_summary() const;
+  // Before a reload of lbd's own workers: the build on disk now, if it can be trusted (owned by
+  // root, writable by no one else); otherwise the reload is refused, in the log and to `client`.
+  bool pick_up_binary(std::optional<ClientId> client);
   void on_signal();
   void on_child_readable(Source source, uint32_t index);
   void accept_for_handoff(uint32_t listener);

@@ -425,8 +425,12 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
   // The file at lbd's path now, a new build (the path resolved at start: /proc/self/exe names
   // the deleted file once a deploy has replaced it).
   const std::string& binary = shared_.binary;
+  // The successor runs as root with everything this lbd holds: only a build root owns.
+  auto binary_fd = open_lbd_binary(binary, true);
+  if (!binary_fd) return fail(binary_fd.error().message());
   ProcessLaunch launch;
   launch.path = binary;
+  launch.exec_fd = binary_fd->get();
   launch.argv = {"lbd"};
   for (const auto& arg : options_.command_line) launch.argv.push_back(arg);
   launch.env = inherited_environment({kUpgradeEnv});

@@ -137,6 +137,7 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
   const SupervisorOptions& options = shared.options;
   WorkerLaunch launch;
   launch.binary = shared.binary;
+  launch.binary_fd = shared.binary_fd.get();
   launch.title = "lbd: worker " + std::to_string(slot);
   launch.cpu = cpu;
   launch.spec.slot = slot;
@@ -146,6 +147,8 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
   launch.spec.drain_timeout = options.shutdown_timeout;
   launch.spec.max_connections = options.max_connections;
   launch.spec.log_level = options.log_level;
+  launch.spec.run_as = options.run_as;
+  launch.spec.demo_routes = options.demo_routes;
   launch.spec.reconcile_queue = options.mode == Mode::kBpf;
   launch.spec.publish_at_start = !replacement;  // a replacement waits for kServing
   launch.slot_table_fd = shared.table().fd();

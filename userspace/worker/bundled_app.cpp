@@ -36,9 +36,7 @@ void burn_cpu(uint64_t us) {
   }
 }
 
-}  // namespace
-
-void bundled_app(Exchange& ex) {
+void serve(Exchange& ex, bool demo_routes) {
   const Request& request = ex.request();
   const std::string_view path = request.path();
   const std::string_view method = request.method();
@@ -47,7 +45,7 @@ void bundled_app(Exchange& ex) {
     if (method != "GET" && method != "HEAD") return ex.respond(405, "method not allowed\n");
     return ex.respond(200, "hello, world\n");
   }
-  if (path == "/work") {
+  if (path == "/work" && demo_routes) {
     uint64_t us = 0;
     if (!parse_number(request, "us", kMaxWorkUs, &us)) {
       return ex.respond(400, "usage: /work?us=N (N <= 10000000)\n");
@@ -55,7 +53,7 @@ void bundled_app(Exchange& ex) {
     burn_cpu(us);
     return ex.respond(200, "worked " + std::to_string(us) + " us\n");
   }
-  if (path == "/sleep") {
+  if (path == "/sleep" && demo_routes) {
     uint64_t ms = 0;
     if (!parse_number(request, "ms", kMaxSleepMs, &ms)) {
       return ex.respond(400, "usage: /sleep?ms=N (N <= 300000)\n");
@@ -69,6 +67,12 @@ void bundled_app(Exchange& ex) {
     return ex.respond(200, request.body(), "application/octet-stream");
   }
   ex.respond(404, "not found\n");
+}
+
+}  // namespace
+
+Handler bundled_app(bool demo_routes) {
+  return [demo_routes](Exchange& ex) { serve(ex, demo_routes); };
 }
 
 }  // namespace lbd

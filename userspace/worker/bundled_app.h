@@ -2,10 +2,12 @@
 // benchmark and test the data path.
 //
 //   GET  /              200 "hello, world\n" (13 bytes)
-//   GET  /work?us=N     burns N microseconds of CPU, then answers (skewed-load tests)
-//   GET  /sleep?ms=N    answers after N ms without blocking the worker (an io_uring timeout)
 //   POST /echo          answers with the request body
 //   anything else       404
+// With demo routes (--demo-routes; scripts/start.sh turns them on), also these two, which let any
+// client burn a worker's CPU or hold its connections, so a plain lbd serves neither:
+//   GET  /work?us=N     burns N microseconds of CPU, then answers (skewed-load tests)
+//   GET  /sleep?ms=N    answers after N ms without blocking the worker (an io_uring timeout)
 // Every response carries X-Worker: <slot>.
 #pragma once
 
@@ -13,6 +15,6 @@
 
 namespace lbd {
 
-void bundled_app(Exchange& exchange);
+Handler bundled_app(bool demo_routes);
 
 }  // namespace lbd

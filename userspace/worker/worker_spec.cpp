@@ -26,7 +26,13 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"drain_timeout_ms", spec.drain_timeout.count()},
       {"max_connections", spec.max_connections},
       {"log_level", spec.log_level},
+      {"demo_routes", spec.demo_routes},
   };
+  if (spec.run_as) {
+    j["run_as"] = {{"uid", spec.run_as->uid},     {"gid", spec.run_as->gid},
+                   {"groups", spec.run_as->groups}, {"user", spec.run_as->user},
+                   {"group", spec.run_as->group}};
+  }
   return j.dump();
 }
 
@@ -54,6 +60,15 @@ WorkerSpec decode_worker_spec(const std::string& text) {
     spec.drain_timeout = std::chrono::milliseconds(j.at("drain_timeout_ms").get<int64_t>());
     spec.max_connections = j.at("max_connections").get<unsigned>();
     spec.log_level = j.at("log_level").get<std::string>();
+    spec.demo_routes = j.value("demo_routes", false);
+    if (j.contains("run_as")) {
+      const nlohmann::json& as = j.at("run_as");
+      spec.run_as = RunAs{.uid = as.at("uid").get<uid_t>(),
+                          .gid = as.at("gid").get<gid_t>(),
+                          .groups = as.at("groups").get<std::vector<gid_t>>(),
+                          .user = as.at("user").get<std::string>(),
+                          .group = as.at("group").get<std::string>()};
+    }
     return spec;
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(std::string("bad worker spec (is this worker from another lbd build?): ") +

@@ -6,9 +6,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "sandbox/run_as.h"
 #include "worker/http.h"
 
 namespace lbd {
@@ -44,6 +46,10 @@ struct WorkerSpec {
   std::chrono::milliseconds drain_timeout{10'000};
   unsigned max_connections = 16384;
   std::string log_level = "info";
+  // Who the worker becomes once its ring and listeners are set up (sandbox/confine.h); none: it
+  // keeps lbd's uid. Either way it drops every capability and installs the steering guard.
+  std::optional<RunAs> run_as;
+  bool demo_routes = false;  // --demo-routes: the bundled app's /work and /sleep
 };
 
 std::string encode_worker_spec(const WorkerSpec& spec);

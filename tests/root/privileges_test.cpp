@@ -1,0 +1,200 @@
+// Least privilege, as an operator checks it: lbd started as root, then `ps` and /proc/PID/status.
+// lbd's own workers and every exec-mode program run as an unprivileged user with no capabilities
+// at all (effective, permitted, bounding), NoNewPrivs set, and under the steering guard (a seccomp
+// filter); a program that tries to change the steering of its reuseport group gets EPERM and the
+// steering holds. Only the supervisor keeps what it needs. (docs/ARCHITECTURE.md, "Privileges")
+#include <gtest/gtest.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "support/exec_test.h"
+#include "support/lbctl.h"
+
+namespace lbd::test {
+namespace {
+
+// /proc/PID/status as name -> value ("Uid" -> "65534\t65534\t65534\t65534").
+std::map<std::string, std::string> proc_status(pid_t pid) {
+  std::map<std::string, std::string> fields;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    fields[line.substr(0, colon)] = value;
+  }
+  return fields;
+}
+
+std::string all_four(unsigned id) {
+  const std::string n = std::to_string(id);
+  return n + "\t" + n + "\t" + n + "\t" + n;
+}
+
+// What every worker and program of lbd must look like: the user and group asked for (real,
+// effective, saved and filesystem ids), no capability in any set, no way to gain one, and a filter.
+void expect_confined(pid_t pid, uid_t uid, gid_t gid) {
+  SCOPED_TRACE("pid " + std::to_string(pid));
+  auto status = proc_status(pid);
+  ASSERT_FALSE(status.empty()) << "no /proc/" << pid << "/status";
+  EXPECT_EQ(status["Uid"], all_four(uid));
+  EXPECT_EQ(status["Gid"], all_four(gid));
+  for (const char* set : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
+    EXPECT_EQ(status[set], "0000000000000000") << set;
+  }
+  EXPECT_EQ(status["NoNewPrivs"], "1");
+  EXPECT_EQ(status["Seccomp"], "2");  // SECCOMP_MODE_FILTER
+}
+
+struct Account {
+  uid_t uid;
+  gid_t gid;
+};
+
+Account account(const char* user) {
+  const passwd* pw = getpwnam(user);
+  return pw ? Account{pw->pw_uid, pw->pw_gid} : Account{0, 0};
+}
+
+gid_t group_id(const char* name) {
+  const group* gr = getgrnam(name);
+  return gr ? gr->gr_gid : 0;
+}
+
+class Privileges : public ExecTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("starts lbd as root and checks what its children run as"); }
+};
+
+TEST_F(Privileges, WorkersRunAsNobodyWithNothingByDefault) {
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 2)));
+  const gid_t nogroup = group_id("nogroup") ? group_id("nogroup") : account("nobody").gid;
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  for (const auto& [slot, pid] : pids) expect_confined(pid, account("nobody").uid, nogroup);
+  EXPECT_EQ(lbd().count_log("workers run as nobody:nogroup \\(uid 65534, gid 65534\\), with no capabilities"), 1u)
+      << lbd().log();
+  // The supervisor keeps what it needs (it loaded the steering program; it can reload).
+  EXPECT_NE(proc_status(lbd().pid())["CapEff"], "0000000000000000");
+  EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+  CommandResult reload = lbctl({"reload"});
+  ASSERT_TRUE(reload.exited(0)) << reload.describe();
+  for (const auto& [slot, pid] : serving_pids()) expect_confined(pid, account("nobody").uid, nogroup);
+}
+
+TEST_F(Privileges, WorkersRunAsTheUserNamed) {
+  const Account daemon = account("daemon");
+  ASSERT_NE(daemon.uid, 0u) << "Debian has a 'daemon' user";
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("reuseport", 2, {"--user", "daemon"})));
+  for (const auto& [slot, pid] : serving_pids()) expect_confined(pid, daemon.uid, daemon.gid);
+  EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+}
+
+TEST_F(Privileges, AProgramRunsAsItsUserAndItsLogIsForItsGroupOnly) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "-i", "2", "--wait-ready"}, {SOCKET_ACTIVATED_SERVER_PATH}));
+  const gid_t nogroup = group_id("nogroup") ? group_id("nogroup") : account("nobody").gid;
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  for (const auto& [slot, pid] : pids) expect_confined(pid, account("nobody").uid, nogroup);
+  EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+  struct stat dir{}, file{};
+  ASSERT_EQ(stat(log_dir().c_str(), &dir), 0);
+  ASSERT_EQ(stat(log_file().c_str(), &file), 0);
+  EXPECT_EQ(dir.st_mode & 07777, 0750u);
+  EXPECT_EQ(dir.st_gid, nogroup);
+  EXPECT_EQ(file.st_mode & 07777, 0640u);
+  EXPECT_EQ(file.st_gid, nogroup);
+}
+
+TEST_F(Privileges, AsRootAProgramNeedsAUserOrAllowRoot) {
+  CommandResult refused = run_command({LBD_BINARY_PATH, "run", "--listen", "127.0.0.1:0", "--control", socket_path(),
+                                       "--log-dir", log_dir(), "--", "/bin/true"},
+                                      after(10s));
+  EXPECT_TRUE(refused.exited(2)) << refused.describe();
+  EXPECT_EQ(refused.err,
+            "lbd: refusing to run /bin/true as root: name a user with --user USER (or pass --allow-root) (see lbd "
+            "--help)\n");
+  EXPECT_TRUE(refused.out.empty()) << refused.out;
+
+  // --allow-root: the operator's choice, said in the log; the program keeps root's capabilities
+  // but not the power to change the steering.
+  ASSERT_NO_FATAL_FAILURE(
+      start_program({"--mode", "bpf", "-i", "1", "--wait-ready", "--allow-root"}, {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 1u);
+  auto status = proc_status(pids.begin()->second);
+  EXPECT_EQ(status["Uid"], all_four(0));
+  EXPECT_EQ(status["Seccomp"], "2");
+  EXPECT_EQ(lbd().count_log("the program runs as root \\(--allow-root\\)"), 1u) << lbd().log();
+}
+
+TEST_F(Privileges, AProgramCannotChangeTheSteeringOfItsGroup) {
+  // Round-robin is exact while lbd's program steers: 50 and 50 of 100. A detach (the kernel's
+  // hash), or the classic BPF program the tamperer attaches (everything to one socket), would
+  // break that.
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready"},
+                                        {STEERING_TAMPERER_PATH, SOCKET_ACTIVATED_SERVER_PATH}));
+  const std::string refused =
+      "tamper: detach=EPERM attach_cbpf=EPERM attach_ebpf=EPERM detach_high_bits=EPERM io_uring_setup=EPERM "
+      "rcvbuf=OK";
+  ASSERT_TRUE(eventually(after(10s), [&] { return count_records(refused) == 2; }))
+      << "each program's attempts, as it printed them:\n" << [&] {
+           std::string text;
+           for (const auto& line : log_records()) text += line + "\n";
+           return text;
+         }();
+  std::map<int, int> per_worker;
+  for (int i = 0; i < 100; i++) per_worker[fetch(address(), http_get("/", true), after(5s)).worker()]++;
+  EXPECT_EQ(per_worker, (std::map<int, int>{{0, 50}, {1, 50}}));
+}
+
+TEST_F(Privileges, AReloadRunsOnlyABuildRootOwnsAndARestartTheOneItTrusted) {
+  // lbd from a copy, so the test can replace the file at its path.
+  const std::string binary = dir_.path("lbd");
+  copy_executable(LBD_BINARY_PATH, binary);
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 2, {"--shutdown-timeout", "5"}), binary));
+  const auto before = serving_pids();
+  ASSERT_EQ(before.size(), 2u);
+
+  // Another user's file at lbd's path (anyone who may write the folder could put one there).
+  replace_executable_with_file(binary, LBD_BINARY_PATH);
+  ASSERT_EQ(chown(binary.c_str(), account("nobody").uid, account("nobody").gid), 0);
+  CommandResult refused = lbctl({"reload"});
+  EXPECT_FALSE(refused.exited(0)) << refused.describe();
+  EXPECT_NE(refused.err.find("reload refused: " + binary + " is owned by uid " +
+                             std::to_string(account("nobody").uid) + ", not root"),
+            std::string::npos)
+      << refused.describe();
+  EXPECT_EQ(std::count(refused.err.begin(), refused.err.end(), '\n'), 1) << refused.err;
+  EXPECT_EQ(serving_pids(), before) << "the old workers keep serving";
+
+  // Root's, but writable by every user: refused too.
+  ASSERT_EQ(chown(binary.c_str(), 0, 0), 0);
+  ASSERT_EQ(chmod(binary.c_str(), 0757), 0);
+  refused = lbctl({"reload"});
+  EXPECT_FALSE(refused.exited(0)) << refused.describe();
+  EXPECT_NE(refused.err.find("is writable by every user"), std::string::npos) << refused.describe();
+  EXPECT_EQ(serving_pids(), before);
+
+  // A crash restart runs the build lbd trusted at start (its file is gone from the path now:
+  // the kernel names it "(deleted)"), not what is at the path.
+  replace_executable_with_text(binary, "#!/bin/sh\nexit 1\n");
+  const pid_t victim = before.at(0);
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  const pid_t restarted = lbd().wait_for_worker_restart(0, victim, after(10s));
+  ASSERT_GT(restarted, 0) << lbd().log();
+  char exe[4096] = {};
+  ASSERT_GT(readlink(("/proc/" + std::to_string(restarted) + "/exe").c_str(), exe, sizeof(exe) - 1), 0);
+  EXPECT_EQ(std::string(exe), binary + " (deleted)");
+  EXPECT_TRUE(eventually(after(5s), [&] { return serving_pids().size() == 2; }));
+  for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+}
+
+}  // namespace
+}  // namespace lbd::test
