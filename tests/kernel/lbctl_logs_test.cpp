@@ -110,6 +110,22 @@ TEST(LbctlLogs, LastLinesOfAnApp) {
   EXPECT_EQ(none.out, "");
 }
 
+TEST(LbctlLogs, ControlCharactersAnAppWroteAreShownEscaped) {
+  // A program (or a client whose input it echoes) can write escape sequences that would drive the
+  // operator's terminal: lbctl logs shows them, never sends them.
+  TempDir dir;
+  auto collector = make_collector({.dir = dir.path(), .app = "web"});
+  ASSERT_TRUE(collector);
+  feed(*collector, 0, {"\x1b]0;owned\x07red \x1b[31malert\x1b[0m", "C1 \xc2\x9b" "2J and DEL \x7f", "a\ttab and \\x41"});
+  collector.reset();
+  auto shown = lbctl_logs(dir.path(), {"web"});
+  ASSERT_TRUE(shown.exited(0)) << shown.describe();
+  EXPECT_EQ(texts(shown.out_lines()),
+            (std::vector<std::string>{"\\x1b]0;owned\\x07red \\x1b[31malert\\x1b[0m", "C1 \\xc2\\x9b2J and DEL \\x7f",
+                                      "a\ttab and \\\\x41"}));
+  EXPECT_EQ(shown.out.find('\x1b'), std::string::npos);
+}
+
 TEST(LbctlLogs, OneWorker) {
   TempDir dir;
   auto collector = make_collector({.dir = dir.path(), .app = "web"});

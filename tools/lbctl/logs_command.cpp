@@ -245,7 +245,7 @@ std::vector<std::string> merge_by_time(std::vector<std::vector<std::string>> sou
 bool print(const std::vector<std::string>& lines) {
   std::string text;
   for (const auto& line : lines) {
-    text += line;
+    append_escaped(text, line);
     text += '\n';
   }
   std::string_view rest = text;
@@ -259,6 +259,29 @@ bool print(const std::vector<std::string>& lines) {
 }
 
 }  // namespace
+
+void append_escaped(std::string& out, std::string_view line) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  auto hex = [&](unsigned char c) {
+    out += "\\x";
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  };
+  for (size_t i = 0; i < line.size(); i++) {
+    const auto c = static_cast<unsigned char>(line[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      hex(c);
+    } else if (c == 0xc2 && i + 1 < line.size() && static_cast<unsigned char>(line[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(line[i + 1]) <= 0x9f) {
+      hex(c);  // U+0080..U+009F, the C1 controls in UTF-8 (CSI and friends on some terminals)
+      hex(static_cast<unsigned char>(line[++i]));
+    } else if (c == '\\' && i + 1 < line.size() && line[i + 1] == 'x') {
+      out += "\\\\";  // a literal "\x" in the output stays distinguishable from an escape
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+}
 
 std::string default_log_dir() {
   const char* env = getenv("LBD_LOG_DIR");

@@ -10,13 +10,16 @@
 // included). --lines K: the last K records (default 20; 0 for none). --follow: then the new
 // records as they are written, through rotations, until SIGINT/SIGTERM or until stdout is closed
 // (exit 0 either way). The directory: --log-dir, else $LBD_LOG_DIR, else /var/log/lbd.
-// Records are printed as they are in the files; lines that are not records are skipped.
+// Records are printed as they are in the files, except that control characters an app wrote
+// (escape sequences that would drive the terminal) are shown escaped, \x1b; lines that are not
+// records are skipped.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -31,6 +34,10 @@ struct LogsOptions {
   bool follow = false;
   size_t lines = 20;
 };
+
+// Appends `line` with its control characters made visible: C0 (but tab) and DEL as \xNN, the
+// C1 controls' UTF-8 (U+0080..U+009F) as \xc2\xNN, and a literal "\x" as "\\x".
+void append_escaped(std::string& out, std::string_view line);
 
 // $LBD_LOG_DIR if set and not empty, else kDefaultLogDir.
 std::string default_log_dir();

@@ -1,6 +1,7 @@
 #include "net/fd_passing.h"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -50,10 +51,37 @@ Result<void> send_message(int unix_socket, std::string_view text, int fd) {
   return {};
 }
 
+size_t close_passed_fds(const msghdr& message) {
+  size_t closed = 0;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg; cmsg = CMSG_NXTHDR(const_cast<msghdr*>(&message), cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+      if (fd >= 0) close(fd);
+      closed++;
+    }
+  }
+  return closed;
+}
+
 Result<Message> receive_message(int unix_socket) {
   Envelope e;
   ssize_t n = recvmsg(unix_socket, &e.msg, MSG_CMSG_CLOEXEC);
   if (n < 0) return Error::from_errno("receive message");
+  // What does not fit is lost (text) or was never installed (descriptors past the buffer): a
+  // message cut short is not acted on, and what did arrive with it is closed.
+  size_t descriptors = 0;
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&e.msg); cmsg; cmsg = CMSG_NXTHDR(&e.msg, cmsg)) {
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+      descriptors += (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    }
+  }
+  if ((e.msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || descriptors > 1) {
+    close_passed_fds(e.msg);
+    return Error::from_errno(EPROTO, "receive message: cut short or with more than one descriptor; dropped");
+  }
   Message message;
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&e.msg); cmsg; cmsg = CMSG_NXTHDR(&e.msg, cmsg)) {
     if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {

@@ -6,6 +6,8 @@
 //     connections handed over by the worker it replaces during a reload).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <string>
 #include <string_view>
 
@@ -25,7 +27,14 @@ struct Message {
 // std::errc::resource_unavailable_try_again.
 Result<void> send_message(int unix_socket, std::string_view text, int fd = -1);
 
-// Receives one message. On a non-blocking socket, no message is the error above.
+// Receives one message. On a non-blocking socket, no message is the error above. A message that
+// came cut short (MSG_TRUNC, MSG_CTRUNC) or with more than one descriptor is an error
+// (std::errc::protocol_error), and every descriptor it carried is closed.
 Result<Message> receive_message(int unix_socket);
+
+// Closes every descriptor the kernel installed for SCM_RIGHTS in a received message: a socket
+// that expects none (a notify socket) must not let a sender fill the receiver's fd table.
+// Returns how many there were.
+size_t close_passed_fds(const msghdr& message);
 
 }  // namespace lbd::net

@@ -40,6 +40,7 @@
 #include "net/listener.h"
 #include "supervisor/child.h"
 #include "supervisor/launch.h"
+#include "net/fd_passing.h"
 #include "supervisor/notify.h"
 #include "supervisor/process_tree.h"
 #include "supervisor/program_load.h"
@@ -191,6 +192,8 @@ class ProgramChild final : public Child {
       message.msg_controllen = sizeof(control);
       const ssize_t n = recvmsg(notify_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n < 0) break;  // EAGAIN: all read
+      // Descriptors have no business here: closed at once, whoever sent them.
+      if (net::close_passed_fds(message) > 0 || (message.msg_flags & MSG_CTRUNC)) continue;
       // Only the program's own processes (its pid, or processes it started: gunicorn's master
       // notifies for it) as its own user are believed; SO_PASSCRED makes the kernel say who sent
       // each datagram. The socket's path is private too (NotifyDirectory); this is the second lock.
