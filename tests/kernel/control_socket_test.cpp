@@ -3,6 +3,10 @@
 // nothing at all — it gets an error reply or a closed connection, and lbd goes on serving HTTP
 // and answering lbctl. Runs in --mode reuseport (no root needed).
 #include <gtest/gtest.h>
+#include <thread>
+#include <sys/stat.h>
+#include <sstream>
+#include <fstream>
 
 #include <random>
 
@@ -184,6 +188,51 @@ TEST_F(ControlSocket, ClientLeavingMidReloadDoesNotStopTheReload) {
   EXPECT_NE(now.at(0), before.at(0));
   EXPECT_NE(now.at(1), before.at(1));
   expect_still_serving(now);
+}
+
+// CPU time (user + system, in clock ticks) process `pid` has used so far.
+long cpu_ticks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; fields >> field; i++) {  // field 3 is the state, after "pid (comm)"
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) {
+      stime = std::stol(field);
+      break;
+    }
+  }
+  return utime + stime;
+}
+
+class ControlSocketOutOfFds : public ControlTest {};
+
+TEST_F(ControlSocketOutOfFds, ClientsPastTheDescriptorLimitWaitInsteadOfSpinningTheLoop) {
+  // lbd with 48 descriptors: a few dozen idle lbctl connections use up the rest, and the next
+  // ones stay queued in the listener, which is readable all the while.
+  const std::string wrapper = dir_.path("lbd-48-fds");
+  std::ofstream(wrapper) << "#!/bin/sh\nulimit -n 48\nexec " << LBD_BINARY_PATH << " \"$@\"\n";
+  ASSERT_EQ(chmod(wrapper.c_str(), 0755), 0);
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("reuseport", 1), wrapper));
+  const auto pids = serving_pids();
+  std::vector<ControlConnection> idle;
+  for (int i = 0; i < 60; i++) idle.push_back(ControlConnection::open(socket_path()));
+  ASSERT_TRUE(lbd().wait_for_log("control: cannot accept: .*out of descriptors", after(5s))) << lbd().log();
+
+  // The supervisor waits rather than spins: over a second, far less than a core (a spinning loop
+  // uses all of one: 100 ticks). A measurement window, not a wait for something to happen.
+  const long before = cpu_ticks(lbd().pid());
+  std::this_thread::sleep_for(1s);
+  EXPECT_LT(cpu_ticks(lbd().pid()) - before, 30);
+  // And says so once, not on every pause.
+  EXPECT_EQ(lbd().count_log("control: cannot accept"), 1u) << lbd().log();
+
+  // Once the clients go, lbctl works again.
+  idle.clear();
+  EXPECT_TRUE(eventually(after(10s), [&] { return lbctl({"status"}, after(3s)).exited(0); }, 50ms));
+  EXPECT_EQ(serving_pids(), pids);
 }
 
 }  // namespace

@@ -26,6 +26,8 @@ class Address {
   uint16_t port() const;
   Address with_port(uint16_t port) const;
   bool is_v6() const { return family() == AF_INET6; }
+  // 127.0.0.0/8, ::1, or ::ffff:127.x.y.z: reachable from this machine only.
+  bool is_loopback() const;
 
   const sockaddr* sockaddr_ptr() const { return reinterpret_cast<const sockaddr*>(&storage_); }
   socklen_t length() const { return length_; }

@@ -113,7 +113,10 @@ AdminServer::~AdminServer() = default;
 void AdminServer::on_listener_ready() {
   while (true) {
     UniqueFd fd(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!fd) return;  // EAGAIN, or a transient error: nothing to do until the next event
+    if (!fd) {  // EAGAIN, or a transient error: nothing to do until the next event
+      accept_pause_.pause_if_out_of_fds(errno, *poller_, listener_.get(), "admin");
+      return;
+    }
     if (clients_.size() >= kMaxClients) {
       // Closed at once: left in the queue, it would keep the listener readable and the loop busy.
       if (turned_away_++ % 1000 == 0) {

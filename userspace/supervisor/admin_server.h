@@ -80,6 +80,13 @@ class AdminServer {
   // When expire() next has something to do; empty when no connection is open.
   std::optional<Clock::time_point> next_deadline() const;
 
+  // Out of descriptors, the listener is not watched for a moment (AcceptPause): the timers call
+  // this to watch it again, and until() says when.
+  void resume_accepting(std::chrono::steady_clock::time_point now) {
+    accept_pause_.resume_if_due(*poller_, listener_.get(), Source::kAdmin, now);
+  }
+  std::optional<std::chrono::steady_clock::time_point> accepting_paused_until() const { return accept_pause_.until(); }
+
  private:
   struct Client;
 
@@ -92,6 +99,7 @@ class AdminServer {
   net::Address address_;
   UniqueFd listener_;
   Poller* poller_;
+  AcceptPause accept_pause_;
   AdminEndpoints endpoints_;
   // unique_ptr: a RequestParser points at itself (llhttp's data pointer) and must not move.
   std::map<ClientId, std::unique_ptr<Client>> clients_;

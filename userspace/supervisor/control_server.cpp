@@ -87,7 +87,10 @@ ControlServer::~ControlServer() {
 void ControlServer::on_listener_ready() {
   while (true) {
     UniqueFd fd(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!fd) return;  // EAGAIN, or a transient error: nothing to do until the next event
+    if (!fd) {  // EAGAIN, or a transient error: nothing to do until the next event
+      accept_pause_.pause_if_out_of_fds(errno, *poller_, listener_.get(), "control");
+      return;
+    }
     ucred peer{};
     socklen_t len = sizeof(peer);
     const bool known = getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0;

@@ -57,6 +57,13 @@ class ControlServer {
   void finish_error(ClientId id, const std::string& message);
   bool connected(ClientId id) const { return clients_.count(id) != 0; }
 
+  // Out of descriptors, the listener is not watched for a moment (AcceptPause): the timers call
+  // this to watch it again, and until() says when.
+  void resume_accepting(std::chrono::steady_clock::time_point now) {
+    accept_pause_.resume_if_due(*poller_, listener_.get(), Source::kControl, now);
+  }
+  std::optional<std::chrono::steady_clock::time_point> accepting_paused_until() const { return accept_pause_.until(); }
+
  private:
   struct Client {
     UniqueFd fd;
@@ -75,6 +82,7 @@ class ControlServer {
   std::string path_;
   UniqueFd listener_;
   Poller* poller_;
+  AcceptPause accept_pause_;
   RequestHandler handler_;
   std::map<ClientId, Client> clients_;
   ClientId next_id_ = 1;

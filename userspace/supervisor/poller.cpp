@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
+
+#include "common/log.h"
 
 namespace lbd {
 
@@ -43,6 +46,27 @@ int Poller::wait(PollEvent* out, int capacity, int timeout_ms) {
     out[i].events = events[i].events;
   }
   return n;
+}
+
+bool AcceptPause::pause_if_out_of_fds(int err, Poller& poller, int listener, const char* what) {
+  if (err != EMFILE && err != ENFILE) return false;
+  if (until_) return true;
+  poller.unwatch(listener);
+  const auto now = Clock::now();
+  until_ = now + kPause;
+  if (warned_at_ && now - *warned_at_ < std::chrono::minutes(1)) return true;
+  warned_at_ = now;
+  spdlog::warn("{}: cannot accept: {} (out of descriptors); pausing {} ms at a time until it can", what,
+               strerror(err), kPause.count());
+  return true;
+}
+
+void AcceptPause::resume_if_due(Poller& poller, int listener, Source source, Clock::time_point now) {
+  if (!until_ || now < *until_) return;
+  until_.reset();
+  if (auto watched = poller.watch(listener, source, 0); !watched) {
+    spdlog::error("cannot watch a listener again: {}", watched.error().message());
+  }
 }
 
 }  // namespace lbd

@@ -4,7 +4,9 @@
 
 #include <sys/epoll.h>
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -43,6 +45,27 @@ class Poller {
  private:
   explicit Poller(UniqueFd fd) : fd_(std::move(fd)) {}
   UniqueFd fd_;
+};
+
+// A listener that accept() cannot serve for lack of descriptors (EMFILE, ENFILE): the connection
+// stays queued and the listener readable, so a level-triggered loop would spin on it. Watching it
+// stops for a moment instead, and resumes from the loop's timers; the log says so at most once a
+// minute.
+class AcceptPause {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds kPause{100};
+
+  // After accept4 failed with `err`: true if it was for lack of descriptors (the listener is then
+  // unwatched until resume_if_due()).
+  bool pause_if_out_of_fds(int err, Poller& poller, int listener, const char* what);
+  // From the timers: watches the listener again once the pause is over.
+  void resume_if_due(Poller& poller, int listener, Source source, Clock::time_point now);
+  std::optional<Clock::time_point> until() const { return until_; }
+
+ private:
+  std::optional<Clock::time_point> until_;
+  std::optional<Clock::time_point> warned_at_;
 };
 
 }  // namespace lbd

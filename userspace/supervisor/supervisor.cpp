@@ -2,6 +2,7 @@
 #include "supervisor/supervisor.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -151,6 +152,13 @@ int Supervisor::run() {
 }
 
 Result<void> Supervisor::set_up() {
+  // Every worker's listeners, channels and pidfd, every lbctl and admin connection: the default
+  // soft limit of 1024 is low for that. Up to the hard limit, which needs no privilege.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   shared_.binary = current_binary_path();
   if (shared_.binary.empty()) return Error::from_errno("cannot find lbd's own binary (/proc/self/exe)");
   // The file this lbd was started from: workers and restarts execute it until a reload picks up
@@ -218,6 +226,11 @@ Result<void> Supervisor::open_admin(UniqueFd adopted) {
   admin_.emplace(std::move(*admin));
   // Tests and scripts read the port from this line when --admin asked for port 0.
   spdlog::info("admin: serving http://{}", admin_->address().to_string());
+  if (!admin_->address().is_loopback()) {
+    spdlog::warn("admin: {} is not a loopback address: anyone who can reach it reads /metrics (the app's "
+                 "load, pids and memory); bind it to 127.0.0.1 or firewall it",
+                 admin_->address().to_string());
+  }
   return {};
 }
 
@@ -365,6 +378,8 @@ void Supervisor::run_timers(Clock::time_point now) {
     if (auto error = shared_.logs->take_error()) spdlog::warn("log: {}", error->message());
   }
   if (admin_) admin_->expire(now);
+  if (control_) control_->resume_accepting(now);
+  if (admin_) admin_->resume_accepting(now);
 }
 
 int Supervisor::poll_timeout_ms() const {
@@ -376,6 +391,10 @@ int Supervisor::poll_timeout_ms() const {
   if (record_write_failed_) next = std::min(next, next_record_retry_);
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
+    if (auto paused = admin_->accepting_paused_until()) next = std::min(next, *paused);
+  }
+  if (control_) {
+    if (auto paused = control_->accepting_paused_until()) next = std::min(next, *paused);
   }
   if (next == Clock::time_point::max()) return -1;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
