@@ -99,9 +99,9 @@ std::string Supervisor::metrics_text() {
       // no longer writes there and reports them itself.
       if (p->role == ProcessRole::kServing) s.connections += load_field(shared_.table().slot(slot.index).open);
       if (p->role == ProcessRole::kRetiring && c) s.connections += c->draining_connections();
-      if (auto usage = read_process_usage(p->pid); usage && c) {
-        s.cpu_seconds += usage->cpu_seconds;
-        s.rss_bytes += c->resident_bytes();  // a program's whole tree
+      if (auto usage = usage_samples_.find(p->id); usage != usage_samples_.end() && c) {
+        s.cpu_seconds += usage->second.cpu_seconds;
+        s.rss_bytes += usage->second.rss_bytes;
       }
     }
     if (shared_.steering) s.steering = shared_.steering->counters(slot.index);
@@ -157,6 +157,18 @@ std::string Supervisor::metrics_text() {
     out.sample("lbd_steering_fallback_total", {app}, shared_.steering->fallbacks());
   }
   return out.take();
+}
+
+void Supervisor::sample_usage(Clock::time_point now) {
+  if (!admin_ || now < next_usage_sample_) return;
+  next_usage_sample_ = now + std::chrono::seconds(1);
+  usage_samples_.clear();
+  for (const auto* p : slots_->processes()) {
+    Child* c = child(p->id);
+    auto usage = read_process_usage(p->pid);
+    if (!c || !usage) continue;
+    usage_samples_[p->id] = {usage->cpu_seconds, c->resident_bytes()};  // a program's whole tree
+  }
 }
 
 }  // namespace lbd

@@ -378,6 +378,7 @@ void Supervisor::run_timers(Clock::time_point now) {
     if (auto error = shared_.logs->take_error()) spdlog::warn("log: {}", error->message());
   }
   if (admin_) admin_->expire(now);
+  sample_usage(now);
   if (control_) control_->resume_accepting(now);
   if (admin_) admin_->resume_accepting(now);
 }
@@ -392,6 +393,7 @@ int Supervisor::poll_timeout_ms() const {
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
     if (auto paused = admin_->accepting_paused_until()) next = std::min(next, *paused);
+    next = std::min(next, next_usage_sample_);
   }
   if (control_) {
     if (auto paused = control_->accepting_paused_until()) next = std::min(next, *paused);

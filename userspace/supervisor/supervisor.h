@@ -136,6 +136,15 @@ class Supervisor final : private SlotEffects {
   // --- metrics.cpp
   std::string metrics_text();
   WorkerStatsSnapshot slot_stats(const SlotRecord& slot);
+  // /metrics answers from these, read from /proc once a second by the timers (with --admin), so
+  // that a flood of scrapes costs no /proc reads and cannot slow the loop.
+  struct UsageSample {
+    double cpu_seconds = 0;
+    uint64_t rss_bytes = 0;
+  };
+  void sample_usage(Clock::time_point now);
+  std::map<ProcessId, UsageSample> usage_samples_;
+  Clock::time_point next_usage_sample_;
 
   SupervisorOptions options_;
   SharedResources shared_;  // after options_, which it refers to
