@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "sandbox/confine.h"
+#include "worker/ring.h"
 
 namespace lbd {
 namespace {
@@ -60,6 +61,32 @@ TEST(Confine, TheGuardRefusesExactlyTheCallsThatChangeTheSteering) {
   EXPECT_EQ(run_confined_child(*guard), 0)
       << "bits: 0 SO_REUSEPORT refused, 1-4 a steering change allowed, 5 io_uring_setup allowed, "
          "6 another level refused, 7 no NO_NEW_PRIVS, 8 bounding set kept";
+}
+
+// The result of one operation on `ring`: the completion's res.
+int complete(Ring& ring, uint8_t opcode, int fd) {
+  io_uring_sqe* sqe = ring.next_sqe();
+  io_uring_prep_rw(opcode, sqe, fd, nullptr, 0, 0);
+  io_uring_submit(ring.get());
+  io_uring_cqe* cqe = nullptr;
+  if (io_uring_wait_cqe(ring.get(), &cqe) != 0) return -9999;
+  const int res = cqe->res;
+  io_uring_cqe_seen(ring.get(), cqe);
+  return res;
+}
+
+TEST(Confine, TheWorkersRingCannotIssueSetsockopt) {
+  // The guard cannot see what a ring does; the worker's own ring is locked to the operations a
+  // worker uses, so IORING_OP_URING_CMD (which can setsockopt since Linux 6.7) is refused.
+  auto ring = Ring::create({.sq_entries = 8, .cq_entries = 16, .fixed_files = 16});
+  ASSERT_TRUE(ring) << ring.error().message();
+  ASSERT_TRUE(ring->lock_down());
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(complete(*ring, IORING_OP_NOP, -1), 0);
+  EXPECT_EQ(complete(*ring, 46 /* IORING_OP_URING_CMD */, fd), -EACCES);
+  EXPECT_EQ(complete(*ring, IORING_OP_CONNECT, fd), -EACCES);
+  close(fd);
 }
 
 TEST(Confine, AnUnknownUserIsOneClearError) {

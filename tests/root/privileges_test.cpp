@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <future>
 #include <map>
 #include <sstream>
 
@@ -194,6 +195,62 @@ TEST_F(Privileges, AReloadRunsOnlyABuildRootOwnsAndARestartTheOneItTrusted) {
   EXPECT_EQ(std::string(exe), binary + " (deleted)");
   EXPECT_TRUE(eventually(after(5s), [&] { return serving_pids().size() == 2; }));
   for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+}
+
+TEST_F(Privileges, ANotificationFromOutsideTheProgramChangesNothing) {
+  // The program's flags come from a file, so that its reload can start a build that never says
+  // READY=1: only a forged notification could then make the reload go through.
+  const std::string flags = dir_.path("flags");
+  std::ofstream(flags) << "";
+  const std::string script = dir_.path("server.sh");
+  std::ofstream(script) << "#!/bin/sh\nexec " << SOCKET_ACTIVATED_SERVER_PATH << " $(cat " << flags << ")\n";
+  ASSERT_EQ(chmod(script.c_str(), 0755), 0);
+  ASSERT_NO_FATAL_FAILURE(
+      start_program({"--mode", "reuseport", "-i", "1", "--wait-ready", "--ready-timeout", "4"}, {script}));
+  const auto before = serving_pids();
+  std::ofstream(flags) << "--no-notify";
+
+  auto reload = std::async(std::launch::async, [&] { return lbctl({"reload"}, after(20s)); });
+  pid_t starting = 0;
+  ASSERT_TRUE(eventually(after(10s), [&] {
+    for (const auto& w : status().value("workers", nlohmann::json::array())) {
+      if (w.value("state", "") == "starting" && w.contains("pid") && w["pid"].is_number()) starting = w["pid"];
+    }
+    return starting > 0;
+  }));
+  std::string notify_socket;
+  ASSERT_TRUE(eventually(after(5s), [&] {
+    std::ifstream in("/proc/" + std::to_string(starting) + "/environ");
+    for (std::string entry; std::getline(in, entry, '\0');) {
+      if (entry.rfind("NOTIFY_SOCKET=", 0) == 0) notify_socket = entry.substr(14);
+    }
+    return !notify_socket.empty();
+  }));
+  EXPECT_EQ(notify_socket.rfind("/run/lbd/", 0), 0u) << notify_socket;
+  auto send_ready_as = [&](const std::string& user, const std::string& group) {
+    return run_command({"/usr/bin/setpriv", "--reuid=" + user, "--regid=" + group, "--clear-groups", "/usr/bin/python3", "-c",
+                        "import socket, sys\n"
+                        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                        "s.sendto(b'READY=1', sys.argv[1])",
+                        notify_socket},
+                       after(10s));
+  };
+  // Another local user cannot even reach the socket.
+  CommandResult other_user = send_ready_as("daemon", "daemon");
+  EXPECT_FALSE(other_user.exited(0)) << other_user.describe();
+  EXPECT_NE(other_user.err.find("PermissionError"), std::string::npos) << other_user.describe();
+  // The program's own user, from outside its process tree: delivered, and not believed.
+  const std::string nogroup = group_id("nogroup") ? "nogroup" : "nobody";
+  CommandResult same_user = send_ready_as("nobody", nogroup);
+  EXPECT_TRUE(same_user.exited(0)) << same_user.describe();
+
+  CommandResult reloaded = reload.get();
+  EXPECT_FALSE(reloaded.exited(0)) << "a forged READY=1 made a never-ready build serve: " << reloaded.describe();
+  EXPECT_EQ(serving_pids(), before) << "the old program keeps serving";
+  EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
+  EXPECT_EQ(lbd().count_log("ignored a notification from pid [0-9]+ \\(uid 65534\\): only the program's own processes count"),
+            1u)
+      << lbd().log();
 }
 
 }  // namespace

@@ -257,6 +257,7 @@ TEST(ConfigFile, TheShippedExampleLoads) {
                   "--log-max-size", "50M",
                   "--log-files", "10",
                   "--log-level", "info",
+                  "--user", "www-data",
                   "--control", "/run/lbd/web.sock",
                   "--admin", "127.0.0.1:9180",
                   "--", "gunicorn", "--bind", "fd://3", "--workers", "1", "app:application"}));
@@ -270,6 +271,7 @@ TEST(ConfigFile, TheShippedExampleLoads) {
                   "--log-dir", "/var/log/lbd",
                   "--log-max-size", "10M",
                   "--log-files", "3",
+                  "--user", "www-data",
                   "--control", "/run/lbd/api.sock",
                   "--", "node", "server.js"}));
 }

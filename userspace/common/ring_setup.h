@@ -28,12 +28,14 @@ inline constexpr RingSetupAttempt kRingSetupAttempts[] = {
 // Initialises `ring` with the first attempt the kernel accepts (an unknown flag is EINVAL) and a
 // completion queue of `cq_entries`; `params` says what the kernel offers. Returns the attempt's
 // name, for the log. On failure `ring` is left uninitialised.
+// `extra_flags` are added to every attempt (the worker's IORING_SETUP_R_DISABLED).
 inline Result<const char*> init_fastest_ring(io_uring& ring, unsigned sq_entries,
-                                             unsigned cq_entries, io_uring_params& params) {
+                                             unsigned cq_entries, io_uring_params& params,
+                                             unsigned extra_flags = 0) {
   int last_error = EINVAL;
   for (const RingSetupAttempt& attempt : kRingSetupAttempts) {
     params = io_uring_params{};
-    params.flags = attempt.flags | IORING_SETUP_CQSIZE;
+    params.flags = attempt.flags | IORING_SETUP_CQSIZE | extra_flags;
     params.cq_entries = cq_entries;
     const int err = io_uring_queue_init_params(sq_entries, &ring, &params);
     if (err == 0) return attempt.name;

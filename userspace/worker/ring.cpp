@@ -2,10 +2,13 @@
 
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <vector>
 
 #include "common/ring_setup.h"
 
@@ -21,7 +24,7 @@ Ring::~Ring() = default;
 Result<Ring> Ring::create(const Options& options) {
   auto raw = std::make_unique<io_uring>();
   io_uring_params params{};
-  auto mode = init_fastest_ring(*raw, options.sq_entries, options.cq_entries, params);
+  auto mode = init_fastest_ring(*raw, options.sq_entries, options.cq_entries, params, IORING_SETUP_R_DISABLED);
   if (!mode) return mode.error();
   std::unique_ptr<io_uring, Deleter> ring(raw.release());
 
@@ -37,6 +40,49 @@ Result<Ring> Ring::create(const Options& options) {
     return Error::from_errno(-ferr, "register " + std::to_string(files) + " fixed files");
   }
   return Ring(std::move(ring), *mode, files);
+}
+
+Result<void> Ring::lock_down() {
+  // Every opcode worker.cpp submits (liburing's multishot and direct variants included), and the
+  // ones liburing may submit for it (a timeout when waiting, on kernels without EXT_ARG).
+  static constexpr uint8_t kOperations[] = {
+      IORING_OP_NOP,           IORING_OP_ACCEPT,      IORING_OP_RECV,   IORING_OP_READ,
+      IORING_OP_SEND,          IORING_OP_CLOSE,       IORING_OP_SHUTDOWN, IORING_OP_POLL_ADD,
+      IORING_OP_POLL_REMOVE,   IORING_OP_ASYNC_CANCEL, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE,
+      IORING_OP_LINK_TIMEOUT,  IORING_OP_FILES_UPDATE,
+      54,  // IORING_OP_FIXED_FD_INSTALL (Linux 6.8; liburing 2.3 has no name for it)
+  };
+  // Registrations after start-up: only undoing what was set up (at exit).
+  static constexpr uint8_t kRegistrations[] = {IORING_UNREGISTER_PBUF_RING, IORING_UNREGISTER_RING_FDS,
+                                               IORING_REGISTER_PROBE};
+  std::vector<io_uring_restriction> allowed;
+  for (uint8_t op : kOperations) {
+    io_uring_restriction r{};
+    r.opcode = IORING_RESTRICTION_SQE_OP;
+    r.sqe_op = op;
+    allowed.push_back(r);
+  }
+  for (uint8_t op : kRegistrations) {
+    io_uring_restriction r{};
+    r.opcode = IORING_RESTRICTION_REGISTER_OP;
+    r.register_op = op;
+    allowed.push_back(r);
+  }
+  io_uring_restriction flags{};  // every SQE flag: they change how, not what
+  flags.opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+  flags.sqe_flags = IOSQE_FIXED_FILE | IOSQE_IO_DRAIN | IOSQE_IO_LINK | IOSQE_IO_HARDLINK | IOSQE_ASYNC |
+                    IOSQE_BUFFER_SELECT | IOSQE_CQE_SKIP_SUCCESS;
+  allowed.push_back(flags);
+  // The system call itself: Debian's liburing 2.3 declares io_uring_register_restrictions() and
+  // io_uring_enable_rings() but its library does not export them.
+  const int fd = ring_->ring_fd;
+  if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, allowed.data(), allowed.size()) != 0) {
+    return Error::from_errno("io_uring restrictions");
+  }
+  if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) != 0) {
+    return Error::from_errno("enable the ring");
+  }
+  return {};
 }
 
 io_uring_sqe* Ring::next_sqe() {

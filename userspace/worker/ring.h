@@ -27,8 +27,14 @@ class Ring {
 
   // Tries SINGLE_ISSUER|DEFER_TASKRUN (completions run only when we wait: no interrupts, no
   // cross-CPU task work), then COOP_TASKRUN, then plain; registers the ring fd and a sparse
-  // file table of `fixed_files` entries.
+  // file table of `fixed_files` entries. The ring starts disabled: set it up, then lock_down().
   static Result<Ring> create(const Options& options);
+
+  // Enables the ring with only the operations a worker uses (IORING_REGISTER_RESTRICTIONS): no
+  // IORING_OP_URING_CMD, through which a compromised worker could issue setsockopt on its
+  // listener out of seccomp's sight (sandbox/confine.h), and no opening, connecting or sending
+  // of messages it never does. For good: restrictions cannot be lifted.
+  Result<void> lock_down();
 
   Ring(Ring&&) noexcept = default;
   Ring& operator=(Ring&&) noexcept = default;

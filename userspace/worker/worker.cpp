@@ -184,6 +184,9 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
 
   // A fresh worker in this slot: nothing of ours is queued or open yet. Counting `steered` as
   // already accepted starts the slot's load at zero whatever its previous worker left behind.
+  // Set up: from here the ring does only what a worker does (ring.h), before any client's byte.
+  if (auto locked = w->ring_.lock_down(); !locked) return locked.error();
+
   w->publishing_ = spec.publish_at_start;
   w->accepted_ = load_field(w->my_slot_->steered);
   w->refresh_clock();
