@@ -1,6 +1,10 @@
 // HTTP/1.1 as a client sees it through a real lbd: one worker (--mode reuseport, no root), real
 // sockets on loopback. Each test is one thing a client relies on.
 #include <gtest/gtest.h>
+#include <fstream>
+#include <sys/socket.h>
+#include <thread>
+#include <netinet/tcp.h>
 
 #include "support/lbd_test.h"
 
@@ -263,6 +267,100 @@ TEST_F(HttpIdleTimeout, IdleKeepAliveConnectionIsClosedByTheServer) {
   HttpResult r = busy.request(http_get("/"), after(2s));
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.response.status, 200);
+}
+
+// VmRSS of `pid`, in KiB (0 if it is gone).
+uint64_t resident_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+class HttpHeaderTimeout : public Http {
+ protected:
+  HttpHeaderTimeout() { extra_flags_ = {"--header-timeout", "1"}; }
+};
+
+TEST_F(HttpHeaderTimeout, AHeadThatTricklesInGets408WithinTheTimeout) {
+  // Slowloris: half a head, then one byte every 100 ms, which would keep an idle timer alive
+  // for ever. The head's deadline runs from its first byte.
+  HttpConnection slow = connect();
+  HttpConnection idle = connect();
+  ASSERT_TRUE(idle.request(http_get("/"), after(2s)).ok());  // keep-alive, between requests
+  const auto started = Clock::now();
+  ASSERT_EQ(slow.send("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ", after(1s)), Outcome::kOk);
+  while (slow.nothing_received() && Clock::now() - started < 5s) {
+    if (slow.send("a", after(1s)) != Outcome::kOk) break;
+    std::this_thread::sleep_for(100ms);  // the attacker's pace, not a wait for the server
+  }
+  HttpResult r = slow.read_response(after(2s));
+  const auto answered_after = Clock::now() - started;
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.response.status, 408);
+  EXPECT_GE(answered_after, 900ms);
+  EXPECT_LE(answered_after, 3s) << "--header-timeout 1, checked every 100 ms: at most 1.1 s, with slack";
+  EXPECT_EQ(slow.wait_for_close(after(5s)), PeerEnd::kClosed);
+  // A connection between requests is not in a head: only the idle timeout (60 s) applies to it.
+  EXPECT_TRUE(idle.nothing_received());
+  HttpResult again = idle.request(http_get("/"), after(2s));
+  EXPECT_TRUE(again.ok()) << again.describe();
+}
+
+TEST_F(Http, AClientThatSendsOneRequestPerSegmentAndNeverReadsIsPausedWithBoundedMemory) {
+  // Each request in its own segment: the output limit must hold even when no further request
+  // follows in the same read. The worker stops reading from this client once 256 KiB of answers
+  // waits; what the client sends after that waits in the kernel's receive buffer (or the client's
+  // sends stall), instead of becoming answers in the worker's memory.
+  // A small receive buffer before connecting: a small window, so the kernel holds little of
+  // what the worker sends and the rest would have to wait in the worker.
+  UniqueFd greedy(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int small = 4096;
+  ASSERT_EQ(setsockopt(greedy.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  int one = 1;
+  ASSERT_EQ(setsockopt(greedy.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+  ASSERT_EQ(::connect(greedy.get(), address().sockaddr_ptr(), address().length()), 0) << strerror(errno);
+  const pid_t worker = lbd().worker_pid(0);
+  ASSERT_GT(worker, 0);
+  // A warm-up that touches what any busy worker touches once: its 4 MiB of receive buffers (the
+  // kernel takes them in turn, so 1,024 receives go round them all) and its answer buffers (deep
+  // pipelines from a client that does read).
+  {
+    HttpConnection warm = connect();
+    for (int i = 0; i < 2000; i++) ASSERT_TRUE(warm.request(http_get("/"), after(2s)).ok());
+    std::string burst;
+    for (int i = 0; i < 2000; i++) burst += http_get("/");
+    for (int round = 0; round < 20; round++) {
+      ASSERT_EQ(warm.send(burst, after(5s)), Outcome::kOk);
+      for (int i = 0; i < 2000; i++) ASSERT_TRUE(warm.read_response(after(5s)).ok());
+    }
+  }
+  const uint64_t before = resident_kib(worker);
+
+  const std::string request = http_get("/");
+  size_t sent = 0;
+  auto stalled_since = Clock::now();
+  // 100,000 answers are some 14 MB, past what the kernel's send buffer takes (4 MiB at most):
+  // unbounded, the rest would show in the worker. The attacker paces its requests so that each
+  // arrives, and is read, on its own.
+  while (sent < 100'000 && Clock::now() - stalled_since < 2s) {
+    if (::send(greedy.get(), request.data(), request.size(), MSG_DONTWAIT | MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(request.size())) {
+      sent++;
+      stalled_since = Clock::now();
+      std::this_thread::sleep_for(20us);
+    } else if (errno != EAGAIN) {
+      break;
+    } else {
+      std::this_thread::sleep_for(1ms);  // the client's own pace while its buffer is full
+    }
+  }
+  const uint64_t after_kib = resident_kib(worker);
+  EXPECT_LT(after_kib - std::min(after_kib, before), 2048u)
+      << "resident " << before << " KiB before, " << after_kib << " KiB after " << sent << " requests";
+  // Everyone else is served meanwhile.
+  EXPECT_EQ(fetch(address(), http_get("/"), after(2s)).status(), 200);
 }
 
 }  // namespace

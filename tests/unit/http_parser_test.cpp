@@ -316,6 +316,34 @@ TEST(HttpParser, RejectsOversizedHeadersWith431) {
   EXPECT_EQ(parser.error_status(), 431);
 }
 
+TEST(HttpParser, RejectsMoreThanAHundredHeaderFieldsWith431) {
+  // Small fields under the byte limit: each still costs the parser a span.
+  auto request_with = [](int fields) {
+    std::string request = "GET / HTTP/1.1\r\n";
+    for (int i = 0; i < fields; i++) request += "X-" + std::to_string(i) + ": v\r\n";
+    return request + "\r\n";
+  };
+  RequestParser hundred;
+  EXPECT_EQ(hundred.parse(request_with(100)).status, Status::kRequest);
+  EXPECT_EQ(hundred.request().headers().size(), 100u);
+  RequestParser more;
+  EXPECT_EQ(more.parse(request_with(101)).status, Status::kError);
+  EXPECT_EQ(more.error_status(), 431);
+  EXPECT_STREQ(more.error_reason(), "too many header fields");
+}
+
+TEST(HttpParser, InHeadUntilTheHeadersAreComplete) {
+  RequestParser parser;
+  EXPECT_FALSE(parser.in_head());
+  EXPECT_EQ(parser.parse("GET / HTTP/1.1\r\nHost: x").status, Status::kNeedMore);
+  EXPECT_TRUE(parser.in_head());
+  EXPECT_EQ(parser.parse("\r\nContent-Length: 4\r\n\r\nab").status, Status::kNeedMore);
+  EXPECT_FALSE(parser.in_head()) << "the head is complete; the body is another matter";
+  EXPECT_EQ(parser.parse("cd").status, Status::kRequest);
+  parser.next();
+  EXPECT_FALSE(parser.in_head());
+}
+
 TEST(HttpParser, RejectsAnOversizedTargetWith431) {
   RequestParser parser;
   std::string request = "GET /" + std::string(17 * 1024, 'p') + " HTTP/1.1\r\n\r\n";

@@ -44,6 +44,7 @@ struct ServingFlags {
   std::string mode_text = "bpf";
   bool no_pin = false;
   double idle_timeout_s = 60;
+  double header_timeout_s = 10;
   double shutdown_timeout_s = 10;
   unsigned max_restarts = 5;
   double restart_window_s = 60;
@@ -68,6 +69,10 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
   app.add_option("--cpus", f.cpus_text, "CPUs for the workers, e.g. 0-3,6 (default: all allowed)");
   app.add_flag("--no-pin", f.no_pin, "Do not pin each worker to its CPU");
   app.add_option("-p,--policy", f.policy_text, "Steering policy: rr, least or hash")->capture_default_str();
+  app.add_option("--header-timeout", f.header_timeout_s,
+                 "A request's head must arrive within this long of its first byte, or it gets 408 and the "
+                 "connection closes (s; trickling bytes do not extend it)")
+      ->capture_default_str();
   app.add_option("--idle-timeout", f.idle_timeout_s, "Close keep-alive connections idle this long (s)")
       ->capture_default_str();
   app.add_option(stop_flag, f.shutdown_timeout_s,
@@ -128,6 +133,7 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   options.steering.policy = flag_value(parse_policy(f.policy_text), "--policy");
   options.mode = flag_value(parse_mode(f.mode_text), "--mode");
   options.idle_timeout = seconds_to_ms(f.idle_timeout_s, "--idle-timeout");
+  options.header_timeout = seconds_to_ms(f.header_timeout_s, "--header-timeout");
   options.shutdown_timeout = seconds_to_ms(f.shutdown_timeout_s, "--shutdown-timeout");
   options.max_restarts = f.max_restarts;
   options.restart_window = seconds_to_ms(f.restart_window_s, "--restart-window");

@@ -50,6 +50,7 @@ struct SupervisorOptions {
   SteeringOptions steering;
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};
+  std::chrono::milliseconds header_timeout{10'000};  // a request's head, from its first byte
   std::chrono::milliseconds shutdown_timeout{10'000};
   unsigned max_restarts = 5;             // crashes of one slot within restart_window...
   std::chrono::milliseconds restart_window{60'000};  // ...after which lbd stops restarting it

@@ -144,6 +144,7 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
   launch.spec.cpu = cpu;
   launch.spec.http = options.http;
   launch.spec.idle_timeout = options.idle_timeout;
+  launch.spec.header_timeout = options.header_timeout;
   launch.spec.drain_timeout = options.shutdown_timeout;
   launch.spec.max_connections = options.max_connections;
   launch.spec.log_level = options.log_level;

@@ -60,6 +60,7 @@ struct Connection {
 
   uint64_t last_activity_ns = 0;
   uint64_t request_started_ns = 0; // CLOCK_MONOTONIC when the handler got the current request
+  uint64_t head_started_ns = 0;    // coarse clock at the first byte of the head being received
   uint32_t live_position = 0;      // where this connection sits in Worker::live_
 
   RequestParser parser;

@@ -83,6 +83,7 @@ void RequestParser::reset() {
   llhttp_init(&parser_, HTTP_REQUEST, &settings());
   parser_.data = this;
   in_request_ = false;
+  headers_complete_ = false;
   continue_pending_ = false;
   paused_ = false;
   keep_alive_ = true;
@@ -92,6 +93,7 @@ void RequestParser::reset() {
 int RequestParser::on_message_begin(llhttp_t* p) {
   RequestParser& r = self(p);
   r.in_request_ = true;
+  r.headers_complete_ = false;
   r.error_status_ = 400;  // unless a callback names a more precise one (413, 431)
   r.head_.clear();
   r.header_spans_.clear();
@@ -131,6 +133,11 @@ int RequestParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
     return HPE_USER;
   }
   if (r.header_spans_.empty() || r.in_value_) {
+    if (r.header_spans_.size() >= r.limits_.max_header_fields) {
+      r.error_status_ = 431;
+      llhttp_set_error_reason(p, "too many header fields");
+      return HPE_USER;
+    }
     uint32_t here = static_cast<uint32_t>(r.head_.size());
     r.header_spans_.push_back({here, 0, here, 0});
     r.in_value_ = false;
@@ -158,6 +165,7 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
 // (curl waits a second for it). A body we would refuse anyway is refused now, before it is sent.
 int RequestParser::on_headers_complete(llhttp_t* p) {
   RequestParser& r = self(p);
+  r.headers_complete_ = true;
   r.continue_pending_ = false;
   if (p->http_major != 1 || p->http_minor < 1) return 0;
   for (const HeaderSpan& span : r.header_spans_) {

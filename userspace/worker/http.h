@@ -16,6 +16,7 @@ namespace lbd {
 struct HttpLimits {
   size_t max_header_bytes = 16 * 1024;  // request line + headers; more gets 431
   size_t max_body_bytes = 1024 * 1024;  // more gets 413
+  size_t max_header_fields = 100;       // header lines; more gets 431 (each costs a span)
 };
 
 // Feeds bytes in, gets whole requests out, one at a time. Bytes of the next pipelined request
@@ -53,6 +54,9 @@ class RequestParser {
   const char* error_reason() const;
   // True from the first byte of a request until it is complete.
   bool in_request() const { return in_request_; }
+  // In a request whose head (request line and headers) has not all arrived: what the header
+  // timeout applies to.
+  bool in_head() const { return in_request_ && !headers_complete_; }
   // True once after the headers of a request that asked `Expect: 100-continue` and whose body
   // has not arrived: the caller sends "100 Continue".
   bool take_continue();
@@ -88,6 +92,7 @@ class RequestParser {
   std::string body_;
   size_t header_bytes_ = 0;
   bool in_request_ = false;
+  bool headers_complete_ = false;
   bool continue_pending_ = false;
   bool keep_alive_ = true;
   bool paused_ = false;

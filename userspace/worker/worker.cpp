@@ -29,7 +29,9 @@ constexpr size_t kMaxBufferedInput = 256 * 1024;
 // Answers waiting to be sent on one connection. Past this the worker stops reading from the
 // client until the backlog halves, so a client that sends and never reads cannot make the
 // worker buffer without bound.
-constexpr size_t kMaxPendingOutput = 1024 * 1024;
+// 256 KiB is some 1,700 small answers, deeper than any client pipelines; with the buffers
+// swapped for sending, one connection holds at most about twice this.
+constexpr size_t kMaxPendingOutput = 256 * 1024;
 // The loop wakes at least this often, to stamp the heartbeat when idle.
 constexpr int64_t kTickNs = 10'000'000;
 constexpr int64_t kHousekeepingNs = 100'000'000;
@@ -294,9 +296,18 @@ bool Worker::idle(const Connection& c) const {
 
 void Worker::expire_idle_connections() {
   const uint64_t idle_ns = to_ns(spec_.idle_timeout);
+  const uint64_t head_ns = to_ns(spec_.header_timeout);
   for (uint32_t index : live_) {
     Connection& c = connections_[index];
     if (c.closing || c.waiting || c.handing_over) continue;  // a deferred answer is ours to give
+    // A head that has not all arrived within --header-timeout of its first byte: 408 and close,
+    // however the bytes trickle in (slowloris keeps a connection "active" with one byte a second).
+    if (!c.close_after_send && c.parser.in_head() && now_ns_ - c.head_started_ns >= head_ns) {
+      spdlog::debug("connection {}: request head not complete after {} ms: 408", c.index, spec_.header_timeout.count());
+      respond_error(c, 408);
+      flush(c);
+      continue;
+    }
     uint64_t limit = c.lingering ? kLingerNs : idle_ns;
     if (now_ns_ - c.last_activity_ns >= limit) begin_close(c);
   }
@@ -627,8 +638,10 @@ void Worker::on_data(Connection& c, std::string_view data) {
 
 void Worker::process(Connection& c, std::string_view data) {
   while (true) {
+    const bool was_in_head = c.parser.in_head();
     RequestParser::Step step = c.parser.parse(data);
     data.remove_prefix(step.consumed);
+    if (!was_in_head && c.parser.in_head()) c.head_started_ns = now_ns_;  // a new request began
     if (step.status == RequestParser::Status::kNeedMore) {
       if (c.parser.take_continue()) c.out_pending.append("HTTP/1.1 100 Continue\r\n\r\n");
       return;
@@ -645,7 +658,10 @@ void Worker::process(Connection& c, std::string_view data) {
       return;
     }
     c.parser.next();
-    if (c.close_after_send || data.empty()) return;
+    if (c.close_after_send) return;
+    // Checked after every answer, not only when more input follows in the same read: a client
+    // that sends one request per segment and never reads would otherwise grow the output
+    // without bound, one answer at a time.
     if (unsent_bytes(c) > kMaxPendingOutput) {
       // Stop reading until the client catches up (resumed in on_send).
       c.output_blocked = true;
@@ -653,6 +669,7 @@ void Worker::process(Connection& c, std::string_view data) {
       if (c.recv_armed) cancel(pack_user_data(Op::kRecv, c.index, c.generation));
       return;
     }
+    if (data.empty()) return;
   }
 }
 

@@ -43,6 +43,7 @@ struct WorkerSpec {
   bool publish_at_start = true;
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};
+  std::chrono::milliseconds header_timeout{10'000};  // a request head must arrive within this
   std::chrono::milliseconds drain_timeout{10'000};
   unsigned max_connections = 16384;
   std::string log_level = "info";
