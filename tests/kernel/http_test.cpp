@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 
 #include "support/lbd_test.h"
+#include "supervisor/process_stats.h"
 
 namespace lbd::test {
 namespace {
@@ -269,15 +270,6 @@ TEST_F(HttpIdleTimeout, IdleKeepAliveConnectionIsClosedByTheServer) {
   EXPECT_EQ(r.response.status, 200);
 }
 
-// VmRSS of `pid`, in KiB (0 if it is gone).
-uint64_t resident_kib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
-  }
-  return 0;
-}
-
 class HttpHeaderTimeout : public Http {
  protected:
   HttpHeaderTimeout() { extra_flags_ = {"--header-timeout", "1"}; }
@@ -336,7 +328,7 @@ TEST_F(Http, AClientThatSendsOneRequestPerSegmentAndNeverReadsIsPausedWithBounde
       for (int i = 0; i < 2000; i++) ASSERT_TRUE(warm.read_response(after(5s)).ok());
     }
   }
-  const uint64_t before = resident_kib(worker);
+  const uint64_t before = read_process_usage(worker).value_or(ProcessUsage{}).rss_bytes / 1024;
 
   const std::string request = http_get("/");
   size_t sent = 0;
@@ -356,7 +348,7 @@ TEST_F(Http, AClientThatSendsOneRequestPerSegmentAndNeverReadsIsPausedWithBounde
       std::this_thread::sleep_for(1ms);  // the client's own pace while its buffer is full
     }
   }
-  const uint64_t after_kib = resident_kib(worker);
+  const uint64_t after_kib = read_process_usage(worker).value_or(ProcessUsage{}).rss_bytes / 1024;
   EXPECT_LT(after_kib - std::min(after_kib, before), 2048u)
       << "resident " << before << " KiB before, " << after_kib << " KiB after " << sent << " requests";
   // Everyone else is served meanwhile.

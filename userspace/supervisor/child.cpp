@@ -88,6 +88,7 @@ Result<std::unique_ptr<Child>> adopt_child(const nlohmann::json& record, const P
 }
 
 uint64_t Child::resident_bytes() const {
+  if (auto tree = tree_rss()) return *tree;
   auto usage = read_process_usage(process_.pid());
   return usage ? usage->rss_bytes : 0;
 }

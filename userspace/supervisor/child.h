@@ -118,7 +118,10 @@ class Child {
   // Its connections while it drains (the slot's table entry belongs to the serving one then).
   virtual uint32_t draining_connections() const = 0;
   // Resident memory: the process's, or a program's whole tree's.
-  virtual uint64_t resident_bytes() const;
+  // Its resident memory: the process tree's, sampled, where the child has one (a program),
+  // else its own from /proc.
+  uint64_t resident_bytes() const;
+  virtual std::optional<uint64_t> tree_rss() const { return std::nullopt; }
   // The descriptor its predecessor hands idle connections on (lbd's worker, when it replaces).
   virtual int handover_inbox() const { return -1; }
   // --mode handoff: where the supervisor passes it new connections.

@@ -195,14 +195,18 @@ Result<pid_t> spawn_worker(const WorkerLaunch& launch, WorkerSpec* placed) {
   return spawn_process(process);
 }
 
-Result<UniqueFd> open_lbd_binary(const std::string& path, bool trusted_only) {
+Result<UniqueFd> open_lbd_binary(const std::string& path) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Error::from_errno("open " + path);
   struct stat st{};
   if (fstat(fd.get(), &st) != 0) return Error::from_errno("fstat " + path);
   if (!S_ISREG(st.st_mode)) return Error::from_errno(EACCES, path + " is not a regular file");
-  if (!trusted_only) return fd;
-  // Checked on the open file, not the path: what passes is what runs.
+  return fd;
+}
+
+Result<void> check_trusted_binary(int fd, const std::string& path) {
+  struct stat st{};
+  if (fstat(fd, &st) != 0) return Error::from_errno("fstat " + path);
   if (st.st_uid != 0 && st.st_uid != geteuid()) {
     return Error::invalid(path + " is owned by uid " + std::to_string(st.st_uid) +
                           ", not root: lbd will not run it (chown root it, if it is yours)");
@@ -211,7 +215,7 @@ Result<UniqueFd> open_lbd_binary(const std::string& path, bool trusted_only) {
     return Error::invalid(path + " is writable by " + ((st.st_mode & S_IWOTH) ? "every user" : "its group") +
                           ": lbd will not run it (chmod go-w it)");
   }
-  return fd;
+  return {};
 }
 
 std::string current_binary_path() {

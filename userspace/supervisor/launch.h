@@ -87,9 +87,11 @@ std::vector<std::string> inherited_environment(const std::vector<std::string>& d
 // lbd's own binary, opened once and executed from the descriptor (execveat) for every worker
 // and successor, so that whoever may replace the file at its path, or the folder it is in,
 // cannot put other code into a process lbd starts as root (docs/ARCHITECTURE.md, "Privileges").
-// With `trusted_only` (a reload or an upgrade picking up a new build), the file must be owned by
-// root (or by lbd's own user) and writable by nobody else; otherwise the error says why.
-Result<UniqueFd> open_lbd_binary(const std::string& path, bool trusted_only);
+Result<UniqueFd> open_lbd_binary(const std::string& path);
+// Whether lbd may run the open file `fd` (a reload or an upgrade picking up a new build): owned
+// by root (or by lbd's own user) and writable by nobody else; otherwise the error says why.
+// Checked on the open file, not the path: what passes is what runs.
+Result<void> check_trusted_binary(int fd, const std::string& path);
 
 // The absolute path of the running binary, resolved at start-up so later launches execute the
 // file now at that path (a new build), not the deleted inode /proc/self/exe may point to.

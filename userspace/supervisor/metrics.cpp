@@ -167,7 +167,7 @@ void Supervisor::sample_usage(Clock::time_point now) {
     Child* c = child(p->id);
     auto usage = read_process_usage(p->pid);
     if (!c || !usage) continue;
-    usage_samples_[p->id] = {usage->cpu_seconds, c->resident_bytes()};  // a program's whole tree
+    usage_samples_[p->id] = {usage->cpu_seconds, c->tree_rss().value_or(usage->rss_bytes)};
   }
 }
 

@@ -170,7 +170,7 @@ class ProgramChild final : public Child {
     r["notify"] = to_json(fd_ref(notify_.get(), -1));
     return r;
   }
-  uint64_t resident_bytes() const override { return tree_rss_ ? tree_rss_ : Child::resident_bytes(); }
+  std::optional<uint64_t> tree_rss() const override { return tree_rss_ ? std::optional(tree_rss_) : std::nullopt; }
 
  private:
   friend Result<std::unique_ptr<Child>> lbd::start_program_child(ProcessId, uint32_t, int, uint32_t,

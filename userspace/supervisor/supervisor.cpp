@@ -163,10 +163,10 @@ Result<void> Supervisor::set_up() {
   if (shared_.binary.empty()) return Error::from_errno("cannot find lbd's own binary (/proc/self/exe)");
   // The file this lbd was started from: workers and restarts execute it until a reload picks up
   // a new build the same checks trust.
-  auto binary = open_lbd_binary(shared_.binary, false);
+  auto binary = open_lbd_binary(shared_.binary);
   if (!binary) return binary.error();
   shared_.binary_fd = std::move(*binary);
-  if (auto trusted = open_lbd_binary(shared_.binary, true); !trusted) {
+  if (auto trusted = check_trusted_binary(shared_.binary_fd.get(), shared_.binary); !trusted) {
     spdlog::warn("{}; a reload will keep the workers on this build", trusted.error().message());
   }
 
@@ -315,9 +315,10 @@ Result<void> Supervisor::start_fresh() {
 
 bool Supervisor::pick_up_binary(std::optional<ClientId> client) {
   if (is_program() || slots_->operation()) return true;  // a program is looked up at each start
-  auto binary = open_lbd_binary(shared_.binary, true);
-  if (!binary) {
-    const std::string why = "reload refused: " + binary.error().message() + "; the workers keep serving";
+  auto binary = open_lbd_binary(shared_.binary);
+  Result<void> trusted = binary ? check_trusted_binary(binary->get(), shared_.binary) : Result<void>(binary.error());
+  if (!trusted) {
+    const std::string why = "reload refused: " + trusted.error().message() + "; the workers keep serving";
     spdlog::error("{}", why);
     if (client && control_) control_->finish_error(*client, why);
     return false;

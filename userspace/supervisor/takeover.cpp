@@ -426,8 +426,9 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
   // the deleted file once a deploy has replaced it).
   const std::string& binary = shared_.binary;
   // The successor runs as root with everything this lbd holds: only a build root owns.
-  auto binary_fd = open_lbd_binary(binary, true);
+  auto binary_fd = open_lbd_binary(binary);
   if (!binary_fd) return fail(binary_fd.error().message());
+  if (auto trusted = check_trusted_binary(binary_fd->get(), binary); !trusted) return fail(trusted.error().message());
   ProcessLaunch launch;
   launch.path = binary;
   launch.exec_fd = binary_fd->get();
