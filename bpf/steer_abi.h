@@ -47,15 +47,19 @@ enum lbd_policy {
  * program share. Each field has exactly one writer, so no field needs a lock:
  *   supervisor  state
  *   program     steered            (atomic add on every connection sent to the slot)
- *   worker      everything in the second cache line (atomic stores, no syscall)
- * The two writers that run on every connection are kept on separate cache lines.
+ *   worker      full, and everything in the second cache line (atomic stores, no syscall)
+ * The two writers that run on every connection are kept on separate cache lines; `full` changes
+ * only when a worker's connection table fills or empties, so it sits with what the program reads.
  */
 struct lbd_slot {
 	/* --- read by the program on every decision --- */
 	__u32 state;           /* enum lbd_slot_state */
 	__u32 cpu;             /* CPU the worker is pinned to, or ~0 (informational) */
 	__u64 steered;         /* connections the program sent here (select + migrate) */
-	__u8 pad0[48];
+	__u32 full;            /* 1 while the worker's connection table is full: it has stopped
+				  accepting, and every policy passes it over while another active
+				  slot has room */
+	__u8 pad0[44];
 
 	/* --- written by the worker in this slot --- */
 	__u64 accepted;        /* connections taken off the accept queue; also advanced by the

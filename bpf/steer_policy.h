@@ -12,6 +12,10 @@
  *
  * The promise (docs/ARCHITECTURE.md, invariant 2): a slot that is not ACTIVE is never returned. When no
  * active slot exists the answer is LBD_NO_SLOT and the caller lets the kernel choose.
+ *
+ * A slot whose worker says its connection table is full (lbd_slot.full) is passed over by every
+ * policy while another active slot has room; when all are full, the choice is made among all of
+ * them as if none were (the connection waits in an accept queue: better than refusing it).
  */
 #ifndef LBD_STEER_POLICY_H
 #define LBD_STEER_POLICY_H
@@ -37,6 +41,7 @@ struct lbd_pick_args {
 struct lbd_scan {
 	struct lbd_pick_args args;
 	__u64 active;          /* bit i set = slot i is ACTIVE */
+	__u64 full;            /* bit i set = slot i is ACTIVE and its worker's table is full */
 	__u64 best_rank;       /* least: the lowest rank so far (load, plus a penalty if stalled) */
 	__u64 tied;            /* least: bit i set = slot i is active and has best_rank */
 };
@@ -80,30 +85,39 @@ static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_p
 	if (s->args.nr_slots > LBD_MAX_SLOTS)
 		s->args.nr_slots = LBD_MAX_SLOTS;
 	s->active = 0;
+	s->full = 0;
 	s->best_rank = ~0ULL;
 	s->tied = 0;
 }
 
 /*
  * least ranks a live slot by its load. A stalled slot ranks after every live one: it is chosen
- * only when every active slot is stalled, because queueing the connection beats refusing it.
+ * only when every active slot is stalled, because queueing the connection beats refusing it. A
+ * full slot likewise ranks after every slot with room.
  * Every slot with the lowest rank is remembered, and the cursor picks among them.
  */
 static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const struct lbd_slot *slot)
 {
 	const __u64 stalled_penalty = 1ULL << 62;
+	const __u64 full_penalty = 1ULL << 61;
 	__u64 bit, rank;
+	int full;
 
 	if (!slot || i >= LBD_MAX_SLOTS || LBD_READ_ONCE(slot->state) != LBD_SLOT_ACTIVE)
 		return;
 	bit = 1ULL << (i & (LBD_MAX_SLOTS - 1));
 	s->active |= bit;
+	full = LBD_READ_ONCE(slot->full) != 0;
+	if (full)
+		s->full |= bit;
 	if (s->args.policy != LBD_POLICY_LEAST)
 		return;
 
 	rank = lbd_slot_load(slot);
 	if (!lbd_slot_is_live(slot, &s->args))
 		rank += stalled_penalty;
+	if (full)
+		rank += full_penalty;
 	if (rank < s->best_rank) {
 		s->best_rank = rank;
 		s->tied = bit;
@@ -140,17 +154,26 @@ static __always_inline __u32 lbd_nth_bit(__u64 mask, __u32 n)
 	return position;
 }
 
+/* The slots a choice is made among: the active ones with room, or every active one if none has. */
+static __always_inline __u64 lbd_scan_eligible(const struct lbd_scan *s)
+{
+	__u64 roomy = s->active & ~s->full;
+
+	return roomy ? roomy : s->active;
+}
+
 /* Active slots seen. */
 static __always_inline __u32 lbd_scan_active_count(const struct lbd_scan *s)
 {
 	return lbd_bits(s->active);
 }
 
-/* The policy's pick, as its rank among the active slots (0 = the lowest active index). Computed
- * once per decision; lbd_scan_choice_from() walks on from it. */
+/* The policy's pick, as its rank among the eligible slots (0 = the lowest eligible index).
+ * Computed once per decision; lbd_scan_choice_from() walks on from it. */
 static __always_inline __u32 lbd_scan_first(const struct lbd_scan *s)
 {
-	__u32 count = lbd_bits(s->active), ties, slot;
+	__u64 eligible = lbd_scan_eligible(s);
+	__u32 count = lbd_bits(eligible), ties, slot;
 
 	if (!count)
 		return 0;
@@ -160,22 +183,23 @@ static __always_inline __u32 lbd_scan_first(const struct lbd_scan *s)
 		if (!ties)
 			return 0;
 		slot = lbd_nth_bit(s->tied, s->args.cursor % ties);
-		return lbd_bits(s->active & ((1ULL << slot) - 1));
+		return lbd_bits(eligible & ((1ULL << slot) - 1));
 	}
 	if (s->args.policy == LBD_POLICY_HASH)
 		return s->args.hash % count;
 	return s->args.cursor % count; /* LBD_POLICY_RR */
 }
 
-/* The attempt-th slot to try, from the pick's rank `first`: 0 is the pick, then the active slots
- * after it in turn. LBD_NO_SLOT once every active slot has been offered. */
+/* The attempt-th slot to try, from the pick's rank `first`: 0 is the pick, then the eligible slots
+ * after it in turn. LBD_NO_SLOT once every eligible slot has been offered. */
 static __always_inline __u32 lbd_scan_choice_from(const struct lbd_scan *s, __u32 first, __u32 attempt)
 {
-	__u32 count = lbd_bits(s->active);
+	__u64 eligible = lbd_scan_eligible(s);
+	__u32 count = lbd_bits(eligible);
 
 	if (!count || attempt >= count)
 		return LBD_NO_SLOT;
-	return lbd_nth_bit(s->active, (first + attempt) % count);
+	return lbd_nth_bit(eligible, (first + attempt) % count);
 }
 
 static __always_inline __u32 lbd_scan_choice(const struct lbd_scan *s, __u32 attempt)

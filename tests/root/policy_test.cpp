@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include "support/control_test.h"
 #include "support/lbd_test.h"
 
 namespace lbd::test {
@@ -111,6 +112,51 @@ TEST_F(Policy, HashSpreadsConnectionsOverEveryWorker) {
   std::map<int, int> workers = answers_per_worker(200);
   ASSERT_EQ(workers.size(), 4u);
   for (const auto& [slot, n] : workers) EXPECT_GE(n, 15) << "worker " << slot << " of 200 connections";
+}
+
+// A worker whose connection table is full has stopped accepting; what steering sent it would wait
+// in its queue. Both rr and least send the next connections to the worker with room.
+class FullTable : public ControlTest {
+ protected:
+  void SetUp() override { LBD_REQUIRE_ROOT("loads the BPF steering program"); }
+};
+
+TEST_F(FullTable, AWorkerWithAFullTableIsPassedOverByRoundRobinAndLeast) {
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags(
+      "bpf", 2, {"--policy", "rr", "--max-connections", "16", "--demo-routes", "--shutdown-timeout", "1"})));
+  // Fill worker 0 with 16 requests being answered (nothing it could shed); connections that land
+  // on worker 1 are let go. rr alternates, so this takes about 32 connections.
+  std::vector<HttpConnection> on_zero;
+  for (int opened = 0; on_zero.size() < 16 && opened < 200; opened++) {
+    HttpResult failure;
+    HttpConnection c = HttpConnection::open(address(), after(2s), &failure);
+    ASSERT_TRUE(c.valid()) << failure.describe();
+    HttpResult r = c.request(http_get("/"), after(2s));
+    ASSERT_TRUE(r.ok()) << "connection " << opened << ": " << r.describe();
+    if (r.response.worker() != 0) continue;
+    ASSERT_EQ(c.send(http_get("/sleep?ms=30000"), after(1s)), Outcome::kOk);
+    on_zero.push_back(std::move(c));
+  }
+  ASSERT_EQ(on_zero.size(), 16u);
+  ASSERT_TRUE(lbd().wait_for_log("connection table full: 16 of 16", after(5s)));
+  nlohmann::json workers_now = status()["workers"];
+  ASSERT_EQ(workers_now.size(), 2u);
+  EXPECT_EQ(workers_now[0].value("full", false), true) << workers_now.dump();
+  EXPECT_EQ(workers_now[1].value("full", true), false) << workers_now.dump();
+  for (const char* policy : {"rr", "least"}) {
+    SCOPED_TRACE(policy);
+    CommandResult set = lbctl({"policy", policy});
+    ASSERT_TRUE(set.exited(0)) << set.describe();
+    // Each of the next 100 is answered at once, by worker 1: none waits 30 s behind worker 0.
+    std::map<int, int> workers;
+    for (int i = 0; i < 100; i++) {
+      HttpResult r = fetch(address(), http_get("/", /*close=*/true), after(2s));
+      ASSERT_TRUE(r.ok()) << "connection " << i << ": " << r.describe();
+      workers[r.response.worker()]++;
+    }
+    EXPECT_EQ(workers[1], 100) << "answered by worker 0: " << workers[0];
+  }
+  on_zero.clear();
 }
 
 }  // namespace

@@ -344,6 +344,103 @@ TEST(HttpParser, InHeadUntilTheHeadersAreComplete) {
   EXPECT_FALSE(parser.in_head());
 }
 
+// Bytes llhttp never reports (blank lines before a request line, whitespace) still count: a
+// client could otherwise send them forever on one connection.
+TEST(HttpParser, BlankLinesBeforeARequestCountAgainstTheHeadLimit) {
+  HttpLimits limits;
+  limits.max_header_bytes = 1024;
+  RequestParser parser(limits);
+  std::string blank_lines;
+  for (int i = 0; i < 511; i++) blank_lines += "\r\n";
+  EXPECT_EQ(parser.parse(blank_lines).status, Status::kNeedMore);
+  EXPECT_TRUE(parser.in_head()) << "a blank line starts the header timeout";
+  auto step = parser.parse("\r\n\r\n");
+  EXPECT_EQ(step.status, Status::kError);
+  EXPECT_EQ(parser.error_status(), 431);
+  EXPECT_EQ(parser.parse("GET / HTTP/1.1\r\n\r\n").status, Status::kError) << "nothing is parsed after an error";
+}
+
+TEST(HttpParser, AHeadEndingExactlyAtTheLimitIsAcceptedAndItsBodyDoesNotCount) {
+  HttpLimits limits;
+  const std::string head = "POST / HTTP/1.1\r\nContent-Length: 4000\r\n\r\n";
+  limits.max_header_bytes = head.size();
+  RequestParser parser(limits);
+  auto step = parser.parse(head + std::string(4000, 'b'));
+  ASSERT_EQ(step.status, Status::kRequest);
+  EXPECT_EQ(step.consumed, head.size() + 4000);
+  EXPECT_EQ(parser.request().body().size(), 4000u);
+  parser.next();
+  RequestParser one_over(limits);
+  EXPECT_EQ(one_over.parse("\r\n" + head).status, Status::kError) << "the blank line before it counts";
+  EXPECT_EQ(one_over.error_status(), 431);
+}
+
+TEST(HttpParser, EachRequestOnAConnectionGetsTheWholeHeadLimit) {
+  HttpLimits limits;
+  limits.max_header_bytes = 100;
+  RequestParser parser(limits);
+  const std::string request = "GET / HTTP/1.1\r\nX-Pad: " + std::string(50, 'p') + "\r\n\r\n";
+  for (int i = 0; i < 10; i++) {
+    auto step = parser.parse(request);
+    ASSERT_EQ(step.status, Status::kRequest) << "request " << i;
+    parser.next();
+  }
+}
+
+TEST(HttpParser, ChunkExtensionsCountAgainstTheHeadLimit) {
+  HttpLimits limits;
+  limits.max_header_bytes = 256;
+  RequestParser parser(limits);
+  std::string request = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  ASSERT_EQ(parser.parse(request).status, Status::kNeedMore);
+  std::string chunk = "1;ext=" + std::string(100, 'e') + "\r\nx\r\n";
+  EXPECT_EQ(parser.parse(chunk).status, Status::kNeedMore);
+  EXPECT_EQ(parser.parse(chunk).status, Status::kNeedMore);
+  EXPECT_EQ(parser.parse(chunk).status, Status::kError) << "300 bytes of extensions in one request";
+  EXPECT_EQ(parser.error_status(), 400);
+}
+
+TEST(HttpParser, BodiesShareTheBudgetAndLeaveItWhenAnswered) {
+  BodyBudget budget;
+  budget.limit = 1000;
+  RequestParser first, second;
+  first.set_body_budget(&budget);
+  second.set_body_budget(&budget);
+  auto post = [](size_t bytes) {
+    return "POST / HTTP/1.1\r\nContent-Length: " + std::to_string(bytes) + "\r\n\r\n" + std::string(bytes, 'b');
+  };
+  ASSERT_EQ(first.parse(post(600)).status, Status::kRequest);
+  EXPECT_EQ(budget.used, 600u);
+  EXPECT_EQ(second.parse(post(600)).status, Status::kError);
+  EXPECT_EQ(second.error_status(), 503);
+  first.next();
+  EXPECT_EQ(budget.used, 0u) << "an answered request's body leaves the budget";
+  second.reset();
+  EXPECT_EQ(second.parse(post(600)).status, Status::kRequest);
+  {
+    RequestParser gone;
+    gone.set_body_budget(&budget);
+    EXPECT_EQ(gone.parse(post(900).substr(0, 300)).status, Status::kNeedMore);
+  }
+  EXPECT_EQ(budget.used, 600u) << "a connection that goes mid-body gives its part back";
+  second.reset();
+  EXPECT_EQ(budget.used, 0u);
+}
+
+TEST(HttpParser, LargeBuffersAreGivenBackAfterTheRequest) {
+  RequestParser parser;
+  std::string request = "POST / HTTP/1.1\r\nContent-Length: 100000\r\n";
+  for (int i = 0; i < 60; i++) request += "X-" + std::to_string(i) + ": " + std::string(100, 'v') + "\r\n";
+  request += "\r\n" + std::string(100000, 'b');
+  ASSERT_EQ(parser.parse(request).status, Status::kRequest);
+  const size_t held = parser.buffer_capacity();
+  EXPECT_GE(held, 100000u);
+  parser.next();
+  EXPECT_LT(parser.buffer_capacity(), 8u * 1024) << "was " << held;
+  ASSERT_EQ(parser.parse("GET / HTTP/1.1\r\n\r\n").status, Status::kRequest);
+  EXPECT_EQ(parser.request().target(), "/");
+}
+
 TEST(HttpParser, RejectsAnOversizedTargetWith431) {
   RequestParser parser;
   std::string request = "GET /" + std::string(17 * 1024, 'p') + " HTTP/1.1\r\n\r\n";

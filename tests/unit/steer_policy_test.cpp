@@ -387,6 +387,55 @@ TEST(SteerPolicyHash, SameHashSameSlotWhateverTheCursor) {
 
 // The branch-free bit arithmetic the program picks with, against the obvious loops, over masks
 // from a fixed-seed generator (and the edges: bit 0, bit 63, all 64).
+// A worker whose connection table is full has stopped accepting: what is sent there waits in its
+// queue while another worker could answer at once.
+TEST(SteerPolicy, EveryPolicyPassesOverAFullSlotWhileAnotherHasRoom) {
+  for (uint32_t policy : kAllPolicies) {
+    Table table;
+    table.active(0).full = 1;
+    table.active(1);
+    table.active(2).full = 1;
+    table.active(3);
+    for (uint32_t ticket = 0; ticket < 64; ticket++) {
+      uint32_t slot = pick(table, args_for(policy, 4, ticket, ticket * 2654435761u));
+      EXPECT_TRUE(slot == 1 || slot == 3) << policy_label(policy) << " ticket " << ticket << " chose " << slot;
+    }
+    EXPECT_EQ(choices(table, args_for(policy, 4)).size(), 2u)
+        << policy_label(policy) << ": retries offer only the slots with room";
+  }
+}
+
+TEST(SteerPolicy, WhenEverySlotIsFullTheyAreChosenAsIfNoneWere) {
+  for (uint32_t policy : kAllPolicies) {
+    Table table;
+    table.active(0).full = 1;
+    table.active(1).full = 1;
+    std::set<uint32_t> seen;
+    for (uint32_t ticket = 0; ticket < 8; ticket++) seen.insert(pick(table, args_for(policy, 2, ticket, ticket)));
+    EXPECT_EQ(seen, (std::set<uint32_t>{0, 1})) << policy_label(policy) << ": queueing beats refusing";
+  }
+}
+
+TEST(SteerPolicyRoundRobin, StaysExactlyEvenOverTheSlotsWithRoom) {
+  Table table;
+  table.active(0);
+  table.active(1).full = 1;
+  table.active(2);
+  std::array<int, 3> counts{};
+  for (uint32_t ticket = 0; ticket < 100; ticket++) counts[pick(table, args_for(LBD_POLICY_RR, 3, ticket))]++;
+  EXPECT_EQ(counts[0], 50);
+  EXPECT_EQ(counts[1], 0);
+  EXPECT_EQ(counts[2], 50);
+}
+
+TEST(SteerPolicyLeast, AFullSlotLosesEvenWithTheLowestLoad) {
+  Table table;
+  table.active(0).open = 100;
+  table.active(1).open = 0;
+  table.slots[1].full = 1;
+  EXPECT_EQ(pick(table, args_for(LBD_POLICY_LEAST, 2)), 0u);
+}
+
 TEST(SteerPolicy, BitCountAndNthBitAgreeWithASimpleLoop) {
   std::vector<uint64_t> masks = {1, 1ULL << 63, ~0ULL, 0x8000000000000001ULL, 0x5555555555555555ULL};
   uint64_t x = 0x9E3779B97F4A7C15ULL;  // xorshift64

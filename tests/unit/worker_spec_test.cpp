@@ -26,6 +26,8 @@ void expect_same(const WorkerSpec& a, const WorkerSpec& b) {
   EXPECT_EQ(a.http.max_body_bytes, b.http.max_body_bytes);
   EXPECT_EQ(a.idle_timeout, b.idle_timeout);
   EXPECT_EQ(a.header_timeout, b.header_timeout);
+  EXPECT_EQ(a.min_body_rate, b.min_body_rate);
+  EXPECT_EQ(a.body_memory, b.body_memory);
   EXPECT_EQ(a.http.max_header_fields, b.http.max_header_fields);
   EXPECT_EQ(a.drain_timeout, b.drain_timeout);
   EXPECT_EQ(a.max_connections, b.max_connections);
@@ -59,6 +61,8 @@ TEST(WorkerSpec, EveryFieldRoundTrips) {
   steered.http.max_body_bytes = 5'000'000'000ull;  // above 32 bits
   steered.idle_timeout = std::chrono::milliseconds(1500);
   steered.header_timeout = std::chrono::milliseconds(2500);
+  steered.min_body_rate = 300;
+  steered.body_memory = 5 << 20;
   steered.http.max_header_fields = 7;
   steered.drain_timeout = std::chrono::milliseconds(250);
   steered.max_connections = 77;

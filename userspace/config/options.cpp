@@ -45,6 +45,8 @@ struct ServingFlags {
   bool no_pin = false;
   double idle_timeout_s = 60;
   double header_timeout_s = 10;
+  std::string min_body_rate_text = "1K";
+  std::string body_memory_text = "64M";
   double shutdown_timeout_s = 10;
   unsigned max_restarts = 5;
   double restart_window_s = 60;
@@ -72,6 +74,14 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
   app.add_option("--header-timeout", f.header_timeout_s,
                  "A request's head must arrive within this long of its first byte, or it gets 408 and the "
                  "connection closes (s; trickling bytes do not extend it)")
+      ->capture_default_str();
+  app.add_option("--min-body-rate", f.min_body_rate_text,
+                 "After its first --header-timeout a request body must average at least this many bytes a "
+                 "second (e.g. 1K), or it gets 408 and the connection closes; 0: no minimum")
+      ->capture_default_str();
+  app.add_option("--body-memory", f.body_memory_text,
+                 "Request bodies one worker holds in memory at once, all connections together (e.g. 64M); "
+                 "a body past it gets 503")
       ->capture_default_str();
   app.add_option("--idle-timeout", f.idle_timeout_s, "Close keep-alive connections idle this long (s)")
       ->capture_default_str();
@@ -134,6 +144,8 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   options.mode = flag_value(parse_mode(f.mode_text), "--mode");
   options.idle_timeout = seconds_to_ms(f.idle_timeout_s, "--idle-timeout");
   options.header_timeout = seconds_to_ms(f.header_timeout_s, "--header-timeout");
+  options.min_body_rate = f.min_body_rate_text == "0" ? 0 : flag_value(parse_size(f.min_body_rate_text), "--min-body-rate");
+  options.body_memory = flag_value(parse_size(f.body_memory_text), "--body-memory");
   options.shutdown_timeout = seconds_to_ms(f.shutdown_timeout_s, "--shutdown-timeout");
   options.max_restarts = f.max_restarts;
   options.restart_window = seconds_to_ms(f.restart_window_s, "--restart-window");

@@ -51,6 +51,8 @@ struct SupervisorOptions {
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds header_timeout{10'000};  // a request's head, from its first byte
+  uint64_t min_body_rate = 1024;                      // bytes/s, after a body's first --header-timeout
+  size_t body_memory = BodyBudget{}.limit;            // per worker, all request bodies at once
   std::chrono::milliseconds shutdown_timeout{10'000};
   unsigned max_restarts = 5;             // crashes of one slot within restart_window...
   std::chrono::milliseconds restart_window{60'000};  // ...after which lbd stops restarting it

@@ -99,6 +99,7 @@ json to_json(const StatusReport& report) {
                 {"restarts", w.restarts}};
     put(row, "uptime_s", w.uptime_s);
     put(row, "connections", w.connections);
+    row["full"] = w.full;
     put(row, "accepted", w.accepted);
     put(row, "requests", w.requests);
     put(row, "inflight", w.inflight);
@@ -148,6 +149,7 @@ StatusReport status_from_json(const json& j) {
     row.uptime_s = number(w, "uptime_s");
     row.restarts = count(w, "restarts").value_or(0);
     row.connections = count(w, "connections");
+    row.full = member(w, "full").is_boolean() && member(w, "full").get<bool>();
     row.accepted = count(w, "accepted");
     row.requests = count(w, "requests");
     row.inflight = count(w, "inflight");

@@ -41,6 +41,7 @@ struct WorkerStatus {
   std::optional<double> uptime_s;
   uint64_t restarts = 0;  // crash restarts of the slot
   std::optional<uint64_t> connections;
+  bool full = false;                  // its connection table is full: it has stopped accepting
   std::optional<uint64_t> accepted;   // the slot's table entry (a draining process has none)
   std::optional<uint64_t> requests;
   std::optional<uint64_t> inflight;

@@ -63,6 +63,12 @@ inline void publish_load(lbd_slot& slot, const WorkerLoad& load) {
   store_field(slot.pid, load.pid);
 }
 
+// The worker's "my connection table is full" mark, stored only when it changes: the field shares
+// a cache line with `steered`, which the program bumps on every connection.
+inline void publish_full(lbd_slot& slot, bool full) {
+  if ((load_field(slot.full) != 0) != full) store_field(slot.full, static_cast<uint32_t>(full));
+}
+
 const char* slot_state_name(uint32_t state);
 
 }  // namespace lbd

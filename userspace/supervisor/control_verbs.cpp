@@ -111,6 +111,7 @@ control::StatusReport Supervisor::status() {
     } else {
       const lbd_slot& entry = shared_.table().slot(slot.index);
       w.connections = load_field(entry.open);
+      w.full = load_field(entry.full) != 0;
       w.accepted = load_field(entry.accepted);
       w.requests = load_field(entry.requests);
       w.inflight = load_field(entry.inflight);

@@ -25,6 +25,7 @@ using metrics::MetricType;
 struct SlotSample {
   std::string slot;
   uint64_t connections = 0;
+  bool table_full = false;
   WorkerStatsSnapshot stats;
   double cpu_seconds = 0;
   uint64_t rss_bytes = 0;
@@ -97,7 +98,10 @@ std::string Supervisor::metrics_text() {
       Child* c = child(p->id);
       // The serving worker publishes its open connections in the slot table; a retiring one
       // no longer writes there and reports them itself.
-      if (p->role == ProcessRole::kServing) s.connections += load_field(shared_.table().slot(slot.index).open);
+      if (p->role == ProcessRole::kServing) {
+        s.connections += load_field(shared_.table().slot(slot.index).open);
+        s.table_full = load_field(shared_.table().slot(slot.index).full) != 0;
+      }
       if (p->role == ProcessRole::kRetiring && c) s.connections += c->draining_connections();
       if (auto usage = usage_samples_.find(p->id); usage != usage_samples_.end() && c) {
         s.cpu_seconds += usage->second.cpu_seconds;
@@ -114,6 +118,9 @@ std::string Supervisor::metrics_text() {
   };
   per_slot("lbd_connections", MetricType::kGauge, "Client connections open in the slot's workers.",
            [](const SlotSample& s) { return s.connections; });
+  per_slot("lbd_connection_table_full", MetricType::kGauge,
+           "1 while the slot's worker has no free connection slot and has stopped accepting.",
+           [](const SlotSample& s) { return uint64_t{s.table_full}; });
   per_slot("lbd_accepted_connections_total", MetricType::kCounter,
            "Client connections the slot's workers accepted.",
            [](const SlotSample& s) { return s.stats.accepted; });

@@ -145,6 +145,8 @@ Result<std::unique_ptr<Child>> start_worker_child(ProcessId id, uint32_t slot, i
   launch.spec.http = options.http;
   launch.spec.idle_timeout = options.idle_timeout;
   launch.spec.header_timeout = options.header_timeout;
+  launch.spec.min_body_rate = options.min_body_rate;
+  launch.spec.body_memory = options.body_memory;
   launch.spec.drain_timeout = options.shutdown_timeout;
   launch.spec.max_connections = options.max_connections;
   launch.spec.log_level = options.log_level;

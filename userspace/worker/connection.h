@@ -57,10 +57,14 @@ struct Connection {
   bool output_blocked = false;     // too many unsent answers: not reading until they drain
   bool handing_over = false;       // idle; its recv is being cancelled so it can be handed over
   bool peer_closed = false;        // the client sent FIN: answer what it sent, then close
+  bool fresh = false;              // accepted, no request answered yet: --header-timeout runs
+                                   // from the accept, whether or not a byte has come
 
   uint64_t last_activity_ns = 0;
   uint64_t request_started_ns = 0; // CLOCK_MONOTONIC when the handler got the current request
   uint64_t head_started_ns = 0;    // coarse clock at the first byte of the head being received
+                                   // (at the accept for a fresh connection)
+  uint64_t body_started_ns = 0;    // coarse clock when the head of the current request ended
   uint32_t live_position = 0;      // where this connection sits in Worker::live_
 
   RequestParser parser;

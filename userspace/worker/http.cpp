@@ -2,6 +2,7 @@
 
 #include <strings.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <ctime>
@@ -62,6 +63,8 @@ std::optional<std::string_view> Request::query_param(std::string_view name) cons
 
 RequestParser::RequestParser(const HttpLimits& limits) : limits_(limits) { reset(); }
 
+RequestParser::~RequestParser() { release_body(); }
+
 const llhttp_settings_t& RequestParser::settings() {
   static const llhttp_settings_t settings = [] {
     llhttp_settings_t s;
@@ -73,6 +76,8 @@ const llhttp_settings_t& RequestParser::settings() {
     s.on_header_value_complete = on_header_value_complete;
     s.on_headers_complete = on_headers_complete;
     s.on_body = on_body;
+    s.on_chunk_extension_name = on_chunk_extension;
+    s.on_chunk_extension_value = on_chunk_extension;
     s.on_message_complete = on_message_complete;
     return s;
   }();
@@ -88,6 +93,30 @@ void RequestParser::reset() {
   paused_ = false;
   keep_alive_ = true;
   error_status_ = 400;
+  failure_ = nullptr;
+  head_bytes_ = 0;
+  framing_bytes_ = 0;
+  release_body();
+  trim_buffers();
+}
+
+// A request's body leaves the budget once the request is answered (or the connection goes).
+void RequestParser::release_body() {
+  if (budget_) budget_->used -= std::min(budget_->used, body_.size());
+  body_.clear();
+}
+
+// Buffers keep their capacity from one request to the next (no allocation per request on a
+// keep-alive connection), unless a large request grew them: then they go back, so the memory
+// an attack made a worker take is returned once it ends.
+void RequestParser::trim_buffers() {
+  constexpr size_t kKeepHead = 2 * 1024;
+  constexpr size_t kKeepBody = 4 * 1024;
+  constexpr size_t kKeepFields = 32;
+  if (head_.capacity() > kKeepHead) std::string().swap(head_);
+  if (body_.capacity() > kKeepBody) std::string().swap(body_);
+  if (header_spans_.capacity() > kKeepFields) std::vector<HeaderSpan>().swap(header_spans_);
+  if (request_.headers_.capacity() > kKeepFields) decltype(request_.headers_)().swap(request_.headers_);
 }
 
 int RequestParser::on_message_begin(llhttp_t* p) {
@@ -97,26 +126,31 @@ int RequestParser::on_message_begin(llhttp_t* p) {
   r.error_status_ = 400;  // unless a callback names a more precise one (413, 431)
   r.head_.clear();
   r.header_spans_.clear();
-  r.body_.clear();
+  r.release_body();
   r.target_len_ = 0;
   r.in_value_ = false;
-  r.header_bytes_ = 0;
+  r.framing_bytes_ = 0;
   return 0;
 }
 
 bool RequestParser::take_continue() { return std::exchange(continue_pending_, false); }
 
-bool RequestParser::count_header_bytes(size_t len) {
-  header_bytes_ += len;
-  if (header_bytes_ <= limits_.max_header_bytes) return true;
-  error_status_ = 431;
-  llhttp_set_error_reason(&parser_, "request header fields too large");
+// Trailers and chunk extensions arrive after the head, in the body; they are held to the head's
+// limit too, so a chunked body cannot carry an endless extension or trailer section.
+bool RequestParser::count_framing_bytes(size_t len) {
+  framing_bytes_ += len;
+  if (framing_bytes_ <= limits_.max_header_bytes) return true;
+  error_status_ = 400;
+  llhttp_set_error_reason(&parser_, "chunk extensions or trailers too large");
   return false;
+}
+
+int RequestParser::on_chunk_extension(llhttp_t* p, const char*, size_t len) {
+  return self(p).count_framing_bytes(len) ? 0 : HPE_USER;
 }
 
 int RequestParser::on_url(llhttp_t* p, const char* at, size_t len) {
   RequestParser& r = self(p);
-  if (!r.count_header_bytes(len)) return HPE_USER;
   r.head_.append(at, len);
   r.target_len_ += len;
   return 0;
@@ -126,7 +160,7 @@ int RequestParser::on_url(llhttp_t* p, const char* at, size_t len) {
 // piece either extends the current span or, after a completed value, starts the next header.
 int RequestParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
   RequestParser& r = self(p);
-  if (!r.count_header_bytes(len)) return HPE_USER;
+  if (r.headers_complete_ && !r.count_framing_bytes(len)) return HPE_USER;  // a trailer
   if (!is_token(std::string_view(at, len))) {
     r.error_status_ = 400;
     llhttp_set_error_reason(p, "invalid character in header name");
@@ -150,7 +184,7 @@ int RequestParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
 
 int RequestParser::on_header_value(llhttp_t* p, const char* at, size_t len) {
   RequestParser& r = self(p);
-  if (!r.count_header_bytes(len)) return HPE_USER;
+  if (r.headers_complete_ && !r.count_framing_bytes(len)) return HPE_USER;
   r.head_.append(at, len);
   r.header_spans_.back().value_len += len;
   return 0;
@@ -189,6 +223,14 @@ int RequestParser::on_body(llhttp_t* p, const char* at, size_t len) {
     llhttp_set_error_reason(p, "request body too large");
     return HPE_USER;
   }
+  if (r.budget_) {
+    if (r.budget_->used + len > r.budget_->limit) {
+      r.error_status_ = 503;
+      llhttp_set_error_reason(p, "the worker's memory for request bodies (--body-memory) is in use");
+      return HPE_USER;
+    }
+    r.budget_->used += len;
+  }
   r.body_.append(at, len);
   return 0;
 }
@@ -221,8 +263,29 @@ void RequestParser::build_request() {
   request_.http_minor_ = parser_.http_minor;
 }
 
+// Bytes of a head are counted as they arrive, not as llhttp reports pieces of it: blank lines
+// before a request line and whitespace inside it are never reported, and a client could send
+// them forever. A piece that would take the head past the limit is fed only up to the limit; if
+// the head has not ended by then, it is too large.
 RequestParser::Step RequestParser::parse(std::string_view data) {
+  if (failure_) return {Status::kError, 0};
   if (paused_) return {Status::kRequest, 0};  // the current request has not been answered yet
+  if (!counting_head()) return execute(data);
+  const size_t room = limits_.max_header_bytes - std::min(head_bytes_, limits_.max_header_bytes);
+  if (data.size() <= room) {
+    Step step = execute(data);
+    if (step.status == Status::kNeedMore && counting_head()) head_bytes_ += data.size();
+    return step;
+  }
+  Step step = execute(data.substr(0, room));
+  if (step.status != Status::kNeedMore) return step;
+  if (counting_head()) return fail(431, "request head too large", room);
+  step = execute(data.substr(room));  // the head ended within the limit: body or trailers follow
+  step.consumed += room;
+  return step;
+}
+
+RequestParser::Step RequestParser::execute(std::string_view data) {
   llhttp_errno_t err = llhttp_execute(&parser_, data.data(), data.size());
   if (err == HPE_OK) return {Status::kNeedMore, data.size()};
   size_t consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data.data());
@@ -235,17 +298,29 @@ RequestParser::Step RequestParser::parse(std::string_view data) {
     keep_alive_ = false;
     return {Status::kRequest, consumed};
   }
+  release_body();  // nothing more is parsed: what the body held goes back to the budget now
+  return {Status::kError, consumed};
+}
+
+RequestParser::Step RequestParser::fail(int status, const char* reason, size_t consumed) {
+  error_status_ = status;
+  failure_ = reason;
+  release_body();
   return {Status::kError, consumed};
 }
 
 void RequestParser::next() {
   if (!paused_) return;
   paused_ = false;
+  head_bytes_ = 0;
+  release_body();
+  trim_buffers();
   if (llhttp_get_errno(&parser_) == HPE_PAUSED) llhttp_resume(&parser_);
   // After an upgrade the connection is closed; nothing more is parsed.
 }
 
 const char* RequestParser::error_reason() const {
+  if (failure_) return failure_;
   const char* reason = llhttp_get_error_reason(&parser_);
   return reason ? reason : "malformed request";
 }

@@ -14,9 +14,19 @@
 namespace lbd {
 
 struct HttpLimits {
-  size_t max_header_bytes = 16 * 1024;  // request line + headers; more gets 431
+  // Every byte of a head counts: blank lines before it, the request line, headers, whitespace.
+  // Trailers and chunk extensions count against the same figure. More gets 431 (400 for framing).
+  size_t max_header_bytes = 16 * 1024;
   size_t max_body_bytes = 1024 * 1024;  // more gets 413
   size_t max_header_fields = 100;       // header lines; more gets 431 (each costs a span)
+};
+
+// What all of one worker's connections hold in request bodies at once (--body-memory). Bodies
+// are buffered whole before the handler runs, so without a budget a few thousand clients each
+// sending up to the body limit could take gigabytes; past the budget a request gets 503.
+struct BodyBudget {
+  size_t limit = 64 * 1024 * 1024;
+  size_t used = 0;
 };
 
 // Feeds bytes in, gets whole requests out, one at a time. Bytes of the next pipelined request
@@ -39,9 +49,12 @@ class RequestParser {
   explicit RequestParser(const HttpLimits& limits = {});
   RequestParser(const RequestParser&) = delete;
   RequestParser& operator=(const RequestParser&) = delete;
+  ~RequestParser();
 
   void set_limits(const HttpLimits& limits) { limits_ = limits; }
-  // Starts over for a new connection.
+  // Bodies are charged to `budget` (shared by a worker's connections; it must outlive the parser).
+  void set_body_budget(BodyBudget* budget) { budget_ = budget; }
+  // Starts over for a new connection, and gives back memory held for earlier large requests.
   void reset();
   Step parse(std::string_view data);
   // After kRequest: the request, valid until next().
@@ -49,18 +62,28 @@ class RequestParser {
   // After kRequest: whether the client wants the connection kept open (HTTP version and the
   // Connection header; false after an Upgrade request, which lbd does not support).
   bool keep_alive() const { return keep_alive_; }
-  // After kError: 400, 413 or 431; and a short reason for the log.
+  // After kError: 400, 413, 431 or 503; and a short reason for the log.
   int error_status() const { return error_status_; }
   const char* error_reason() const;
   // True from the first byte of a request until it is complete.
   bool in_request() const { return in_request_; }
-  // In a request whose head (request line and headers) has not all arrived: what the header
-  // timeout applies to.
-  bool in_head() const { return in_request_ && !headers_complete_; }
+  // In a request whose head (request line and headers) has not all arrived, blank lines before
+  // it included: what the header timeout applies to.
+  bool in_head() const { return in_request_ ? !headers_complete_ : head_bytes_ > 0; }
+  // In a request whose head has arrived and whose body has not: what --min-body-rate applies to.
+  bool in_body() const { return in_request_ && headers_complete_; }
+  // Body bytes of the current request received so far.
+  size_t body_received() const { return body_.size(); }
+  // Bytes of memory the parser's own buffers hold (for tests of what a connection keeps).
+  size_t buffer_capacity() const {
+    return head_.capacity() + body_.capacity() + header_spans_.capacity() * sizeof(HeaderSpan) +
+           request_.headers_.capacity() * sizeof(Header);
+  }
   // True once after the headers of a request that asked `Expect: 100-continue` and whose body
   // has not arrived: the caller sends "100 Continue".
   bool take_continue();
-  // Done with the current request: parse the next one.
+  // Done with the current request: parse the next one. The request's body leaves the budget,
+  // and buffers grown past their usual size for a large request are given back.
   void next();
 
  private:
@@ -71,10 +94,17 @@ class RequestParser {
   static int on_header_value_complete(llhttp_t* p);
   static int on_headers_complete(llhttp_t* p);
   static int on_body(llhttp_t* p, const char* at, size_t len);
+  static int on_chunk_extension(llhttp_t* p, const char* at, size_t len);
   static int on_message_complete(llhttp_t* p);
   static const llhttp_settings_t& settings();
 
-  bool count_header_bytes(size_t len);
+  // Between requests or in a head: every byte received counts against max_header_bytes.
+  bool counting_head() const { return !in_request_ || !headers_complete_; }
+  Step execute(std::string_view data);
+  Step fail(int status, const char* reason, size_t consumed);
+  bool count_framing_bytes(size_t len);
+  void release_body();
+  void trim_buffers();
   void build_request();
 
   HttpLimits limits_;
@@ -90,13 +120,16 @@ class RequestParser {
   uint32_t target_len_ = 0;
   bool in_value_ = false;
   std::string body_;
-  size_t header_bytes_ = 0;
+  BodyBudget* budget_ = nullptr;
+  size_t head_bytes_ = 0;     // received while counting_head(), since the last request ended
+  size_t framing_bytes_ = 0;  // trailers and chunk extensions of the current request
   bool in_request_ = false;
   bool headers_complete_ = false;
   bool continue_pending_ = false;
   bool keep_alive_ = true;
   bool paused_ = false;
   int error_status_ = 400;
+  const char* failure_ = nullptr;  // our own error, found outside llhttp's callbacks
 };
 
 // Appends one complete response to `out`.

@@ -1,6 +1,7 @@
 #include "worker/worker.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -35,6 +36,15 @@ constexpr size_t kMaxPendingOutput = 256 * 1024;
 // The loop wakes at least this often, to stamp the heartbeat when idle.
 constexpr int64_t kTickNs = 10'000'000;
 constexpr int64_t kHousekeepingNs = 100'000'000;
+// The connection table under pressure: at 90% full the worker starts closing idle connections
+// (a batch at a time, so the scan of the table is not repeated for every accept) and accepts one
+// connection at a time, so that the kernel never accepts a connection it has no slot for (a
+// multishot accept takes the whole queue at once, and a connection with no slot is dropped).
+constexpr uint32_t kShedPercent = 90;
+// A connection quiet for less than this is not shed: a client that connected a moment ago has
+// its request on the way, and one between two requests of a burst is about to send the next.
+constexpr uint64_t kShedMinQuietNs = 1'000'000'000;
+constexpr uint64_t kFullLogEveryNs = 10'000'000'000;
 // After an error answer: how long to keep reading (and discarding) before closing, so the
 // client sees the answer instead of a reset.
 constexpr uint64_t kLingerNs = 2'000'000'000;
@@ -146,6 +156,13 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   ring_options.fixed_files = spec.max_connections;
   auto ring = Ring::create(ring_options);
   if (!ring) return ring.error();
+  if (ring->fixed_files() < spec.max_connections) {
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    spdlog::warn("connection table: {} slots, not the {} of --max-connections: the open-file limit is {} "
+                 "(raise it: LimitNOFILE= in the unit, or ulimit -n)",
+                 ring->fixed_files(), spec.max_connections, limit.rlim_cur);
+  }
 
   std::unique_ptr<Worker> w(
       new Worker(spec, std::move(handler), std::move(*table), std::move(*stats), std::move(*ring)));
@@ -161,9 +178,24 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
     c.exchange.worker_ = w.get();
     c.exchange.connection_ = &c;
     c.parser.set_limits(spec.http);
+    c.parser.set_body_budget(&w->body_budget_);
   }
+  w->body_budget_.limit = spec.body_memory;
+  w->shed_at_ = std::max<uint32_t>(1, static_cast<uint32_t>(uint64_t{w->connection_capacity_} * kShedPercent / 100));
+  // A multishot accept takes a listener's whole queue in one go: it may run only while that
+  // many slots are free.
+  uint64_t queues = 0;
+  for (int fd : spec.listener_fds) {
+    auto queue = net::accept_queue(fd);
+    queues += (queue ? queue->limit : 4096) + 1;
+  }
+  w->one_at_a_time_at_ = static_cast<uint32_t>(
+      std::min<uint64_t>(w->shed_at_, w->connection_capacity_ > queues ? w->connection_capacity_ - queues : 0));
   w->live_.reserve(w->connection_capacity_);
   w->accept_armed_.assign(spec.listener_fds.size(), false);
+  w->accept_multishot_.assign(spec.listener_fds.size(), false);
+  w->accept_cancelled_.assign(spec.listener_fds.size(), false);
+  w->listener_stopped_.assign(spec.listener_fds.size(), false);
   for (uint32_t i = 0; i < kInstallEntries; i++) w->free_installs_.push_back(kInstallEntries - 1 - i);
   w->can_export_fds_ = kernel_supports_op(w->ring_.get(), kOpFixedFdInstall);
 
@@ -202,9 +234,7 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
 // --- the loop -------------------------------------------------------------------------------
 
 Result<void> Worker::run() {
-  if (spec_.accept_mode == AcceptMode::kSteered) {
-    for (uint32_t i = 0; i < spec_.listener_fds.size(); i++) arm_accept(i);
-  }
+  pace_accepts();
   for (uint32_t i = 0; i < inboxes_.size(); i++) arm_poll(inboxes_[i].fd, Op::kInboxPoll, i);
   if (spec_.status_fd >= 0) arm_poll(spec_.status_fd, Op::kStatusPoll, 0);
   arm_signal_read();
@@ -258,6 +288,7 @@ void Worker::publish() {
   if (!publishing_) return;
   publish_load(*my_slot_, {.heartbeat_ns = now_ns_, .accepted = accepted_, .open = open_,
                            .inflight = inflight_, .requests = requests_, .pid = pid_});
+  publish_full(*my_slot_, pace_ == AcceptPace::kPaused);
 }
 
 void Worker::housekeeping() {
@@ -267,13 +298,16 @@ void Worker::housekeeping() {
     date_second_ = second;
     date_ = http_date_now();
   }
-  if (accept_retry_ && !draining_) {
+  if (accept_retry_) {
     accept_retry_ = false;
-    for (uint32_t i = 0; i < accept_armed_.size(); i++) {
-      if (!accept_armed_[i]) arm_accept(i);
-    }
+    pace_accepts();
   }
+  report_full();
   expire_idle_connections();
+  // Shedding runs on accepts, and here too: a worker that stopped accepting because every slot
+  // was busy gets no accept to run it when those connections go idle.
+  if (live_.size() - closing_ >= shed_at_) shed(shed_batch());
+  return_memory();
   if (spec_.reconcile_queue) reconcile_queue();
   if (draining_ && spec_.status_fd >= 0 && live_.size() != reported_open_) {
     // Our slot-table entry may belong to a successor now: say how many we hold this way.
@@ -294,22 +328,65 @@ bool Worker::idle(const Connection& c) const {
          c.input.empty() && !c.close_after_send && !c.lingering && !c.output_blocked;
 }
 
+// After a wave of connections ends (an attack, a load peak), give the freed heap back to the
+// system: glibc keeps freed memory in its arenas, so a worker would otherwise stay at its peak.
+void Worker::return_memory() {
+  peak_live_ = std::max<size_t>(peak_live_, live_.size());
+  if (peak_live_ < 1024 || live_.size() * 4 > peak_live_) return;
+  malloc_trim(0);
+  peak_live_ = live_.size();
+}
+
 void Worker::expire_idle_connections() {
-  const uint64_t idle_ns = to_ns(spec_.idle_timeout);
-  const uint64_t head_ns = to_ns(spec_.header_timeout);
-  for (uint32_t index : live_) {
+  // Collect first: a deadline may close a connection, and closing one that the kernel no longer
+  // holds releases it at once, which reorders live_.
+  std::vector<uint32_t> open(live_.begin(), live_.end());
+  for (uint32_t index : open) {
     Connection& c = connections_[index];
-    if (c.closing || c.waiting || c.handing_over) continue;  // a deferred answer is ours to give
-    // A head that has not all arrived within --header-timeout of its first byte: 408 and close,
-    // however the bytes trickle in (slowloris keeps a connection "active" with one byte a second).
-    if (!c.close_after_send && c.parser.in_head() && now_ns_ - c.head_started_ns >= head_ns) {
-      spdlog::debug("connection {}: request head not complete after {} ms: 408", c.index, spec_.header_timeout.count());
+    if (c.in_use) enforce_deadlines(c);
+  }
+}
+
+// The deadlines a connection must meet (docs/ARCHITECTURE.md, section 11). Bytes that trickle in
+// extend none of them except the idle timeout, which only a connection between requests is on.
+void Worker::enforce_deadlines(Connection& c) {
+  if (c.closing || c.waiting || c.handing_over) return;  // a deferred answer is ours to give
+  // Nothing sent or received for the idle timeout (a linger's fixed length): whatever the state,
+  // the client is gone or not reading. A new connection is on the header timeout instead.
+  const uint64_t quiet = now_ns_ - c.last_activity_ns;
+  if (c.lingering ? quiet >= kLingerNs : !c.fresh && quiet >= to_ns(spec_.idle_timeout)) {
+    begin_close(c);
+    return;
+  }
+  if (c.close_after_send) return;  // its last answer is on its way
+  // A head that has not all arrived within --header-timeout of its first byte (of the accept,
+  // for a connection that has sent no request yet): 408 and close, however the bytes trickle in
+  // (slowloris keeps a connection "active" with one byte a second). A new connection that sent
+  // nothing at all is closed without an answer, as nginx and HAProxy do.
+  const bool awaiting_head = c.parser.in_head() || (c.fresh && !c.parser.in_request());
+  if (awaiting_head && now_ns_ - c.head_started_ns >= to_ns(spec_.header_timeout)) {
+    if (c.parser.in_head()) {
+      spdlog::debug("connection {}: request head not complete after {} ms: 408", c.index,
+                    spec_.header_timeout.count());
       respond_error(c, 408);
       flush(c);
-      continue;
+    } else {
+      begin_close(c);
     }
-    uint64_t limit = c.lingering ? kLingerNs : idle_ns;
-    if (now_ns_ - c.last_activity_ns >= limit) begin_close(c);
+    return;
+  }
+  // A body must average --min-body-rate after a grace period; a client we are not reading from
+  // (its answers unread) is not the one being slow.
+  if (spec_.min_body_rate && c.parser.in_body() && !c.output_blocked) {
+    // A body gets --header-timeout (10 s) before the rate applies (a client's first round trips,
+    // a slow start); after that it must have averaged the rate since its head ended.
+    const uint64_t allowed =
+        to_ns(spec_.header_timeout) + c.parser.body_received() * 1'000'000'000ull / spec_.min_body_rate;
+    if (now_ns_ - c.body_started_ns > allowed) {
+      spdlog::debug("connection {}: request body slower than {} bytes/s: 408", c.index, spec_.min_body_rate);
+      respond_error(c, 408);
+      flush(c);
+    }
   }
 }
 
@@ -454,11 +531,21 @@ void Worker::send_handovers() {
 
 // --- submissions ----------------------------------------------------------------------------
 
-void Worker::arm_accept(uint32_t listener) {
+void Worker::arm_accept(uint32_t listener, bool multishot) {
   io_uring_sqe* sqe = ring_.next_sqe();
-  io_uring_prep_multishot_accept_direct(sqe, spec_.listener_fds[listener], nullptr, nullptr, 0);
+  if (multishot) {
+    io_uring_prep_multishot_accept_direct(sqe, spec_.listener_fds[listener], nullptr, nullptr, 0);
+  } else {
+    // Straight into a free fixed-file slot the kernel picks. (liburing 2.3's
+    // io_uring_prep_accept_direct() adds one to IORING_FILE_INDEX_ALLOC, which wraps to 0, "no
+    // fixed file": the connection would become a plain descriptor. Set the field directly.)
+    io_uring_prep_accept(sqe, spec_.listener_fds[listener], nullptr, nullptr, 0);
+    sqe->file_index = IORING_FILE_INDEX_ALLOC;
+  }
   io_uring_sqe_set_data64(sqe, pack_user_data(Op::kAccept, listener, 0));
   accept_armed_[listener] = true;
+  accept_multishot_[listener] = multishot;
+  accept_cancelled_[listener] = false;
 }
 
 void Worker::arm_recv(Connection& c) {
@@ -545,19 +632,107 @@ void Worker::on_accept(uint32_t listener, const io_uring_cqe* cqe) {
   if (cqe->res >= 0) {
     accepted_++;
     record_accepted(*stats_);
-    open_connection(static_cast<uint32_t>(cqe->res));
-  } else if (cqe->res == -ECANCELED || cqe->res == -EINVAL || cqe->res == -EBADF) {
-    // Drained (our cancel) or the supervisor stopped the listener: accept no more.
+    open_connection(static_cast<uint32_t>(cqe->res), true);
+  } else if (cqe->res == -ECANCELED) {
+    // Our cancel: a drain, or the pace changed (pace_accepts() re-arms it as it should be now).
+  } else if (cqe->res == -EINVAL || cqe->res == -EBADF) {
+    // The supervisor stopped the listener: accept no more from it.
+    listener_stopped_[listener] = true;
     if (!draining_) spdlog::debug("listener {} stopped accepting ({})", listener, strerror(-cqe->res));
+  } else if (cqe->res == -ENFILE || cqe->res == -EMFILE) {
+    // No fixed-file slot: cannot happen while pace_accepts() keeps one free per armed accept,
+    // but if it does, the table is full, not the system.
+    spdlog::warn("accept: connection table full ({} of {})", live_.size(), connection_capacity_);
+    accept_retry_ = true;
   } else {
-    // Out of fixed-file slots (ENFILE) or memory, or an aborted handshake: try again shortly.
+    // Out of memory, or an aborted handshake: try again shortly.
     spdlog::warn("accept: {}", strerror(-cqe->res));
     accept_retry_ = true;
   }
-  if (!accept_armed_[listener] && cqe->res >= 0 && !draining_) arm_accept(listener);
+  if (!accept_armed_[listener] && !accept_retry_) pace_accepts();
 }
 
-void Worker::open_connection(uint32_t index) {
+// Accepts follow the table's fill: multishot while the free slots outnumber what the listeners
+// can have queued, then one connection at a time (each armed accept may take one slot, and no
+// more), none when no slot is left.
+// Called after every accept and every release, so a slot freed is a slot offered again.
+void Worker::pace_accepts() {
+  if (spec_.accept_mode != AcceptMode::kSteered || draining_) return;
+  const size_t listeners = spec_.listener_fds.size();
+  const size_t used = live_.size();
+  AcceptPace pace = AcceptPace::kMultishot;
+  if (used + listeners > connection_capacity_) {
+    pace = AcceptPace::kPaused;
+  } else if (used >= one_at_a_time_at_) {
+    pace = AcceptPace::kOneAtATime;
+  }
+  if (pace == AcceptPace::kPaused && pace_ != AcceptPace::kPaused) {
+    full_since_ns_ = now_ns_;
+    full_episodes_++;
+  }
+  pace_ = pace;
+  for (uint32_t i = 0; i < listeners; i++) {
+    if (listener_stopped_[i]) continue;
+    if (accept_armed_[i]) {
+      // A multishot accept past the threshold, or any accept with no slot to spare, is taken
+      // back; its final completion calls here again.
+      const bool take_back = pace != AcceptPace::kMultishot && (accept_multishot_[i] || pace == AcceptPace::kPaused);
+      if (take_back && !accept_cancelled_[i]) {
+        cancel(pack_user_data(Op::kAccept, i, 0));
+        accept_cancelled_[i] = true;
+      }
+      continue;
+    }
+    if (pace != AcceptPace::kPaused) arm_accept(i, pace == AcceptPace::kMultishot);
+  }
+  report_full();
+}
+
+// The real cause, at most once every 10 s, with how often the table filled in between.
+void Worker::report_full() {
+  if (pace_ != AcceptPace::kPaused || now_ns_ - full_logged_ns_ < kFullLogEveryNs) return;
+  full_logged_ns_ = now_ns_;
+  spdlog::warn("connection table full: {} of {}; not accepting until one closes (full {} times since the "
+               "last report; {} idle or slow connections closed to make room so far)",
+               live_.size(), connection_capacity_, full_episodes_, shed_total_);
+  full_episodes_ = 0;
+}
+
+// Room near the top of the table, made the way nginx reuses its connections: idle keep-alive
+// connections (and new ones that sent nothing yet) go first, oldest first; then the connections
+// that have been sending a head the longest. A connection whose request is being answered or
+// whose body is arriving is never shed, nor one that was active in the last second.
+size_t Worker::shed_batch() const { return std::max<size_t>(16, connection_capacity_ / 64); }
+
+void Worker::shed(size_t wanted) {
+  struct Candidate {
+    uint64_t since;
+    uint32_t index;
+    bool operator<(const Candidate& other) const { return since < other.since; }
+  };
+  std::vector<Candidate> idle_ones, heads;
+  for (uint32_t index : live_) {
+    const Connection& c = connections_[index];
+    if (c.closing || c.handing_over || c.close_after_send || c.waiting || c.send_inflight ||
+        !c.out_pending.empty() || now_ns_ - c.last_activity_ns < kShedMinQuietNs) {
+      continue;
+    }
+    if (idle(c) && !c.parser.in_head()) {
+      idle_ones.push_back({c.last_activity_ns, index});
+    } else if (c.parser.in_head() || (c.fresh && !c.parser.in_request())) {
+      heads.push_back({c.head_started_ns, index});
+    }
+  }
+  for (auto* group : {&idle_ones, &heads}) {
+    const size_t n = std::min(wanted, group->size());
+    std::partial_sort(group->begin(), group->begin() + static_cast<ptrdiff_t>(n), group->end());
+    for (size_t i = 0; i < n; i++) begin_close(connections_[(*group)[i].index]);
+    wanted -= n;
+    shed_total_ += n;
+  }
+}
+
+void Worker::open_connection(uint32_t index, bool fresh) {
   if (index >= connection_capacity_ || connections_[index].in_use) {
     // Cannot happen: the kernel allocates from the table we sized. Close it rather than corrupt.
     spdlog::error("accept gave fixed-file slot {}, which is not free", index);
@@ -572,13 +747,18 @@ void Worker::open_connection(uint32_t index) {
   c.closing = c.close_submitted = c.close_after_send = false;
   c.linger_after_send = c.lingering = c.waiting = c.output_blocked = c.handing_over = false;
   c.peer_closed = false;
+  c.fresh = fresh;
   c.last_activity_ns = now_ns_;
+  c.head_started_ns = now_ns_;
   c.out_sent = 0;
   c.parser.reset();
   c.token = LoadToken(&open_);
   c.live_position = static_cast<uint32_t>(live_.size());
   live_.push_back(index);
   arm_recv(c);
+  // Near the top of the table: close idle and slow connections, a batch at a time.
+  if (live_.size() - closing_ >= shed_at_) shed(shed_batch());
+  pace_accepts();
 }
 
 void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
@@ -639,9 +819,13 @@ void Worker::on_data(Connection& c, std::string_view data) {
 void Worker::process(Connection& c, std::string_view data) {
   while (true) {
     const bool was_in_head = c.parser.in_head();
+    const bool was_in_body = c.parser.in_body();
     RequestParser::Step step = c.parser.parse(data);
     data.remove_prefix(step.consumed);
-    if (!was_in_head && c.parser.in_head()) c.head_started_ns = now_ns_;  // a new request began
+    // A new request began (a fresh connection's deadline runs from its accept instead), or
+    // its head ended.
+    if (!was_in_head && c.parser.in_head() && !c.fresh) c.head_started_ns = now_ns_;
+    if (!was_in_body && c.parser.in_body()) c.body_started_ns = now_ns_;
     if (step.status == RequestParser::Status::kNeedMore) {
       if (c.parser.take_continue()) c.out_pending.append("HTTP/1.1 100 Continue\r\n\r\n");
       return;
@@ -694,6 +878,7 @@ void Worker::resume_input(Connection& c) {
 // the client took to send the request and the time the answer spends on the wire.
 void Worker::answer(Connection& c) {
   ConnectionExchange& ex = c.exchange;
+  c.fresh = false;
   ex.responded_ = false;
   ex.extra_headers_.clear();
   ++inflight_;
@@ -836,6 +1021,7 @@ void Worker::start_linger(Connection& c) {
 void Worker::begin_close(Connection& c) {
   if (c.closing) return;
   c.closing = true;
+  closing_++;
   if (c.recv_armed) cancel(pack_user_data(Op::kRecv, c.index, c.generation));
   if (c.send_inflight) cancel(pack_user_data(Op::kSend, c.index, c.generation));
   if (c.timer_armed) {
@@ -862,6 +1048,8 @@ void Worker::release(Connection& c) {
   c.in_use = false;
   c.generation++;
   c.token.release();
+  if (c.closing) closing_--;
+  c.parser.reset();  // its body leaves the budget, its large buffers go
   c.deferred = nullptr;
   c.waiting = false;
   c.input.clear();
@@ -877,6 +1065,7 @@ void Worker::release(Connection& c) {
   live_[c.live_position] = last;
   connections_[last].live_position = c.live_position;
   live_.pop_back();
+  if (pace_ != AcceptPace::kMultishot) pace_accepts();
 }
 
 void Worker::on_signal(int result) {
@@ -985,7 +1174,7 @@ void Worker::on_installed(uint32_t entry, int result) {
     accepted_++;
     record_accepted(*stats_);
   }
-  open_connection(static_cast<uint32_t>(install.slot));
+  open_connection(static_cast<uint32_t>(install.slot), install.counts_as_accept);
 }
 
 }  // namespace lbd

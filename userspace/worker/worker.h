@@ -11,6 +11,13 @@
 // worker from an idle one. Each answered request's duration goes into the process's own stats
 // block (metrics/worker_stats.h), which the supervisor serves as /metrics.
 //
+// Pressure (docs/ARCHITECTURE.md, section 11). A client may not hold a slot of the connection table
+// for free: a head must arrive within --header-timeout of its first byte (of the accept, for a
+// new connection), a body at --min-body-rate, and bodies held in memory share one budget. Past 90%
+// of the table the worker closes idle connections, oldest first, then the oldest still sending a
+// head, and accepts one connection at a time; with no slot left it stops accepting and marks its
+// slot-table entry full, so steering sends new connections to a worker with room.
+//
 // Draining. The supervisor sends kDrain (mode, timeout) on the status channel (worker/channel.h;
 // SIGTERM, or the supervisor going away, means a drain in mode stop with the spec's timeout). In every mode the
 // worker stops accepting, answers what is in flight with "Connection: close", and exits when it
@@ -65,7 +72,7 @@ class Worker {
   Worker(const WorkerSpec& spec, Handler handler, SlotTable table, WorkerStatsBlock stats, Ring ring);
 
   // Submission helpers.
-  void arm_accept(uint32_t listener);
+  void arm_accept(uint32_t listener, bool multishot);
   void arm_recv(Connection& c);
   void arm_signal_read();
   void arm_poll(int fd, Op op, uint32_t index);
@@ -86,7 +93,7 @@ class Worker {
 
   // Connection lifecycle.
   Connection* lookup(const UserData& ud);
-  void open_connection(uint32_t index);
+  void open_connection(uint32_t index, bool fresh);
   void on_data(Connection& c, std::string_view data);
   void process(Connection& c, std::string_view data);
   void resume_input(Connection& c);
@@ -115,6 +122,14 @@ class Worker {
   void publish();
   void housekeeping();
   void expire_idle_connections();
+  void return_memory();
+  void enforce_deadlines(Connection& c);
+  // Pressure: how accepts are armed for the table's fill, and room made near the top.
+  enum class AcceptPace { kMultishot, kOneAtATime, kPaused };
+  void pace_accepts();
+  void shed(size_t wanted);
+  size_t shed_batch() const;
+  void report_full();
   void reconcile_queue();
   bool idle(const Connection& c) const;
 
@@ -147,7 +162,20 @@ class Worker {
   std::vector<uint32_t> free_installs_;
 
   std::vector<bool> accept_armed_;
-  bool accept_retry_ = false;  // a multishot accept ended with a transient error
+  std::vector<bool> accept_multishot_;  // the armed accept is multishot (else one connection)
+  std::vector<bool> accept_cancelled_;  // a cancel of the armed accept is on its way
+  std::vector<bool> listener_stopped_;  // the supervisor closed or shut down this listener
+  bool accept_retry_ = false;  // an accept ended with a transient error: re-armed by housekeeping
+  AcceptPace pace_ = AcceptPace::kMultishot;
+  uint32_t shed_at_ = 0;           // live connections at which shedding begins (90%)
+  uint32_t one_at_a_time_at_ = 0;  // ... and from which accepts take one connection at a time
+  uint32_t closing_ = 0;       // connections closing: in live_, but already given up
+  uint64_t shed_total_ = 0;
+  uint64_t full_since_ns_ = 0; // when the table last became full (0: it is not)
+  uint64_t full_logged_ns_ = 0;
+  uint64_t full_episodes_ = 0;  // times the table filled since the last log line
+  BodyBudget body_budget_;
+  size_t peak_live_ = 0;       // most connections open since memory was last given back
   bool draining_ = false;
   bool drain_forced_ = false;
   DrainMode drain_mode_ = DrainMode::kStop;

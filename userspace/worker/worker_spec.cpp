@@ -24,6 +24,8 @@ std::string encode_worker_spec(const WorkerSpec& spec) {
       {"max_body_bytes", spec.http.max_body_bytes},
       {"idle_timeout_ms", spec.idle_timeout.count()},
       {"header_timeout_ms", spec.header_timeout.count()},
+      {"min_body_rate", spec.min_body_rate},
+      {"body_memory", spec.body_memory},
       {"max_header_fields", spec.http.max_header_fields},
       {"drain_timeout_ms", spec.drain_timeout.count()},
       {"max_connections", spec.max_connections},
@@ -60,6 +62,8 @@ WorkerSpec decode_worker_spec(const std::string& text) {
     spec.http.max_body_bytes = j.at("max_body_bytes").get<size_t>();
     spec.idle_timeout = std::chrono::milliseconds(j.at("idle_timeout_ms").get<int64_t>());
     spec.header_timeout = std::chrono::milliseconds(j.value("header_timeout_ms", int64_t{10'000}));
+    spec.min_body_rate = j.value("min_body_rate", uint64_t{1024});
+    spec.body_memory = j.value("body_memory", BodyBudget{}.limit);
     spec.http.max_header_fields = j.value("max_header_fields", size_t{100});
     spec.drain_timeout = std::chrono::milliseconds(j.at("drain_timeout_ms").get<int64_t>());
     spec.max_connections = j.at("max_connections").get<unsigned>();

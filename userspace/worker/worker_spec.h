@@ -44,6 +44,8 @@ struct WorkerSpec {
   HttpLimits http;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds header_timeout{10'000};  // a request head must arrive within this
+  uint64_t min_body_rate = 1024;                      // bytes/s a body must average, after --header-timeout
+  size_t body_memory = BodyBudget{}.limit;            // request bodies held at once, all connections
   std::chrono::milliseconds drain_timeout{10'000};
   unsigned max_connections = 16384;
   std::string log_level = "info";
