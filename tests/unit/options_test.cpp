@@ -177,7 +177,7 @@ TEST(CommandLine, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(o.shutdown_timeout, std::chrono::seconds(10));
   EXPECT_EQ(o.max_restarts, 5u);
   EXPECT_EQ(o.restart_window, std::chrono::seconds(60));
-  EXPECT_EQ(o.max_connections, 16384u);
+  EXPECT_EQ(o.max_connections, 65536u);
   EXPECT_EQ(o.backlog, 4096);
   EXPECT_EQ(o.log_level, "info");
   EXPECT_EQ(o.http.max_header_bytes, HttpLimits{}.max_header_bytes);

@@ -50,7 +50,7 @@ struct ServingFlags {
   double shutdown_timeout_s = 10;
   unsigned max_restarts = 5;
   double restart_window_s = 60;
-  unsigned max_connections = 16384;
+  unsigned max_connections = 65536;
   int backlog = 4096;
   unsigned stale_after_ms = 50;
   std::string log_level = "info";

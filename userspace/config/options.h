@@ -56,7 +56,7 @@ struct SupervisorOptions {
   std::chrono::milliseconds shutdown_timeout{10'000};
   unsigned max_restarts = 5;             // crashes of one slot within restart_window...
   std::chrono::milliseconds restart_window{60'000};  // ...after which lbd stops restarting it
-  unsigned max_connections = 16384;      // per worker
+  unsigned max_connections = 65536;      // per worker
   int backlog = 4096;
   std::string log_level = "info";
   std::string control_path = "/run/lbd/lbd.sock";  // default_control_path(app)

@@ -10,7 +10,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "common/mapped_memory.h"
+#include "common/result.h"
 
 #include "worker/handler.h"
 #include "worker/http.h"
@@ -77,6 +82,54 @@ struct Connection {
   std::function<void(Exchange&)> deferred;
   ConnectionExchange exchange;
   LoadToken token;
+};
+
+// The worker's connections, one per fixed-file slot. Memory for all of them is mapped at start but
+// a connection is built the first time its slot is used: untouched pages cost nothing, so a worker
+// sized for 65,536 connections that has held 100 is as small as one sized for 100.
+class ConnectionTable {
+ public:
+  static Result<ConnectionTable> create(uint32_t capacity) {
+    auto memory = MappedMemory::anonymous(std::max<size_t>(1, capacity) * sizeof(Connection), "connection table");
+    if (!memory) return memory.error();
+    return ConnectionTable(std::move(*memory), capacity);
+  }
+  ConnectionTable() = default;
+  ConnectionTable(ConnectionTable&&) noexcept = default;
+  ConnectionTable& operator=(ConnectionTable&& other) noexcept {
+    destroy();
+    memory_ = std::move(other.memory_);
+    built_ = std::move(other.built_);
+    capacity_ = other.capacity_;
+    return *this;
+  }
+  ~ConnectionTable() { destroy(); }
+
+  uint32_t capacity() const { return capacity_; }
+  bool built(uint32_t index) const { return index < capacity_ && built_[index]; }
+  // A connection built before (every index in the worker's live list is).
+  Connection& operator[](uint32_t index) { return memory_.as<Connection>()[index]; }
+  // Builds the connection in `index` the first time; true if it was built now.
+  bool build(uint32_t index) {
+    if (built_[index]) return false;
+    new (memory_.as<Connection>() + index) Connection();
+    built_[index] = true;
+    return true;
+  }
+
+ private:
+  ConnectionTable(MappedMemory memory, uint32_t capacity)
+      : memory_(std::move(memory)), built_(capacity, false), capacity_(capacity) {}
+  void destroy() {
+    for (uint32_t i = 0; i < built_.size(); i++) {
+      if (built_[i]) memory_.as<Connection>()[i].~Connection();
+    }
+    built_.clear();
+  }
+
+  MappedMemory memory_;
+  std::vector<bool> built_;
+  uint32_t capacity_ = 0;
 };
 
 }  // namespace lbd

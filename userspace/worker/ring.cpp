@@ -31,11 +31,11 @@ Result<Ring> Ring::create(const Options& options) {
   // The registered ring fd saves an fget/fput on every io_uring_enter; optional.
   io_uring_register_ring_fd(ring.get());
 
-  // The sparse file table is bounded by RLIMIT_NOFILE.
+  // The sparse file table may be as large as RLIMIT_NOFILE (checked once, when it is
+  // registered); its entries are not descriptors, so they leave the process's own untouched.
   rlimit limit{};
   getrlimit(RLIMIT_NOFILE, &limit);
-  unsigned files = static_cast<unsigned>(
-      std::min<rlim_t>(options.fixed_files, limit.rlim_cur > 64 ? limit.rlim_cur - 64 : 1));
+  unsigned files = static_cast<unsigned>(std::min<rlim_t>(options.fixed_files, limit.rlim_cur));
   if (int ferr = io_uring_register_files_sparse(ring.get(), files); ferr < 0) {
     return Error::from_errno(-ferr, "register " + std::to_string(files) + " fixed files");
   }

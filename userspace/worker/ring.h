@@ -22,7 +22,7 @@ class Ring {
   struct Options {
     unsigned sq_entries = 2048;
     unsigned cq_entries = 16384;
-    unsigned fixed_files = 16384;  // sparse table for direct descriptors (one per connection)
+    unsigned fixed_files = 65536;  // sparse table for direct descriptors (one per connection)
   };
 
   // Tries SINGLE_ISSUER|DEFER_TASKRUN (completions run only when we wait: no interrupts, no

@@ -87,13 +87,16 @@ Result<void> set_nonblocking(int fd) {
 
 uint64_t to_ns(std::chrono::milliseconds ms) { return static_cast<uint64_t>(ms.count()) * 1'000'000ull; }
 
-// The sparse file table cannot be larger than RLIMIT_NOFILE; take the hard limit.
-void raise_fd_limit() {
+// The sparse file table cannot be larger than RLIMIT_NOFILE. Still privileged here (the worker
+// confines itself after create()), the worker raises even the hard limit to what its table needs,
+// as nginx's worker_rlimit_nofile does; unprivileged, it takes the hard limit.
+void raise_fd_limit(uint64_t needed) {
   rlimit limit{};
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &limit);
-  }
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= needed) return;
+  rlimit wanted{needed, std::max<rlim_t>(limit.rlim_max, needed)};
+  if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) return;
+  limit.rlim_cur = limit.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &limit);
 }
 
 }  // namespace
@@ -151,17 +154,19 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   auto stats = spec.stats_fd >= 0 ? WorkerStatsBlock::map(spec.stats_fd) : WorkerStatsBlock::create();
   if (!stats) return stats.error();
 
-  raise_fd_limit();
+  raise_fd_limit(spec.max_connections);
   Ring::Options ring_options;
   ring_options.fixed_files = spec.max_connections;
   auto ring = Ring::create(ring_options);
   if (!ring) return ring.error();
   if (ring->fixed_files() < spec.max_connections) {
+    // Said once per worker; a warning only when the table is small enough to matter.
     rlimit limit{};
     getrlimit(RLIMIT_NOFILE, &limit);
-    spdlog::warn("connection table: {} slots, not the {} of --max-connections: the open-file limit is {} "
-                 "(raise it: LimitNOFILE= in the unit, or ulimit -n)",
-                 ring->fixed_files(), spec.max_connections, limit.rlim_cur);
+    spdlog::log(ring->fixed_files() < 4096 ? spdlog::level::warn : spdlog::level::info,
+                "connection table: {} slots, not the {} of --max-connections: the open-file limit is {} "
+                "(raise it: LimitNOFILE= in the unit, or ulimit -n)",
+                ring->fixed_files(), spec.max_connections, limit.rlim_cur);
   }
 
   std::unique_ptr<Worker> w(
@@ -171,15 +176,9 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   w->buffers_.emplace(std::move(*buffers));
 
   w->connection_capacity_ = w->ring_.fixed_files();
-  w->connections_ = std::make_unique<Connection[]>(w->connection_capacity_);
-  for (uint32_t i = 0; i < w->connection_capacity_; i++) {
-    Connection& c = w->connections_[i];
-    c.index = i;
-    c.exchange.worker_ = w.get();
-    c.exchange.connection_ = &c;
-    c.parser.set_limits(spec.http);
-    c.parser.set_body_budget(&w->body_budget_);
-  }
+  auto connections = ConnectionTable::create(w->connection_capacity_);
+  if (!connections) return connections.error();
+  w->connections_ = std::move(*connections);
   w->body_budget_.limit = spec.body_memory;
   w->shed_at_ = std::max<uint32_t>(1, static_cast<uint32_t>(uint64_t{w->connection_capacity_} * kShedPercent / 100));
   // A multishot accept takes a listener's whole queue in one go: it may run only while that
@@ -622,6 +621,7 @@ void Worker::dispatch(const io_uring_cqe* cqe) {
 
 Connection* Worker::lookup(const UserData& ud) {
   if (ud.index >= connection_capacity_) return nullptr;
+  if (!connections_.built(ud.index)) return nullptr;
   Connection& c = connections_[ud.index];
   if (!c.in_use || (c.generation & kGenerationMask) != ud.generation) return nullptr;
   return &c;
@@ -733,13 +733,21 @@ void Worker::shed(size_t wanted) {
 }
 
 void Worker::open_connection(uint32_t index, bool fresh) {
-  if (index >= connection_capacity_ || connections_[index].in_use) {
+  if (index >= connection_capacity_ || (connections_.built(index) && connections_[index].in_use)) {
     // Cannot happen: the kernel allocates from the table we sized. Close it rather than corrupt.
     spdlog::error("accept gave fixed-file slot {}, which is not free", index);
     io_uring_sqe* sqe = ring_.next_sqe();
     io_uring_prep_close_direct(sqe, index);
     io_uring_sqe_set_data64(sqe, pack_user_data(Op::kCancel, 0, 0));
     return;
+  }
+  if (connections_.build(index)) {
+    Connection& fresh_slot = connections_[index];
+    fresh_slot.index = index;
+    fresh_slot.exchange.worker_ = this;
+    fresh_slot.exchange.connection_ = &fresh_slot;
+    fresh_slot.parser.set_limits(spec_.http);
+    fresh_slot.parser.set_body_budget(&body_budget_);
   }
   Connection& c = connections_[index];
   c.in_use = true;

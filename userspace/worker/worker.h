@@ -142,7 +142,8 @@ class Worker {
   uint32_t pid_;
   Ring ring_;                         // declared before the buffers: destroyed after them
   std::optional<BufferRing> buffers_;
-  std::unique_ptr<Connection[]> connections_;
+  BodyBudget body_budget_;            // before the connections, whose parsers charge it
+  ConnectionTable connections_;
   uint32_t connection_capacity_ = 0;
   std::vector<uint32_t> live_;        // indices of open connections, for the timeout scan
   bool can_export_fds_ = false;       // IORING_OP_FIXED_FD_INSTALL (Linux 6.8): handover works
@@ -174,7 +175,6 @@ class Worker {
   uint64_t full_since_ns_ = 0; // when the table last became full (0: it is not)
   uint64_t full_logged_ns_ = 0;
   uint64_t full_episodes_ = 0;  // times the table filled since the last log line
-  BodyBudget body_budget_;
   size_t peak_live_ = 0;       // most connections open since memory was last given back
   bool draining_ = false;
   bool drain_forced_ = false;

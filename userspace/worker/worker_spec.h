@@ -47,7 +47,7 @@ struct WorkerSpec {
   uint64_t min_body_rate = 1024;                      // bytes/s a body must average, after --header-timeout
   size_t body_memory = BodyBudget{}.limit;            // request bodies held at once, all connections
   std::chrono::milliseconds drain_timeout{10'000};
-  unsigned max_connections = 16384;
+  unsigned max_connections = 65536;
   std::string log_level = "info";
   // Who the worker becomes once its ring and listeners are set up (sandbox/confine.h); none: it
   // keeps lbd's uid. Either way it drops every capability and installs the steering guard.
