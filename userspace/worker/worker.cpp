@@ -337,13 +337,8 @@ void Worker::return_memory() {
 }
 
 void Worker::expire_idle_connections() {
-  // Collect first: a deadline may close a connection, and closing one that the kernel no longer
-  // holds releases it at once, which reorders live_.
-  std::vector<uint32_t> open(live_.begin(), live_.end());
-  for (uint32_t index : open) {
-    Connection& c = connections_[index];
-    if (c.in_use) enforce_deadlines(c);
-  }
+  // Closing only submits the close: live_ changes when its completion comes, not in this loop.
+  for (uint32_t index : live_) enforce_deadlines(connections_[index]);
 }
 
 // The deadlines a connection must meet (docs/ARCHITECTURE.md, section 11). Bytes that trickle in
