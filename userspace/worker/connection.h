@@ -86,48 +86,93 @@ struct Connection {
 
 // The worker's connections, one per fixed-file slot. Memory for all of them is mapped at start but
 // a connection is built the first time its slot is used: untouched pages cost nothing, so a worker
-// sized for 65,536 connections that has held 100 is as small as one sized for 100.
+// sized for 65,536 connections that has held 100 is as small as one sized for 100. After a wave of
+// connections (an attack, a peak) the unused ones are taken down again and their pages returned.
 class ConnectionTable {
  public:
   static Result<ConnectionTable> create(uint32_t capacity) {
-    auto memory = MappedMemory::anonymous(std::max<size_t>(1, capacity) * sizeof(Connection), "connection table");
+    const size_t slots = std::max<uint32_t>(1, capacity);
+    auto memory = MappedMemory::anonymous(slots * sizeof(Connection), "connection table");
     if (!memory) return memory.error();
-    return ConnectionTable(std::move(*memory), capacity);
+    // A slot's generation outlives the connection built in it, so that a rebuilt one never
+    // matches a completion meant for an earlier one. Zero pages until written.
+    auto generations = MappedMemory::anonymous(slots * sizeof(uint32_t), "connection generations");
+    if (!generations) return generations.error();
+    return ConnectionTable(std::move(*memory), std::move(*generations), capacity);
   }
   ConnectionTable() = default;
   ConnectionTable(ConnectionTable&&) noexcept = default;
   ConnectionTable& operator=(ConnectionTable&& other) noexcept {
-    destroy();
+    destroy_all();
     memory_ = std::move(other.memory_);
+    generations_ = std::move(other.generations_);
     built_ = std::move(other.built_);
     capacity_ = other.capacity_;
     return *this;
   }
-  ~ConnectionTable() { destroy(); }
+  ~ConnectionTable() { destroy_all(); }
 
   uint32_t capacity() const { return capacity_; }
   bool built(uint32_t index) const { return index < capacity_ && built_[index]; }
   // A connection built before (every index in the worker's live list is).
-  Connection& operator[](uint32_t index) { return memory_.as<Connection>()[index]; }
+  Connection& operator[](uint32_t index) { return slots()[index]; }
   // Builds the connection in `index` the first time; true if it was built now.
   bool build(uint32_t index) {
     if (built_[index]) return false;
-    new (memory_.as<Connection>() + index) Connection();
+    Connection* c = new (slots() + index) Connection();
+    c->generation = generations_.as<uint32_t>()[index];
     built_[index] = true;
     return true;
   }
+  // Takes down every built connection that is not in use and gives the pages that then hold
+  // none back to the kernel. Returns the bytes given back.
+  size_t release_unused() {
+    for (uint32_t i = 0; i < capacity_; i++) {
+      if (built_[i] && !slots()[i].in_use) destroy(i);
+    }
+    const size_t page = 4096;
+    auto* base = memory_.as<char>();
+    size_t returned = 0;
+    size_t run_start = 0, run_bytes = 0;
+    auto flush = [&] {
+      if (run_bytes) madvise(base + run_start, run_bytes, MADV_DONTNEED);
+      returned += run_bytes;
+      run_bytes = 0;
+    };
+    for (size_t at = 0; at + page <= memory_.size(); at += page) {
+      const uint32_t first = static_cast<uint32_t>(at / sizeof(Connection));
+      const uint32_t last = static_cast<uint32_t>(std::min<size_t>((at + page - 1) / sizeof(Connection), capacity_ - 1));
+      bool empty = true;
+      for (uint32_t i = first; i <= last && empty; i++) empty = !built_[i];
+      if (!empty) {
+        flush();
+        continue;
+      }
+      if (!run_bytes) run_start = at;
+      run_bytes += page;
+    }
+    flush();
+    return returned;
+  }
 
  private:
-  ConnectionTable(MappedMemory memory, uint32_t capacity)
-      : memory_(std::move(memory)), built_(capacity, false), capacity_(capacity) {}
-  void destroy() {
+  ConnectionTable(MappedMemory memory, MappedMemory generations, uint32_t capacity)
+      : memory_(std::move(memory)), generations_(std::move(generations)), built_(capacity, false), capacity_(capacity) {}
+  Connection* slots() { return memory_.as<Connection>(); }
+  void destroy(uint32_t index) {
+    generations_.as<uint32_t>()[index] = slots()[index].generation + 1;
+    slots()[index].~Connection();
+    built_[index] = false;
+  }
+  void destroy_all() {
     for (uint32_t i = 0; i < built_.size(); i++) {
-      if (built_[i]) memory_.as<Connection>()[i].~Connection();
+      if (built_[i]) destroy(i);
     }
     built_.clear();
   }
 
   MappedMemory memory_;
+  MappedMemory generations_;
   std::vector<bool> built_;
   uint32_t capacity_ = 0;
 };

@@ -332,7 +332,10 @@ bool Worker::idle(const Connection& c) const {
 void Worker::return_memory() {
   peak_live_ = std::max<size_t>(peak_live_, live_.size());
   if (peak_live_ < 1024 || live_.size() * 4 > peak_live_) return;
+  const size_t table_bytes = connections_.release_unused();
   malloc_trim(0);
+  spdlog::debug("{} connections open, down from {}: {} KiB of connection table given back", live_.size(),
+                peak_live_, table_bytes / 1024);
   peak_live_ = live_.size();
 }
 
