@@ -123,6 +123,8 @@ TEST_F(Pressure, NearAFullTableTheOldestIdleConnectionsMakeRoomForNewClients) {
     if (c.wait_for_close(after(100ms)) == PeerEnd::kClosed) closed++;
   }
   EXPECT_EQ(closed, 16) << "one batch of the oldest idle connections";
+  EXPECT_TRUE(lbd().wait_for_log("connection table 8[0-9]% full \\(5[0-9] of 64\\): closed 16 connections", after(2s)))
+      << "the operator is told why connections closed before their idle timeout";
   for (auto& c : newer) {
     HttpResult r = c.request(http_get("/"), after(2s));
     EXPECT_TRUE(r.ok()) << "a connection idle for less than a second was closed: " << r.describe();

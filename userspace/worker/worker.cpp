@@ -721,12 +721,24 @@ void Worker::shed(size_t wanted) {
       heads.push_back({c.head_started_ns, index});
     }
   }
-  for (auto* group : {&idle_ones, &heads}) {
-    const size_t n = std::min(wanted, group->size());
-    std::partial_sort(group->begin(), group->begin() + static_cast<ptrdiff_t>(n), group->end());
-    for (size_t i = 0; i < n; i++) begin_close(connections_[(*group)[i].index]);
+  size_t closed[2] = {0, 0};
+  for (int g = 0; g < 2; g++) {
+    std::vector<Candidate>& group = g == 0 ? idle_ones : heads;
+    const size_t n = std::min(wanted, group.size());
+    std::partial_sort(group.begin(), group.begin() + static_cast<ptrdiff_t>(n), group.end());
+    for (size_t i = 0; i < n; i++) begin_close(connections_[group[i].index]);
     wanted -= n;
-    shed_total_ += n;
+    closed[g] = n;
+  }
+  shed_total_ += closed[0] + closed[1];
+  shed_since_log_ += closed[0] + closed[1];
+  if (shed_since_log_ && now_ns_ - shed_logged_ns_ >= kFullLogEveryNs) {
+    spdlog::info("connection table {}% full ({} of {}): closed {} connections to make room since the last report "
+                 "(this time {} idle, {} slow to send a head)",
+                 uint64_t{live_.size()} * 100 / connection_capacity_, live_.size(), connection_capacity_,
+                 shed_since_log_, closed[0], closed[1]);
+    shed_logged_ns_ = now_ns_;
+    shed_since_log_ = 0;
   }
 }
 
@@ -812,6 +824,8 @@ void Worker::on_data(Connection& c, std::string_view data) {
     // Pipelined behind a request still being answered, or behind answers the client has not
     // read yet; parsed once those are done.
     if (c.input.size() + data.size() > kMaxBufferedInput) {
+      spdlog::debug("connection {}: {} KiB sent behind answers it does not read; closing", c.index,
+                    (c.input.size() + data.size()) / 1024);
       begin_close(c);
       return;
     }

@@ -172,6 +172,8 @@ class Worker {
   uint32_t one_at_a_time_at_ = 0;  // ... and from which accepts take one connection at a time
   uint32_t closing_ = 0;       // connections closing: in live_, but already given up
   uint64_t shed_total_ = 0;
+  uint64_t shed_since_log_ = 0;
+  uint64_t shed_logged_ns_ = 0;
   uint64_t full_since_ns_ = 0; // when the table last became full (0: it is not)
   uint64_t full_logged_ns_ = 0;
   uint64_t full_episodes_ = 0;  // times the table filled since the last log line
