@@ -22,6 +22,7 @@ packages=(
   tmux                   # a real terminal for lbctl top's test
   gunicorn               # a real third-party server run by `lbd run` (exec_test)
   systemd                # systemd-analyze verify, for the unit `lbd startup` prints
+  libclang-rt-14-dev     # libFuzzer and clang's sanitizer runtimes (scripts/fuzz.sh)
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine to the whole test suite: installs packages, builds
-# lbd twice (normal, and with AddressSanitizer + UndefinedBehaviorSanitizer), and runs every test
-# tier in both builds. Run as root so the root-labelled tests (BPF) run instead of skipping.
+# lbd twice (normal, and with AddressSanitizer + UndefinedBehaviorSanitizer), runs every test
+# tier in both builds, then fuzzes the parsers of untrusted bytes for a bounded time. Run as root
+# so the root-labelled tests (BPF) run instead of skipping.
 # Usage: sudo scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +47,7 @@ if compgen -G "$reports/*" >/dev/null; then
   cat "$reports"/* >&2
   exit 1
 fi
-echo "all tests passed (normal and sanitizer builds)"
+
+# Fuzzing, bounded: each libFuzzer target for LBD_FUZZ_SECONDS (45 by default).
+scripts/fuzz.sh "${LBD_FUZZ_SECONDS:-45}"
+echo "all tests passed (normal and sanitizer builds, fuzzing)"

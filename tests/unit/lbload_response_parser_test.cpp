@@ -59,6 +59,17 @@ TEST(LbloadResponseParser, ContentLengthResponse) {
   EXPECT_EQ(parser.worker(), "1");
 }
 
+// Found by tests/fuzz/lbload_response_fuzz: llhttp took this status line with a code of 0, and
+// lbload counted a complete answer with status 0.
+TEST(LbloadResponseParser, AStatusLineWithoutAValidCodeIsBad) {
+  const std::string response =
+      "HTTP/1.0  e051.1 200 OK\r\nContent-Length: 26\r\nX-Worker: 1\r\n\r\nhello, world3Sr\xff\xff\xff\xff\xff \rbu/y";
+  for (size_t piece : {size_t{1}, size_t{7}, response.size()}) {
+    ResponseParser parser;
+    EXPECT_EQ(feed_in_pieces(parser, response, piece), Status::kBad) << "piece " << piece;
+  }
+}
+
 TEST(LbloadResponseParser, ChunkedResponse) {
   ResponseParser parser;
   ASSERT_EQ(parser.feed(kChunkedResponse).status, Status::kComplete);

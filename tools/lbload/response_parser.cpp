@@ -104,6 +104,12 @@ int ResponseParser::on_header_value_complete(llhttp_t* p) {
 }
 
 int ResponseParser::on_headers_complete(llhttp_t* p) {
+  // llhttp 8.1 lets some malformed status lines through with a code of 0 ("HTTP/1.0  e051.1 200
+  // OK", found by tests/fuzz/lbload_response_fuzz): not an answer to count under any status.
+  if (p->status_code < 100 || p->status_code > 999) {
+    llhttp_set_error_reason(p, "invalid status code");
+    return -1;
+  }
   self(p).status_ = p->status_code;
   return 0;
 }

@@ -336,7 +336,7 @@ void read_env(const Where& where, const toml::node& value, AppConfig& into) {
       text = read_string(where, *entry, key, "a string");
     }
     auto same = std::find_if(into.env.begin(), into.env.end(),
-                             [&](const auto& kv) { return kv.first == name; });
+                             [&var = name](const auto& kv) { return kv.first == var; });  // clang 14: no captured bindings
     if (same != into.env.end()) {
       same->second = text;  // the app's value replaces [lbd]'s
     } else {
