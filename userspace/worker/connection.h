@@ -108,12 +108,14 @@ class ConnectionTable {
     generations_ = std::move(other.generations_);
     built_ = std::move(other.built_);
     capacity_ = other.capacity_;
+    built_count_ = other.built_count_;
     return *this;
   }
   ~ConnectionTable() { destroy_all(); }
 
   uint32_t capacity() const { return capacity_; }
   bool built(uint32_t index) const { return index < capacity_ && built_[index]; }
+  uint32_t built_count() const { return built_count_; }
   // A connection built before (every index in the worker's live list is).
   Connection& operator[](uint32_t index) { return slots()[index]; }
   // Builds the connection in `index` the first time; true if it was built now.
@@ -122,6 +124,7 @@ class ConnectionTable {
     Connection* c = new (slots() + index) Connection();
     c->generation = generations_.as<uint32_t>()[index];
     built_[index] = true;
+    built_count_++;
     return true;
   }
   // Takes down every built connection that is not in use and gives the pages that then hold
@@ -163,6 +166,7 @@ class ConnectionTable {
     generations_.as<uint32_t>()[index] = slots()[index].generation + 1;
     slots()[index].~Connection();
     built_[index] = false;
+    built_count_--;
   }
   void destroy_all() {
     for (uint32_t i = 0; i < built_.size(); i++) {
@@ -175,6 +179,7 @@ class ConnectionTable {
   MappedMemory generations_;
   std::vector<bool> built_;
   uint32_t capacity_ = 0;
+  uint32_t built_count_ = 0;
 };
 
 }  // namespace lbd

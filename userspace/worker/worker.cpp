@@ -330,13 +330,12 @@ bool Worker::idle(const Connection& c) const {
 // After a wave of connections ends (an attack, a load peak), give the freed heap back to the
 // system: glibc keeps freed memory in its arenas, so a worker would otherwise stay at its peak.
 void Worker::return_memory() {
-  peak_live_ = std::max<size_t>(peak_live_, live_.size());
-  if (peak_live_ < 1024 || live_.size() * 4 > peak_live_) return;
+  const size_t built = connections_.built_count();
+  if (built < 1024 || live_.size() * 4 > built) return;
   const size_t table_bytes = connections_.release_unused();
   malloc_trim(0);
-  spdlog::debug("{} connections open, down from {}: {} KiB of connection table given back", live_.size(),
-                peak_live_, table_bytes / 1024);
-  peak_live_ = live_.size();
+  spdlog::debug("{} connections open of {} built: {} KiB of connection table given back", live_.size(), built,
+                table_bytes / 1024);
 }
 
 void Worker::expire_idle_connections() {

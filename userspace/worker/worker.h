@@ -177,7 +177,6 @@ class Worker {
   uint64_t full_since_ns_ = 0; // when the table last became full (0: it is not)
   uint64_t full_logged_ns_ = 0;
   uint64_t full_episodes_ = 0;  // times the table filled since the last log line
-  size_t peak_live_ = 0;       // most connections open since memory was last given back
   bool draining_ = false;
   bool drain_forced_ = false;
   DrainMode drain_mode_ = DrainMode::kStop;
