@@ -13,54 +13,13 @@
 #include <string>
 #include <string_view>
 
+#include "worker/buffered_exchange.h"
 #include "worker/bundled_app.h"
 #include "worker/handler.h"
 #include "worker/http.h"
 
 namespace lbd {
 namespace {
-
-// The Exchange a handler sees, answering as ConnectionExchange and Worker::respond() do: one
-// answer per request, its head from response_head_for(), appended to the output buffer.
-class BenchExchange final : public Exchange {
- public:
-  BenchExchange(const RequestParser& parser, std::string& out, std::string_view date)
-      : parser_(parser), out_(out), date_(date) {}
-
-  const Request& request() const override { return parser_.request(); }
-  uint32_t worker_slot() const override { return 0; }
-  void add_header(std::string_view name, std::string_view value) override {
-    extra_headers_.append(name).append(": ").append(value).append("\r\n");
-  }
-  void respond(int status, std::string_view body, std::string_view content_type) override {
-    if (responded_) return;
-    responded_ = true;
-    ResponseHead head = response_head_for(parser_, /*may_keep_alive=*/true);
-    head.status = status;
-    head.content_type = content_type;
-    head.extra_headers = extra_headers_;
-    head.worker_slot = 0;
-    head.date = date_;
-    append_response(out_, head, body);
-  }
-  // None of the benchmarked requests defers its answer; a worker would arm a timer here.
-  void respond_after(std::chrono::milliseconds, std::function<void(Exchange&)>) override {
-    respond(500, "deferred answers are not benchmarked\n", "text/plain");
-  }
-
-  void begin() {
-    responded_ = false;
-    extra_headers_.clear();
-  }
-  bool responded() const { return responded_; }
-
- private:
-  const RequestParser& parser_;
-  std::string& out_;
-  std::string_view date_;
-  std::string extra_headers_;
-  bool responded_ = false;
-};
 
 // A keep-alive connection: its parser and output buffer live across requests, as in a worker.
 class BenchConnection {
@@ -91,7 +50,7 @@ class BenchConnection {
   Handler handler_ = bundled_app(false);
   RequestParser parser_;
   std::string out_;
-  BenchExchange exchange_{parser_, out_, date_};
+  BufferedExchange exchange_{parser_, out_, date_};
 };
 
 constexpr std::string_view kGet =

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "fuzz_split.h"
+#include "worker/buffered_exchange.h"
 #include "worker/bundled_app.h"
 #include "worker/http.h"
 
@@ -22,32 +23,6 @@ namespace {
 void check(bool ok) {
   if (!ok) __builtin_trap();
 }
-
-class FuzzExchange final : public lbd::Exchange {
- public:
-  explicit FuzzExchange(const lbd::RequestParser& parser) : parser_(parser) {}
-  const lbd::Request& request() const override { return parser_.request(); }
-  uint32_t worker_slot() const override { return 0; }
-  void add_header(std::string_view name, std::string_view value) override {
-    extra_.append(name).append(": ").append(value).append("\r\n");
-  }
-  void respond(int status, std::string_view body, std::string_view content_type) override {
-    if (responded_) return;
-    responded_ = true;
-    status_ = status;
-    body_.assign(body);
-    content_type_.assign(content_type);
-  }
-  void respond_after(std::chrono::milliseconds, std::function<void(lbd::Exchange&)> then) override {
-    then(*this);  // no clock here: the deferred answer comes at once
-  }
-  bool responded_ = false;
-  int status_ = 0;
-  std::string body_, content_type_, extra_;
-
- private:
-  const lbd::RequestParser& parser_;
-};
 
 // One whole response in `bytes`, nothing after it.
 bool one_response(const std::string& bytes, bool head_request) {
@@ -103,16 +78,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         check(request.body().size() <= limits.max_body_bytes);
         check(request.headers().size() <= limits.max_header_fields);
         check(budget.used <= budget.limit);
-        FuzzExchange exchange(parser);
-        handler(exchange);
-        if (!exchange.responded_) exchange.respond(500, "the handler did not answer\n", "text/plain");
-        lbd::ResponseHead head = lbd::response_head_for(parser, true);
-        head.status = exchange.status_;
-        head.content_type = exchange.content_type_;
-        head.extra_headers = exchange.extra_;
-        head.date = date;
         std::string out;
-        lbd::append_response(out, head, exchange.body_);
+        lbd::BufferedExchange exchange(parser, out, date);
+        handler(exchange);
+        if (!exchange.responded()) exchange.respond(500, "the handler did not answer\n", "text/plain");
+        const lbd::ResponseHead& head = exchange.head();
         check(one_response(out, head.omit_body));
         parser.next();
         // As the worker: an answer with "Connection: close" is the last one; nothing more is read.
