@@ -283,11 +283,7 @@ TEST_F(HttpHeaderTimeout, AHeadThatTricklesInGets408WithinTheTimeout) {
   ASSERT_TRUE(idle.request(http_get("/"), after(2s)).ok());  // keep-alive, between requests
   const auto started = Clock::now();
   ASSERT_EQ(slow.send("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ", after(1s)), Outcome::kOk);
-  while (slow.nothing_received() && Clock::now() - started < 5s) {
-    if (slow.send("a", after(1s)) != Outcome::kOk) break;
-    std::this_thread::sleep_for(100ms);  // the attacker's pace, not a wait for the server
-  }
-  HttpResult r = slow.read_response(after(2s));
+  HttpResult r = slow.trickle_until_answered("a", 100ms, started + 5s);
   const auto answered_after = Clock::now() - started;
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.response.status, 408);

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <thread>
 
 namespace lbd::test {
 
@@ -315,6 +316,15 @@ HttpResult HttpConnection::request(std::string_view raw, Deadline deadline) {
     return result;
   }
   return read_response(deadline, raw.starts_with("HEAD "));
+}
+
+HttpResult HttpConnection::trickle_until_answered(std::string_view piece, std::chrono::milliseconds pace,
+                                                  Deadline give_up) {
+  while (nothing_received() && Clock::now() < give_up) {
+    if (send(piece, after(1s)) != Outcome::kOk) break;
+    std::this_thread::sleep_for(pace);
+  }
+  return read_response(after(2s));
 }
 
 bool HttpConnection::nothing_received() {

@@ -100,6 +100,9 @@ class HttpConnection {
 
   // Nothing has arrived yet (no data, no close): the server has not answered.
   bool nothing_received();
+  // A slow client: sends `piece` every `pace` until the server answers (or closes, or the send
+  // fails) or `give_up` passes; then reads the answer. The pace is the client's, not a wait.
+  HttpResult trickle_until_answered(std::string_view piece, std::chrono::milliseconds pace, Deadline give_up);
   // Waits for the server to close the connection (after any response was read).
   PeerEnd wait_for_close(Deadline deadline);
 
