@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -121,6 +122,17 @@ std::ostream& operator<<(std::ostream& out, const ExitStatus& status) {
 LbdProcess::LbdProcess(std::vector<std::string> args) : LbdProcess(Options{LBD_BINARY_PATH, std::move(args), {}}) {}
 
 LbdProcess::LbdProcess(Options options) : options_(std::move(options)) {
+  // lbd's own mode (flags first, not a subcommand) gets a control socket in a directory of its
+  // own unless the test names one: the default, /run/lbd/lbd.sock as root, is one per machine,
+  // and ctest runs tests side by side. (As another user, lbd could not create it there.)
+  const auto& args = options_.args;
+  const bool own_mode = !args.empty() && args[0].starts_with("-") &&
+                        (options_.binary == LBD_BINARY_PATH || options_.binary == HELLO_SERVICE_PATH);
+  if (own_mode && !options_.run_as && std::find(args.begin(), args.end(), "--control") == args.end()) {
+    control_dir_.emplace();
+    options_.args.push_back("--control");
+    options_.args.push_back(control_dir_->path("lbd.sock"));
+  }
   // Workers whose supervisor dies become our children, not init's, so the destructor can reap
   // them: a test leaves no process behind.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -195,9 +207,14 @@ void LbdProcess::stop_gracefully() {
   // Only a process still in lbd's group is still ours (pids are reused).
   if (supervisor <= 0 || pid_ <= 0 || getpgid(supervisor) != pid_) return;
   UniqueFd supervisor_pidfd(static_cast<int>(syscall(SYS_pidfd_open, supervisor, 0)));
+  // A worker a test left stopped (SIGSTOP) could not stop by itself: the group goes on first.
+  kill(-pid_, SIGCONT);
   if (!supervisor_pidfd || kill(supervisor, SIGTERM) != 0) return;
   pollfd exited{supervisor_pidfd.get(), POLLIN, 0};
-  poll(&exited, 1, static_cast<int>(std::chrono::milliseconds(kGracefulStop).count()));
+  if (poll(&exited, 1, static_cast<int>(std::chrono::milliseconds(kGracefulStop).count())) == 0) {
+    std::cerr << "lbd test: " << options_.binary << " (pid " << supervisor << ") still running "
+              << kGracefulStop.count() << " s after SIGTERM; killing it\n";
+  }
   int status = 0;
   if (supervisor == pid_ && waitpid(pid_, &status, WNOHANG) == pid_) {
     std::lock_guard lock(mutex_);

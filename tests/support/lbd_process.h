@@ -31,6 +31,7 @@
 #include "common/unique_fd.h"
 #include "net/address.h"
 #include "support/deadline.h"
+#include "support/temp_dir.h"
 
 namespace lbd::test {
 
@@ -117,6 +118,7 @@ class LbdProcess {
   // How long the destructor lets lbd stop by itself (SIGTERM) before it kills what is left.
   static constexpr std::chrono::seconds kGracefulStop{5};
 
+  std::optional<TempDir> control_dir_;  // before the rest: removed once lbd is gone
   Options options_;
   pid_t pid_ = -1;
   UniqueFd pidfd_;
