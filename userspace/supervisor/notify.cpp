@@ -58,6 +58,18 @@ Result<NotifyDirectory> NotifyDirectory::create(const std::string& base, const s
   return dir;
 }
 
+Result<NotifyDirectory> NotifyDirectory::adopt(const std::string& path, const std::string& prefix, int group) {
+  // Only a directory of the shape create() makes, owned by this user and private to it: the
+  // record names it, but what is removed at exit must be ours.
+  const std::string name = path.substr(path.find_last_of('/') + 1);
+  struct stat st {};
+  if (path.empty() || path[0] != '/' || !name.starts_with(prefix + "-") || lstat(path.c_str(), &st) != 0 ||
+      !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 0007) != 0) {
+    return Error::from_errno(EINVAL, "not a notify directory of this lbd: " + path);
+  }
+  return NotifyDirectory(path, group);
+}
+
 NotifyDirectory::~NotifyDirectory() {
   if (!path_.empty()) rmdir(path_.c_str());  // fails, harmlessly, while a socket is still in it
 }

@@ -22,9 +22,16 @@ Result<UniqueFd> notify_listener(const std::string& name);
 // socket whose name it knows, and cannot list them). Each socket has a random name and is bound
 // 0620 in `group`: another local user can neither send to one nor bind one first, and cannot
 // guess a program's socket. Removed (if empty) when the owner goes.
+// The name a directory of an app's NOTIFY_SOCKETs starts with: "<app>.notify-XXXXXX".
+inline std::string notify_directory_prefix(const std::string& app) { return app + ".notify"; }
+
 class NotifyDirectory {
  public:
   static Result<NotifyDirectory> create(const std::string& base, const std::string& prefix, int group);
+  // The directory a predecessor created (named in its state record), taken over after an upgrade
+  // or its death: its programs' NOTIFY_SOCKETs are in it, new ones go there too, and it is
+  // removed when this lbd stops, as if this lbd had created it.
+  static Result<NotifyDirectory> adopt(const std::string& path, const std::string& prefix, int group);
   NotifyDirectory(NotifyDirectory&& other) noexcept : path_(std::exchange(other.path_, {})), group_(other.group_) {}
   NotifyDirectory& operator=(NotifyDirectory&& other) noexcept {
     std::swap(path_, other.path_);
@@ -39,6 +46,9 @@ class NotifyDirectory {
   };
   Result<Socket> open_socket() const;
   const std::string& path() const { return path_; }
+  // Another lbd owns it now (an upgrade handed it over, or a successor that failed gives it
+  // back): kept when this one goes.
+  void hand_over() { path_.clear(); }
 
  private:
   NotifyDirectory(std::string path, int group) : path_(std::move(path)), group_(group) {}

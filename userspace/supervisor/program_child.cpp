@@ -426,7 +426,7 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
     const int group = options.run_as ? static_cast<int>(options.run_as->gid) : -1;
     std::string base = "/tmp";
     if (geteuid() == 0 && (mkdir("/run/lbd", 0755) == 0 || errno == EEXIST)) base = "/run/lbd";
-    auto dir = NotifyDirectory::create(base, options.app + ".notify", group);
+    auto dir = NotifyDirectory::create(base, notify_directory_prefix(options.app), group);
     if (!dir) return dir.error();
     shared.notify_dir.emplace(std::move(*dir));
   }

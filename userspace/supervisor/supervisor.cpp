@@ -84,6 +84,7 @@ int Supervisor::run() {
     // is the control socket a predecessor may still be serving on.
     if (slots_ && !took_over_) slots_->kill_all();
     if (control_ && took_over_) control_->hand_over();
+    if (shared_.notify_dir && took_over_) shared_.notify_dir->hand_over();
     return 1;
   }
 

@@ -79,6 +79,7 @@ json Supervisor::record() const {
           {"admin", to_json(fd_ref(admin_ ? admin_->listener_fd() : -1, -1))},
           {"admin_address", admin_ ? admin_->address().to_string() : ""},
           {"slot_table", to_json(fd_ref(shared_.plain_table ? shared_.plain_table->fd() : -1, -1))},
+          {"notify_dir", shared_.notify_dir ? shared_.notify_dir->path() : ""},
           {"shared_listeners", std::move(shared_listeners)},
           {"slots", slots_->save()},
           {"history", std::move(history)},
@@ -222,6 +223,17 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
   }
   if (!admin_) LBD_TRY(open_admin(std::move(admin)));
   LBD_TRY(set_up_exec_mode());
+  // The programs' NOTIFY_SOCKETs are in the predecessor's directory: it becomes this lbd's, and
+  // goes when this lbd stops (otherwise every takeover would leave one behind in /run/lbd).
+  if (const std::string dir = record.value("notify_dir", ""); is_program() && !dir.empty()) {
+    const int group = options_.run_as ? static_cast<int>(options_.run_as->gid) : -1;
+    auto adopted = NotifyDirectory::adopt(dir, notify_directory_prefix(options_.app), group);
+    if (adopted) {
+      shared_.notify_dir.emplace(std::move(*adopted));
+    } else {
+      spdlog::warn("{}: left where it is", adopted.error().message());
+    }
+  }
 
   if (options_.mode == Mode::kBpf) {
     pin_dir_ = record.value("pins", "");
@@ -471,6 +483,7 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
           control_->finish_ok(*client, {{"verb", "upgrade"}, {"old_pid", getpid()}, {"new_pid", *pid}});
         }
         if (control_) control_->hand_over();
+        if (shared_.notify_dir) shared_.notify_dir->hand_over();
         handed_over_ = true;
         // A stop that came while we waited is the new lbd's to carry out now.
         signalfd_siginfo info{};
