@@ -228,7 +228,9 @@ TEST_F(Http, SlowRequestDoesNotDelayAnotherConnectionOnTheSameWorker) {
   HttpResult quick = fetch(address(), http_get("/"), after(2s));
   ASSERT_TRUE(quick.ok()) << quick.describe();
   EXPECT_EQ(quick.response.status, 200);
-  EXPECT_LT(quick.elapsed, 500ms) << "GET / waited for the other connection's /sleep";
+  // Answered before the other's second of sleep was over (a loaded machine may be slow, but
+  // not that slow): the loop did not wait on it.
+  EXPECT_LT(quick.elapsed, 1000ms) << "GET / waited for the other connection's /sleep";
   EXPECT_TRUE(slow.nothing_received()) << "the slow answer came before the quick one";
 
   HttpResult slept = slow.read_response(after(5s));
