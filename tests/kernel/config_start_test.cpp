@@ -5,11 +5,16 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -166,23 +171,89 @@ TEST_F(ConfigStart, KillingLbdStartLeavesTheAppsServingAndTheNextOneTakesThemOve
   EXPECT_EQ(second.wait_exit(after(20s)), ExitStatus::exited(0)) << second.log();
 }
 
+// This process's children, running or not yet reaped.
+std::set<pid_t> children() {
+  std::set<pid_t> pids;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
+    const size_t end = line.rfind(')');
+    char state = 0;
+    int parent = 0;
+    if (end != std::string::npos && sscanf(line.c_str() + end + 1, " %c %d", &state, &parent) == 2 &&
+        parent == getpid()) {
+      pids.insert(std::stoi(name));
+    }
+  }
+  return pids;
+}
+
+// No process of lbd's is left: lbd start and everything it started has exited and been reaped.
+// The test is a child subreaper (LbdProcess makes it one), so a process that outlived its parent
+// would be a child of ours that was not one `before` lbd start ran.
+void expect_nothing_left_running(const std::set<pid_t>& before) {
+  for (pid_t pid : children()) {
+    EXPECT_TRUE(before.contains(pid)) << "left behind: pid " << pid << ", " << process_command_line(pid);
+  }
+}
+
 TEST_F(ConfigStart, AnAppThatCannotStartStopsTheOthers) {
-  auto held = net::listen_tcp(net::Address::parse("127.0.0.1:0"), {.backlog = 1, .reuseport = false});
-  ASSERT_TRUE(held.ok());
-  const uint16_t taken = net::local_address(held->get())->port();
-  const uint16_t web_port = free_port();
-  const std::string file = write_config(lbd_table() + app_block("web", web_port) + app_block("api", taken));
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  const std::set<pid_t> before = children();
+  // A port in use: api cannot listen; web, started beside it, is stopped and lbd exits 1.
+  {
+    auto held = net::listen_tcp(net::Address::parse("127.0.0.1:0"), {.backlog = 1, .reuseport = false});
+    ASSERT_TRUE(held.ok());
+    const uint16_t taken = net::local_address(held->get())->port();
+    const std::string file = write_config(lbd_table() + app_block("web", free_port()) + app_block("api", taken));
+    LbdProcess lbd({"start", file});
+    EXPECT_EQ(lbd.wait_exit(after(30s)), ExitStatus::exited(1)) << lbd.log();
+    EXPECT_EQ(lbd.count_log("cannot listen on 127.0.0.1:" + std::to_string(taken) + ": Address already in use"), 1u)
+        << lbd.log();
+    EXPECT_EQ(lbd.count_log("app api \\(pid [0-9]+\\) exited with status 1; stopping the other apps"), 1u)
+        << lbd.log();
+    // Whether web got as far as listening before it was stopped is a race; that nothing of it
+    // is left is not.
+    expect_nothing_left_running(before);
+  }
+
+  // A program that will not run, once web is serving: web's port answers, then api's program
+  // exits 1 before it was ever ready (max_restarts = 1: given up at once, not retried), and lbd
+  // start stops web: the port it really served is closed.
+  const uint16_t web_port = free_port(), api_port = free_port();
+  const std::string fail_now = dir_.path("api-fails-now");
+  const std::string api_block = "[[app]]\nname = \"api\"\ncommand = [\"/bin/sh\", \"-c\", \"while [ ! -e " + fail_now +
+                                " ]; do sleep 0.01; done; exit 1\"]\nlisten = \"127.0.0.1:" + std::to_string(api_port) +
+                                "\"\nworkers = 1\nmode = \"reuseport\"\nwait_ready = true\nmax_restarts = 1\n" +
+                                std::string(geteuid() == 0 ? "user = \"nobody\"\n" : "");
+  const std::string file = write_config(lbd_table() + app_block("web", web_port) + api_block);
   LbdProcess lbd({"start", file});
+  const net::Address web = net::Address::parse("127.0.0.1:" + std::to_string(web_port));
+  HttpResult served;
+  ASSERT_TRUE(eventually(after(20s), [&] {
+    served = fetch(web, http_get("/", true), after(2s));
+    return served.ok();
+  }, 10ms)) << "web never served: " << served.describe() << "\n" << lbd.log();
+  EXPECT_TRUE(served.response.body.starts_with("hello from worker ")) << served.describe();
+  EXPECT_EQ(lbd.count_log("ready: 2 apps"), 0u) << "api is never ready: lbd start is still starting";
+  std::ofstream(fail_now) << "";
   EXPECT_EQ(lbd.wait_exit(after(30s)), ExitStatus::exited(1)) << lbd.log();
-  EXPECT_EQ(lbd.count_log("cannot listen on 127.0.0.1:" + std::to_string(taken) + ": Address already in use"), 1u)
+  EXPECT_EQ(lbd.count_log("app api \\(pid [0-9]+\\) exited with status 1; stopping the other apps"), 1u)
       << lbd.log();
-  EXPECT_EQ(lbd.count_log("app api \\(pid [0-9]+\\) exited with status 1; stopping the other apps"), 1u) << lbd.log();
-  // Nothing is left serving.
-  HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(web_port)), http_get("/", true), after(2s));
+  // Nothing is left serving: the port web really served is closed now.
+  HttpResult r = fetch(web, http_get("/", true), after(2s));
   EXPECT_EQ(r.outcome, Outcome::kRefused) << r.describe();
+  expect_nothing_left_running(before);
 }
 
 TEST_F(ConfigStart, ABadFileNamesTheFileLineAndKeyAndStartsNothing) {
+  // Whatever lbd start spawns and leaves behind becomes our child (see below).
+  ASSERT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  const std::set<pid_t> before = children();
   const uint16_t port = free_port();
   const std::string good = lbd_table() + app_block("web", port);
   const std::string next_line = std::to_string(std::count(good.begin(), good.end(), '\n') + 1);
@@ -218,8 +289,12 @@ TEST_F(ConfigStart, ABadFileNamesTheFileLineAndKeyAndStartsNothing) {
   CommandResult check = run_command({LBD_BINARY_PATH, "start", "--check", file}, after(10s));
   EXPECT_TRUE(check.exited(0)) << check.describe();
   EXPECT_EQ(check.out, file + ": good: 1 app (web)\n");
-  HttpResult r = fetch(net::Address::parse("127.0.0.1:" + std::to_string(port)), http_get("/", true), after(2s));
-  EXPECT_EQ(r.outcome, Outcome::kRefused) << "nothing started: " << r.describe();
+  // Nothing started, for any of them. Each run printed its one line and no more, so it stopped
+  // nothing it had started; and an app it had started and left would have outlived it and become
+  // ours (the test is a subreaper). Nor did an app create its control socket or its log.
+  expect_nothing_left_running(before);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path("run"))) << "no app's control socket";
+  EXPECT_FALSE(std::filesystem::exists(dir_.path("logs"))) << "no app's log";
 }
 
 }  // namespace

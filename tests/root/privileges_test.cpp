@@ -167,7 +167,7 @@ TEST_F(Privileges, AReloadRunsOnlyABuildRootOwnsAndARestartTheOneItTrusted) {
   replace_executable_with_file(binary, LBD_BINARY_PATH);
   ASSERT_EQ(chown(binary.c_str(), account("nobody").uid, account("nobody").gid), 0);
   CommandResult refused = lbctl({"reload"});
-  EXPECT_FALSE(refused.exited(0)) << refused.describe();
+  EXPECT_TRUE(refused.exited(1)) << "lbctl exits 1 when lbd refuses: " << refused.describe();
   EXPECT_NE(refused.err.find("reload refused: " + binary + " is owned by uid " +
                              std::to_string(account("nobody").uid) + ", not root"),
             std::string::npos)
@@ -179,7 +179,7 @@ TEST_F(Privileges, AReloadRunsOnlyABuildRootOwnsAndARestartTheOneItTrusted) {
   ASSERT_EQ(chown(binary.c_str(), 0, 0), 0);
   ASSERT_EQ(chmod(binary.c_str(), 0757), 0);
   refused = lbctl({"reload"});
-  EXPECT_FALSE(refused.exited(0)) << refused.describe();
+  EXPECT_TRUE(refused.exited(1)) << refused.describe();
   EXPECT_NE(refused.err.find("is writable by every user"), std::string::npos) << refused.describe();
   EXPECT_EQ(serving_pids(), before);
 
@@ -245,7 +245,8 @@ TEST_F(Privileges, ANotificationFromOutsideTheProgramChangesNothing) {
   EXPECT_TRUE(same_user.exited(0)) << same_user.describe();
 
   CommandResult reloaded = reload.get();
-  EXPECT_FALSE(reloaded.exited(0)) << "a forged READY=1 made a never-ready build serve: " << reloaded.describe();
+  // lbctl's documented failure: exit 1 (a forged READY=1 would have made it 0).
+  EXPECT_TRUE(reloaded.exited(1)) << "a forged READY=1 made a never-ready build serve: " << reloaded.describe();
   EXPECT_EQ(serving_pids(), before) << "the old program keeps serving";
   EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
   EXPECT_EQ(lbd().count_log("ignored a notification from pid [0-9]+ \\(uid 65534\\): only the program's own processes count"),

@@ -50,7 +50,7 @@ class Reload : public ControlTest {
 
   // Ten `lbctl reload` in a row while `options` load runs: each replaces every worker (the pid
   // it replaces is the one the previous reload started), and no request fails.
-  void ten_reloads_under_load(LoadOptions options, const std::string& what) {
+  void ten_reloads_under_load(LoadOptions options, const std::string& what, LoadReport* out = nullptr) {
     ASSERT_NO_FATAL_FAILURE(start_bpf(2));
     std::map<unsigned, pid_t> current = serving_pids();
     ASSERT_EQ(current.size(), 2u);
@@ -100,6 +100,7 @@ class Reload : public ControlTest {
     EXPECT_TRUE(report.all_ok()) << report.summary();
     EXPECT_GT(report.worker_count(0), 0u) << report.summary();
     EXPECT_GT(report.worker_count(1), 0u) << report.summary();
+    if (out) *out = report;
   }
 };
 
@@ -109,23 +110,40 @@ TEST_F(Reload, TenReloadsUnderNewConnectionLoadFailNothing) {
   ten_reloads_under_load(options, "new connection per request");
 }
 
+// README: a reload passes the old worker's idle keep-alive connections, still open, to the new
+// worker; only a request already on its way to the old worker is answered by it, with
+// "Connection: close". So every connection an old worker held when it began draining ("draining
+// (handover): N connections open") was either handed over ("drained: R requests served, H idle
+// connections handed over") or answered with "Connection: close", and the clients saw no other
+// close: N - H summed over the 20 drains is exactly the closes they counted. (lbd shuts the old
+// listener before it tells the worker to drain, so nothing is accepted after the N was counted.)
 TEST_F(Reload, TenReloadsUnder64KeepAliveConnectionsFailNothing) {
   LoadOptions options;
   options.keep_alive = true;
   options.threads = 64;
   options.request = http_get("/");
-  ten_reloads_under_load(options, "64 keep-alive connections");
-  // How the old workers let go of their clients: handed over idle, or "Connection: close".
-  uint64_t handed_over = 0;
+  LoadReport report;
+  ASSERT_NO_FATAL_FAILURE(ten_reloads_under_load(options, "64 keep-alive connections", &report));
+  uint64_t held = 0, handed_over = 0;
+  unsigned handover_drains = 0;
   for (const auto& line : lbd().lines()) {
-    unsigned long long requests = 0, idle = 0;
-    const auto at = line.find("drained: ");
-    if (at != std::string::npos &&
+    unsigned long long open = 0, requests = 0, idle = 0;
+    if (const auto at = line.find("draining (handover): "); at != std::string::npos &&
+        sscanf(line.c_str() + at, "draining (handover): %llu connections open", &open) == 1) {
+      handover_drains++;
+      held += open;
+    }
+    if (const auto at = line.find("drained: "); at != std::string::npos &&
         sscanf(line.c_str() + at, "drained: %llu requests served, %llu idle", &requests, &idle) == 2) {
       handed_over += idle;
     }
   }
-  std::cout << handed_over << " idle keep-alive connections were handed to new workers\n";
+  std::cout << held << " keep-alive connections held by the 20 old workers as they drained: " << handed_over
+            << " handed to new workers idle, " << report.server_closes << " answered with Connection: close\n";
+  EXPECT_EQ(handover_drains, 20u) << "each old worker drains by handing its connections over";
+  EXPECT_GT(handed_over, 0u) << "no idle connection was handed over";
+  EXPECT_EQ(held - handed_over, report.server_closes)
+      << "connections the old workers did not hand over, against the closes the clients saw: " << report.summary();
 }
 
 // --parallel 2 on four workers, under both kinds of client at once: two slots are mid-swap at
