@@ -158,6 +158,40 @@ TEST_F(Upgrade, Sigusr2UpgradesAndUpgradeReloadRollsTheWorkersToo) {
   for (auto [slot, pid] : workers) EXPECT_NE(now.at(slot), pid) << "slot " << slot << " still runs the old worker";
 }
 
+// lbctl connects, then sends its request: the old lbd may accept the connection in between and
+// then hand over before the request arrives. The successor answers it ("no gap for lbctl",
+// docs/ARCHITECTURE.md, section 7); it used to be closed unanswered when the old lbd exited
+// ("lbd closed the connection without an answer"), once in ~25 status calls made during upgrades.
+TEST_F(Upgrade, AClientTheOldLbdAcceptedIsAnsweredByTheNewOne) {
+  ASSERT_NO_FATAL_FAILURE(start_copy());
+  const pid_t first = lbd().pid();
+  ControlConnection early = ControlConnection::open(socket_path());
+  ControlConnection partial = ControlConnection::open(socket_path());
+  ASSERT_TRUE(early.valid() && partial.valid());
+  // Half a request line from this one: the old lbd reads it, and the new one must have it too.
+  ASSERT_EQ(partial.send("{\"verb\":", after(2s)), 0);
+  // The listener's queue is accepted in order, and all of it at once: once lbd has answered a
+  // later connection, it has accepted both of ours (and holds them, silent, as its clients).
+  ASSERT_EQ(status()["lbd"].value("pid", 0), first);
+
+  CommandResult r = lbctl({"upgrade"});
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  const pid_t second = handover_of(r).second;
+  ASSERT_EQ(handover_of(r).first, first) << r.out;
+
+  ASSERT_EQ(early.send("{\"verb\":\"status\"}\n", after(2s)), 0);
+  ASSERT_EQ(partial.send("\"status\"}\n", after(2s)), 0);
+  for (ControlConnection* c : {&early, &partial}) {
+    const auto answer = c->read_until_close(after(10s));
+    ASSERT_TRUE(answer.closed) << "no answer within 10 s";
+    ASSERT_EQ(answer.lines().size(), 1u) << "lbd closed the connection without an answer: '" << answer.data << "'";
+    const auto j = json::parse(answer.lines()[0], nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << answer.data;
+    EXPECT_EQ(j.value("ok", false), true) << answer.data;
+    EXPECT_EQ(j.value(json::json_pointer("/result/lbd/pid"), 0), second) << answer.data;
+  }
+}
+
 TEST_F(Upgrade, AHundredUpgradesLeakNoDescriptorAndNoMemory) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();

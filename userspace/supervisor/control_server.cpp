@@ -113,6 +113,30 @@ void ControlServer::on_listener_ready() {
   }
 }
 
+std::vector<ControlServer::Waiting> ControlServer::waiting_clients() const {
+  std::vector<Waiting> waiting;
+  for (const auto& [id, client] : clients_) {
+    // An asked client's request is being served by this lbd (an upgrade refuses while an
+    // operation runs, so that is the upgrade's own, answered at the handover); a closing one has
+    // had its answer.
+    if (!client.asked && !client.closing) waiting.push_back({client.fd.get(), client.in});
+  }
+  return waiting;
+}
+
+Result<void> ControlServer::adopt_client(UniqueFd fd, std::string received) {
+  const ClientId id = next_id_++;
+  Client& client = clients_[id];
+  client.fd = std::move(fd);  // non-blocking already: that is the socket's, shared with its first lbd
+  client.in = std::move(received);
+  client.connected_at = std::chrono::steady_clock::now();
+  if (auto watched = poller_->watch(client.fd.get(), Source::kControlClient, id, EPOLLIN | EPOLLRDHUP); !watched) {
+    clients_.erase(id);
+    return watched.error();
+  }
+  return {};
+}
+
 void ControlServer::on_client_event(ClientId id, uint32_t events) {
   auto it = clients_.find(id);
   if (it == clients_.end()) return;

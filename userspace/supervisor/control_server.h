@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -43,6 +44,19 @@ class ControlServer {
   int listener_fd() const { return listener_.get(); }
   // Leaves the socket file in place at destruction: a successor serves on it now.
   void hand_over() { path_.clear(); }
+
+  // An upgrade passes on, with the listener, the clients this lbd accepted whose request has not
+  // come whole yet: lbctl connects, then sends, and this lbd may accept in between and then hand
+  // over. Closed when this lbd exits, they would end without an answer; the successor takes them
+  // (pidfd_getfd, like the listener) with what they sent so far, and answers them
+  // (docs/ARCHITECTURE.md, section 7: no gap for lbctl).
+  struct Waiting {
+    int fd;
+    std::string received;  // a request line's beginning (no newline yet), often nothing
+  };
+  std::vector<Waiting> waiting_clients() const;
+  // The successor's side: serves one of them from now on.
+  Result<void> adopt_client(UniqueFd fd, std::string received);
 
   // Poller events.
   void on_listener_ready();

@@ -9,7 +9,9 @@
 // supervisor (a live predecessor hands it over) and in the process itself (each worker keeps the
 // supervisor's end of its status channel, each program the read ends of its output pipes, and
 // both their listeners), so that a successor can take it even when the supervisor is dead
-// (pidfd_getfd). The steering program's maps are pinned on the BPF filesystem.
+// (pidfd_getfd). The steering program's maps are pinned on the BPF filesystem. The record an
+// upgrade writes also names the control clients accepted and not yet answered, which only the
+// live predecessor holds (ControlServer::waiting_clients).
 //
 // A record from another boot, another command line or another version is ignored with one line.
 #pragma once

@@ -187,6 +187,7 @@ class Supervisor final : private SlotEffects {
   std::vector<Lost> lost_;
   Clock::time_point next_record_retry_;  // a failed write is tried again from then
   bool handed_over_ = false;     // a successor is in charge: this lbd exits and touches nothing
+  bool upgrading_ = false;       // the record being written is for a successor to take over now
   uint32_t handoff_next_ = 0;
   uint64_t handoff_dropped_ = 0;
 };

@@ -38,6 +38,33 @@ WorkerStatsSnapshot stats_from_json(const json& j) {
   return stats;
 }
 
+// A client's bytes, whatever they are, through the record (JSON strings must be UTF-8).
+std::string to_hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned char c : bytes) {
+    hex += kDigits[c >> 4];
+    hex += kDigits[c & 15];
+  }
+  return hex;
+}
+
+std::string from_hex(std::string_view hex) {
+  auto digit = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  std::string bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes += static_cast<char>(digit(hex[i]) << 4 | digit(hex[i + 1]));
+  return bytes;
+}
+
+// The control clients a successor takes with the listener (ControlServer::waiting_clients).
+json waiting_clients_to_json(const ControlServer& control) {
+  json clients = json::array();
+  for (const auto& waiting : control.waiting_clients()) {
+    clients.push_back({{"fd", to_json(fd_ref(waiting.fd, -1))}, {"received", to_hex(waiting.received)}});
+  }
+  return clients;
+}
+
 std::string pids_of(const json& record) {
   std::string pids;
   for (const auto& child : record.value("children", json::array())) {
@@ -76,6 +103,9 @@ json Supervisor::record() const {
           {"pins", pin_dir_},
           {"policy", shared_.steering ? policy_name(shared_.steering->policy()) : "kernel"},
           {"control", to_json(fd_ref(control_ ? control_->listener_fd() : -1, -1))},
+          // Only for a successor taking them from this lbd now: a client's descriptor dies with
+          // this lbd, and the record outlives it.
+          {"control_clients", upgrading_ && control_ ? waiting_clients_to_json(*control_) : json::array()},
           {"admin", to_json(fd_ref(admin_ ? admin_->listener_fd() : -1, -1))},
           {"admin_address", admin_ ? admin_->address().to_string() : ""},
           {"slot_table", to_json(fd_ref(shared_.plain_table ? shared_.plain_table->fd() : -1, -1))},
@@ -216,6 +246,16 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
     }
   }
   LBD_TRY(open_control(std::move(control)));
+  if (upgrading && control_) {
+    // The clients the predecessor accepted but had no request from: ours to answer now. One that
+    // cannot be taken is closed with the predecessor, as it would have been.
+    for (const auto& waiting : record.value("control_clients", json::array())) {
+      auto fd = taker.take(fd_ref_from_json(waiting.value("fd", json())), -1);
+      auto adopted = fd ? control_->adopt_client(std::move(*fd), from_hex(waiting.value("received", "")))
+                        : Result<void>(fd.error());
+      if (!adopted) spdlog::warn("control: a client of the lbd before could not be taken over: {}", adopted.error().message());
+    }
+  }
   if (!upgrading && options_.admin && !record.value("admin_address", "").empty()) {
     const auto configured = options_.admin;
     if (auto address = parse_address(record.value("admin_address", ""))) options_.admin = *address;
@@ -423,10 +463,13 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
     if (client && control_) control_->finish_error(*client, "upgrade failed: " + why);
   };
   if (auto why = why_no_upgrade(); !why.empty()) return fail(why);
-  // The record the successor reads, as of now, on disk before it starts.
+  // The record the successor reads, as of now, on disk before it starts. From here on this lbd
+  // reads no client until it exits or resumes: what the record says of its clients stays true.
   record_dirty_ = true;
   last_record_.clear();
+  upgrading_ = true;
   save_record();
+  upgrading_ = false;
   if (!record_writer_ || !record_writer_->wait_written(last_record_version_, timeout)) {
     return fail("cannot write the state record " + record_path_);
   }
