@@ -484,7 +484,7 @@ bool SlotManager::check_slot(ClientId client, uint32_t index) {
 }
 
 void SlotManager::begin_operation(Verb verb, std::optional<ClientId> client, Clock::time_point now) {
-  op_.emplace();
+  op_ = Operation();  // not emplace(): clang 14 judges Operation not default-constructible inside the class
   op_->verb = verb;
   op_->client = client;
   op_->started_at = now;
