@@ -119,33 +119,59 @@ TEST_P(ModesControl, ReloadsUnderLoadReplaceEveryWorkerAndFailNothing) {
   expect_every_worker_serves(2);
 }
 
-TEST_P(ModesControl, ADrainedWorkerGetsNoNewConnectionAndUndrainBringsTheSlotBack) {
+TEST_P(ModesControl, ADrainedWorkerFinishesItsRequestsAndGetsNoNewConnection) {
   ASSERT_NO_FATAL_FAILURE(start_mode(2));
   const auto before = serving_pids();
   ASSERT_EQ(before.size(), 2u);
+  // The worker drained is the one taking the most connections under the load: in shared mode the
+  // kernel may hand nearly all of them to one worker, and "none after the drain" must mean
+  // something.
   LoadGenerator load(light(false));
-  // Until one worker has answered 100 connections: it is the one drained, so that "none after
-  // the drain" means something in shared mode too, where one worker may take them all.
-  std::map<int, uint64_t> answered;
+  std::map<int, uint64_t> accepted;
   ASSERT_TRUE(eventually(after(20s), [&] {
-    answered.clear();
-    json s = status();
-    for (const auto& w : s.value("workers", json::array())) answered[w.value("slot", -1)] = w.value("accepted", 0);
-    return std::any_of(answered.begin(), answered.end(), [](const auto& kv) { return kv.second >= 100; });
+    accepted.clear();
+    for (const auto& w : status().value("workers", json::array())) accepted[w.value("slot", -1)] = w.value("accepted", 0);
+    return std::any_of(accepted.begin(), accepted.end(), [](const auto& kv) { return kv.second >= 200; });
   }, 20ms)) << "the load did not get going";
-  const unsigned drained = static_cast<unsigned>(
-      std::max_element(answered.begin(), answered.end(), [](const auto& a, const auto& b) { return a.second < b.second; })
-          ->first);
-  const unsigned other = 1 - drained;
-
+  const int drained = std::max_element(accepted.begin(), accepted.end(), [](const auto& a, const auto& b) {
+                        return a.second < b.second;
+                      })->first;
+  const unsigned other = 1 - static_cast<unsigned>(drained);
+  // Two keep-alive connections it has answered.
+  std::vector<HttpConnection> sleepers, others;
+  for (int attempt = 0; attempt < 200 && sleepers.size() < 2; attempt++) {
+    HttpConnection c = HttpConnection::open(address(), after(2s));
+    HttpResult r = c.request(http_get("/"), after(2s));
+    ASSERT_EQ(r.status(), 200) << r.describe();
+    (r.worker() == drained ? sleepers : others).push_back(std::move(c));
+  }
+  ASSERT_EQ(sleepers.size(), 2u) << "too few connections reached worker " << drained << " in 200 tries";
+  others.clear();
+  // Slow requests in flight on the worker when the drain comes: it lives on while they finish,
+  // so a worker that still took connections while draining would be seen taking them.
+  for (auto& c : sleepers) {
+    // Pipelined behind a GET /: once that answer is back, the worker has started the sleep.
+    ASSERT_EQ(c.send(http_get("/") + http_get("/sleep?ms=1500"), after(2s)), Outcome::kOk);
+    ASSERT_EQ(c.read_response(after(2s)).status(), 200);
+  }
   CommandResult r = lbctl({"drain", std::to_string(drained)});
   const Deadline drained_at = Clock::now();
   ASSERT_TRUE(r.exited(0)) << r.describe();
   EXPECT_EQ(r.out, "draining [" + std::to_string(drained) + "]\n");
-  // The worker finishes, exits, and the slot stays drained while the other one serves.
-  EXPECT_TRUE(lbd().wait_for_log(exited_line(drained, before.at(drained)), after(10s))) << lbd().log();
+
+  // The requests in flight finish, each followed by a close; then the worker exits, and the slot
+  // stays drained while the other one serves.
+  for (auto& c : sleepers) {
+    HttpResult answer = c.read_response(after(10s));
+    ASSERT_TRUE(answer.ok()) << answer.describe();
+    EXPECT_EQ(answer.response.body, "slept 1500 ms\n");
+    EXPECT_EQ(answer.worker(), drained);
+    EXPECT_TRUE(answer.response.closes()) << "a draining worker closes the connection after its answer";
+  }
+  const auto slot = static_cast<unsigned>(drained);
+  EXPECT_TRUE(lbd().wait_for_log(exited_line(slot, before.at(slot)), after(10s))) << lbd().log();
   json s = status();
-  EXPECT_EQ(states_of(s, drained), "drained") << s.dump(2);
+  EXPECT_EQ(states_of(s, slot), "drained") << s.dump(2);
   EXPECT_EQ(states_of(s, other), "active") << s.dump(2);
   EXPECT_TRUE(wait_for_requests(load, 300, after(10s))) << "the load stalled after the drain";
   LoadReport report = load.stop();
@@ -154,7 +180,7 @@ TEST_P(ModesControl, ADrainedWorkerGetsNoNewConnectionAndUndrainBringsTheSlotBac
   for (const Sample& sample : report.samples) {
     if (sample.connected_at <= drained_at) continue;
     after_drain++;
-    if (sample.worker == static_cast<int>(drained)) on_drained++;
+    if (sample.worker == drained) on_drained++;
   }
   EXPECT_GE(after_drain, 100u) << "too little load after the drain to tell";
   EXPECT_EQ(on_drained, 0u) << on_drained << " of " << after_drain << " connections opened after lbctl drain returned "
@@ -165,7 +191,7 @@ TEST_P(ModesControl, ADrainedWorkerGetsNoNewConnectionAndUndrainBringsTheSlotBac
   ASSERT_TRUE(back.exited(0)) << back.describe();
   const auto now = serving_pids();
   ASSERT_EQ(now.size(), 2u);
-  EXPECT_NE(now.at(drained), before.at(drained));
+  EXPECT_NE(now.at(slot), before.at(slot));
   EXPECT_EQ(now.at(other), before.at(other)) << "the other slot was left alone";
   expect_every_worker_serves(2);
 }
