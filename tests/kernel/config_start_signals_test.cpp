@@ -8,14 +8,13 @@
 
 #include <fstream>
 #include <map>
-#include <random>
-#include <set>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "net/listener.h"
+#include "support/free_port.h"
 #include "support/http_client.h"
 #include "support/lbctl.h"
 #include "support/lbd_process.h"
@@ -28,25 +27,8 @@ using nlohmann::json;
 
 class ConfigStartSignals : public ::testing::Test {
  protected:
-  // A port for an app of the config file (which names its ports): random, below the kernel's
-  // ephemeral range and checked free, for the reasons config_start_test.cpp gives.
-  uint16_t free_port() {
-    unsigned ephemeral_low = 32768, ephemeral_high = 60999;
-    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low >> ephemeral_high;
-    constexpr unsigned kLowest = 10000;
-    std::uniform_int_distribution<unsigned> pick(kLowest, ephemeral_low - 1);
-    for (int attempt = 0; attempt < 100; attempt++) {
-      const auto port = static_cast<uint16_t>(pick(random_));
-      if (handed_out_.count(port)) continue;
-      auto probe = net::listen_tcp(net::Address::parse("127.0.0.1:" + std::to_string(port)),
-                                   {.backlog = 1, .reuseport = false});
-      if (!probe) continue;
-      handed_out_.insert(port);
-      return port;
-    }
-    ADD_FAILURE() << "no free port below " << ephemeral_low << " in 100 tries";
-    return 0;
-  }
+  // A port for an app of the config file, which names its ports (support/free_port.h).
+  uint16_t free_port() { return ports_.pick(); }
 
   // Two apps, web and api, of two socket-activated workers each.
   std::string two_apps(uint16_t web_port, uint16_t api_port) {
@@ -95,8 +77,7 @@ class ConfigStartSignals : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::mt19937 random_{std::random_device{}()};
-  std::set<uint16_t> handed_out_;
+  FreePorts ports_;
 };
 
 TEST_F(ConfigStartSignals, SighupReloadsEveryApp) {

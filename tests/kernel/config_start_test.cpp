@@ -13,13 +13,13 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <random>
 #include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "net/listener.h"
+#include "support/free_port.h"
 #include "support/lbctl.h"
 #include "support/http_client.h"
 #include "support/lbd_process.h"
@@ -32,28 +32,8 @@ using nlohmann::json;
 
 class ConfigStart : public ::testing::Test {
  protected:
-  // A port of 127.0.0.1 for an app of the config file (which names its ports): a random one
-  // below the kernel's range of ephemeral ports, checked free. Not the kernel's own pick: that
-  // one, released at once, could become a client's source port in another test running beside
-  // this one before lbd binds it. Below the range, only an explicit bind takes a port.
-  uint16_t free_port() {
-    unsigned ephemeral_low = 32768, ephemeral_high = 60999;
-    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low >> ephemeral_high;
-    constexpr unsigned kLowest = 10000;
-    EXPECT_GT(ephemeral_low, kLowest + 1000) << "no room below the ephemeral ports for test ports";
-    std::uniform_int_distribution<unsigned> pick(kLowest, ephemeral_low - 1);
-    for (int attempt = 0; attempt < 100; attempt++) {
-      const auto port = static_cast<uint16_t>(pick(random_));
-      if (handed_out_.count(port)) continue;
-      auto probe = net::listen_tcp(net::Address::parse("127.0.0.1:" + std::to_string(port)),
-                                   {.backlog = 1, .reuseport = false});
-      if (!probe) continue;  // someone has it
-      handed_out_.insert(port);
-      return port;
-    }
-    ADD_FAILURE() << "no free port below " << ephemeral_low << " in 100 tries";
-    return 0;
-  }
+  // A port for an app of the config file, which names its ports (support/free_port.h).
+  uint16_t free_port() { return ports_.pick(); }
 
   std::string write_config(const std::string& text) {
     const std::string path = dir_.path("lbd.toml");
@@ -90,8 +70,7 @@ class ConfigStart : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::mt19937 random_{std::random_device{}()};
-  std::set<uint16_t> handed_out_;  // by free_port(), in this test
+  FreePorts ports_;
 };
 
 TEST_F(ConfigStart, TwoAppsServeOnTheirPortsAndLbctlNamesThem) {
