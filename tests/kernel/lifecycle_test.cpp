@@ -130,6 +130,21 @@ class Lifecycle : public ExecTest {
     return {"/bin/sh", "-c", R"sh(trap '' TERM; sleep 600 & echo "child $!"; exec sleep 600)sh"};
   }
 
+  // SIGTERM, which something holds open (`held`: why it should), then a second one, after which
+  // lbd must exit 0 at once, saying so. `tag` is lbd's log tag: "lbd", or "lbd app" in exec mode.
+  void expect_second_sigterm_stops_at_once(const std::string& tag, const std::string& held) {
+    lbd().signal(SIGTERM);
+    // Two SIGTERMs pending at once are one: the second goes only once lbd has taken the first.
+    ASSERT_TRUE(lbd().wait_for_log(R"(\[)" + tag + R"(\] SIGTERM: stopping gracefully \(at most 60 s\))", after(5s)))
+        << lbd().log();
+    EXPECT_EQ(lbd().wait_exit(Clock::now()), ExitStatus::running()) << held;
+    const auto signalled = Clock::now();
+    lbd().signal(SIGTERM);
+    EXPECT_EQ(lbd().wait_exit(after(3s)), ExitStatus::exited(0)) << "lbd did not stop within 3 s of the second SIGTERM";
+    EXPECT_LT(Clock::now() - signalled, 3s);
+    EXPECT_EQ(lbd().count_log(R"(\[)" + tag + R"(\] second SIGTERM: stopping at once)"), 1u) << lbd().log();
+  }
+
   // The pid of the stubborn program's child, from the app's log.
   pid_t stubborn_child(unsigned slot) {
     pid_t child = 0;
@@ -216,15 +231,7 @@ TEST_F(Lifecycle, ASecondSigtermStopsAtOnceWhileARequestHoldsTheGracefulStop) {
   ASSERT_TRUE(c.valid());
   ASSERT_NO_FATAL_FAILURE(start_in_flight(c, "/sleep?ms=30000"));
 
-  lbd().signal(SIGTERM);
-  // Two SIGTERMs pending at once are one: the second goes only once lbd has taken the first.
-  ASSERT_TRUE(lbd().wait_for_log(R"(\[lbd\] SIGTERM: stopping gracefully \(at most 60 s\))", after(5s))) << lbd().log();
-  EXPECT_EQ(lbd().wait_exit(Clock::now()), ExitStatus::running()) << "the request in flight should hold the stop";
-  const auto signalled = Clock::now();
-  lbd().signal(SIGTERM);
-  EXPECT_EQ(lbd().wait_exit(after(3s)), ExitStatus::exited(0)) << "lbd did not stop within 3 s of the second SIGTERM";
-  EXPECT_LT(Clock::now() - signalled, 3s);
-  EXPECT_EQ(lbd().count_log(R"(\[lbd\] second SIGTERM: stopping at once)"), 1u) << lbd().log();
+  ASSERT_NO_FATAL_FAILURE(expect_second_sigterm_stops_at_once("lbd", "the request in flight should hold the stop"));
   HttpResult r = c.read_response(after(2s));
   EXPECT_FALSE(r.ok()) << "the request in flight was answered: " << r.describe();
 }
@@ -236,15 +243,8 @@ TEST_F(Lifecycle, ASecondSigtermKillsAProgramThatIgnoresTheFirst) {
   const pid_t child = stubborn_child(0);
   ASSERT_GT(child, 0) << testing::PrintToString(log_records());
 
-  lbd().signal(SIGTERM);
-  ASSERT_TRUE(lbd().wait_for_log(R"(\[lbd app\] SIGTERM: stopping gracefully \(at most 60 s\))", after(5s)))
-      << lbd().log();
-  EXPECT_EQ(lbd().wait_exit(Clock::now()), ExitStatus::running()) << "the program ignores SIGTERM: it should hold the stop";
-  const auto signalled = Clock::now();
-  lbd().signal(SIGTERM);
-  EXPECT_EQ(lbd().wait_exit(after(3s)), ExitStatus::exited(0)) << "lbd did not stop within 3 s of the second SIGTERM";
-  EXPECT_LT(Clock::now() - signalled, 3s);
-  EXPECT_EQ(lbd().count_log(R"(\[lbd app\] second SIGTERM: stopping at once)"), 1u) << lbd().log();
+  ASSERT_NO_FATAL_FAILURE(
+      expect_second_sigterm_stops_at_once("lbd app", "the program ignores SIGTERM: it should hold the stop"));
   EXPECT_TRUE(gone(program)) << "program pid " << program << " state " << process_state(program);
   EXPECT_TRUE(eventually(after(2s), [&] { return gone(child); })) << "its child pid " << child << " is still running";
 }

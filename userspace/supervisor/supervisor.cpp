@@ -83,8 +83,7 @@ int Supervisor::run() {
     // What this lbd started goes; what it was taking over from another is left serving, and so
     // is the control socket a predecessor may still be serving on.
     if (slots_ && !took_over_) slots_->kill_all();
-    if (control_ && took_over_) control_->hand_over();
-    if (shared_.notify_dir && took_over_) shared_.notify_dir->hand_over();
+    if (took_over_) leave_shared_files();
     return 1;
   }
 

@@ -115,6 +115,10 @@ class Supervisor final : private SlotEffects {
   Result<void> take_over(const nlohmann::json& record, const FdTaker& taker, bool upgrading);
   Result<void> take_over_recorded(const nlohmann::json& record, const FdTaker& taker, bool upgrading);
   void take_charge();
+  // What another lbd serves on now stays when this one goes: the control socket's file and the
+  // programs' notify directory (after an upgrade, or when a takeover failed and the lbd before
+  // keeps serving).
+  void leave_shared_files();
   std::optional<UniqueFd> upgrade_channel_from_environment();
   Result<void> take_over_from_predecessor(UniqueFd channel);
   std::string why_no_upgrade() const;

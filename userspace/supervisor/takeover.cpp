@@ -525,8 +525,7 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
         if (client && control_) {
           control_->finish_ok(*client, {{"verb", "upgrade"}, {"old_pid", getpid()}, {"new_pid", *pid}});
         }
-        if (control_) control_->hand_over();
-        if (shared_.notify_dir) shared_.notify_dir->hand_over();
+        leave_shared_files();
         handed_over_ = true;
         // A stop that came while we waited is the new lbd's to carry out now.
         signalfd_siginfo info{};
@@ -550,6 +549,11 @@ void Supervisor::upgrade(std::optional<ClientId> client, std::chrono::millisecon
   }
   successor.kill_and_reap(false);
   fail(failure + "; this lbd (pid " + std::to_string(getpid()) + ") keeps serving");
+}
+
+void Supervisor::leave_shared_files() {
+  if (control_) control_->hand_over();
+  if (shared_.notify_dir) shared_.notify_dir->hand_over();
 }
 
 // The successor's side: take over from the lbd that started us, tell it, and wait for it to go.
