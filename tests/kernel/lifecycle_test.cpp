@@ -262,7 +262,11 @@ TEST_F(Lifecycle, ShutdownTimeoutEndsARequestStillInFlight) {
   const auto stopped_after = Clock::now() - signalled;
   EXPECT_GE(stopped_after, 900ms) << "the request in flight was not given its second";
   EXPECT_LT(stopped_after, 4s) << "--shutdown-timeout 1, and lbd was still there";
-  // The log says why the request got no answer: its worker was killed, not that it crashed.
+  // The log says why the request got no answer: the timeout passed and its worker was killed,
+  // not that it crashed.
+  EXPECT_EQ(lbd().count_log(R"(shutdown timeout \(1\.0 s\) passed with 1 worker process\(es\) still running; killing them$)"),
+            1u)
+      << lbd().log();
   EXPECT_EQ(lbd().count_log(R"(\[lbd\] worker 0 \(pid )" + std::to_string(lbd().worker_pid(0)) +
                             R"(\) was killed by signal 9 \(SIGKILL\)$)"),
             1u)

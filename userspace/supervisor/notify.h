@@ -1,5 +1,7 @@
 // systemd's notify protocol (Type=notify): "READY=1" once every worker serves, "STOPPING=1" on
-// stop, "RELOADING=1" while reloading. A no-op when NOTIFY_SOCKET is not set.
+// stop. No "RELOADING=1": the unit reloads with ExecReload=lbctl reload, which returns when the
+// reload is done (Type=notify-reload, which would need it, is newer than Debian 12's systemd).
+// A no-op when NOTIFY_SOCKET is not set.
 #pragma once
 
 #include <string>
