@@ -135,6 +135,45 @@ TEST_F(Privileges, AsRootAProgramNeedsAUserOrAllowRoot) {
   EXPECT_EQ(lbd().count_log("the program runs as root \\(--allow-root\\)"), 1u) << lbd().log();
 }
 
+// A program its user cannot reach is one line at start and at a reload, not a worker that exits
+// 127 until lbd gives up on it: root may open the file, the program's user may not.
+TEST_F(Privileges, AProgramItsUserCannotExecuteIsRefusedAtStartAndAtAReload) {
+  const std::string folder = dir_.path("private");
+  ASSERT_EQ(mkdir(folder.c_str(), 0755), 0);
+  const std::string program = folder + "/server";
+  copy_executable(SOCKET_ACTIVATED_SERVER_PATH, program);
+
+  ASSERT_EQ(chmod(folder.c_str(), 0700), 0);  // root's only
+  CommandResult refused = run_command({LBD_BINARY_PATH, "run", "--listen", "127.0.0.1:0", "--control", socket_path(),
+                                       "--log-dir", log_dir(), "--user", "nobody", "--", program},
+                                      after(10s));
+  EXPECT_TRUE(refused.exited(1)) << refused.describe();
+  EXPECT_NE(refused.err.find("cannot execute " + program + " as nobody (the file, or a folder on its path, does "
+                             "not let that user in): Permission denied\n"),
+            std::string::npos)
+      << refused.describe();
+  EXPECT_EQ(refused.err.find("status 127"), std::string::npos) << "it was started anyway: " << refused.describe();
+  // --cwd, too: the program starts there.
+  refused = run_command({LBD_BINARY_PATH, "run", "--listen", "127.0.0.1:0", "--control", socket_path(), "--log-dir",
+                         log_dir(), "--user", "nobody", "--cwd", folder, "--", SOCKET_ACTIVATED_SERVER_PATH},
+                        after(10s));
+  EXPECT_TRUE(refused.exited(1)) << refused.describe();
+  EXPECT_NE(refused.err.find("--cwd " + folder + ": nobody cannot enter it: Permission denied"), std::string::npos)
+      << refused.describe();
+
+  // Made unreachable while it runs: the reload fails with the reason, the old program serves on.
+  ASSERT_EQ(chmod(folder.c_str(), 0755), 0);
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "reuseport", "-i", "1"}, {program}));
+  const auto before = serving_pids();
+  ASSERT_EQ(before.size(), 1u);
+  ASSERT_EQ(chmod(program.c_str(), 0700), 0);
+  CommandResult reload = lbctl({"reload"}, after(20s));
+  EXPECT_TRUE(reload.exited(1)) << reload.describe();
+  EXPECT_NE(reload.err.find("cannot execute " + program + " as nobody"), std::string::npos) << reload.describe();
+  EXPECT_EQ(serving_pids(), before) << "the old program keeps serving";
+  EXPECT_EQ(fetch(address(), http_get("/", true), after(5s)).status(), 200);
+}
+
 TEST_F(Privileges, AProgramCannotChangeTheSteeringOfItsGroup) {
   // Round-robin is exact while lbd's program steers: 50 and 50 of 100. A detach (the kernel's
   // hash), or the classic BPF program the tamperer attaches (everything to one socket), would

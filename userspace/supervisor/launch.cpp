@@ -11,6 +11,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -253,6 +255,60 @@ Result<std::string> find_program(const std::string& program, const std::string& 
     dirs.remove_prefix(colon + 1);
   }
   return Error::from_errno(ENOENT, "cannot execute " + program + " (not found on PATH)");
+}
+
+Result<void> check_runnable_as(const RunAs& run_as, const std::string& path, const std::string& cwd) {
+  // What the child found: which step failed (0: none) and its errno.
+  struct Verdict {
+    int step = 0;
+    int err = 0;
+  };
+  enum Step { kBecomeUser = 1, kEnterCwd, kExecute };
+  int ends[2];
+  if (pipe2(ends, O_CLOEXEC) != 0) return Error::from_errno("pipe");
+  UniqueFd read_end(ends[0]);
+  UniqueFd write_end(ends[1]);
+  const pid_t pid = fork();
+  if (pid < 0) return Error::from_errno("fork");
+  if (pid == 0) {
+    // The child only asks: it never executes anything. Async-signal-safe calls only.
+    Verdict v;
+    if (syscall(SYS_setgroups, run_as.groups.size(), run_as.groups.data()) != 0 ||
+        syscall(SYS_setresgid, run_as.gid, run_as.gid, run_as.gid) != 0 ||
+        syscall(SYS_setresuid, run_as.uid, run_as.uid, run_as.uid) != 0) {
+      v = {kBecomeUser, errno};
+    } else if (!cwd.empty() && access(cwd.c_str(), X_OK) != 0) {
+      v = {kEnterCwd, errno};
+    } else if (access(path.c_str(), X_OK) != 0) {
+      v = {kExecute, errno};
+    }
+    ssize_t ignored = write(write_end.get(), &v, sizeof(v));
+    (void)ignored;
+    _exit(0);
+  }
+  write_end.reset();
+  Verdict v;
+  ssize_t n;
+  do {
+    n = read(read_end.get(), &v, sizeof(v));
+  } while (n < 0 && errno == EINTR);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (n != static_cast<ssize_t>(sizeof(v))) return Error::from_errno(EIO, "check what " + run_as.user + " may run");
+  switch (v.step) {
+    case kBecomeUser:
+      return Error::from_errno(v.err, "check what " + run_as.describe() + " may run: cannot become that user");
+    case kEnterCwd:
+      return Error::from_errno(v.err, "--cwd " + cwd + ": " + run_as.user + " cannot enter it");
+    case kExecute:
+      return Error::from_errno(v.err, "cannot execute " + path + " as " + run_as.user +
+                                          (v.err == EACCES ? " (the file, or a folder on its path, does not let "
+                                                             "that user in)"
+                                                           : ""));
+    default:
+      return {};
+  }
 }
 
 }  // namespace lbd

@@ -102,4 +102,10 @@ std::string current_binary_path();
 // Resolved again for every start, so a reload runs the file on disk now.
 Result<std::string> find_program(const std::string& program, const std::string& cwd = {});
 
+// Whether `run_as` may enter `cwd` (when given) and execute `path`, asked of the kernel by a
+// child that becomes that user (access(2): every folder on the way, its mode and ACLs), so that
+// a program its user cannot run is one clear line when lbd starts or reloads, not a worker that
+// exits 127 until lbd gives up on it.
+Result<void> check_runnable_as(const RunAs& run_as, const std::string& path, const std::string& cwd);
+
 }  // namespace lbd

@@ -381,6 +381,9 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   // one clear line instead of a child that exits 127.
   auto path = find_program(program.command[0], program.cwd);
   if (!path) return path.error();
+  if (options.run_as && geteuid() == 0) {
+    if (auto runnable = check_runnable_as(*options.run_as, *path, program.cwd); !runnable) return runnable.error();
+  }
 
   ProcessLaunch launch;
   launch.path = *path;
