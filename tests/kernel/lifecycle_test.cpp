@@ -298,5 +298,27 @@ TEST_F(Lifecycle, KillTimeoutEndsAProgramThatIgnoresSigtermWithSigkill) {
   EXPECT_TRUE(eventually(after(2s), [&] { return gone(child); })) << "its child pid " << child << " is still running";
 }
 
+// The same bound on a drain (and so on a reload's old program): SIGKILL at --kill-timeout, not
+// later. (It once came 2 s after it, the grace lbd's own workers get to exit after closing.)
+TEST_F(Lifecycle, KillTimeoutEndsTheDrainOfAProgramThatIgnoresSigterm) {
+  ASSERT_NO_FATAL_FAILURE(
+      start_program({"--mode", "reuseport", "-i", "1", "--ready-delay", "0.1", "--kill-timeout", "1"}, stubborn_program()));
+  const pid_t program = serving_pids().at(0);
+  const pid_t child = stubborn_child(0);
+  ASSERT_GT(child, 0) << testing::PrintToString(log_records());
+
+  const auto asked = Clock::now();
+  CommandResult drained = lbctl({"drain", "0", "--wait"}, after(15s));
+  const auto took = Clock::now() - asked;
+  ASSERT_TRUE(drained.exited(0)) << drained.describe();
+  EXPECT_GE(took, 900ms) << "the program was not given its second after SIGTERM";
+  EXPECT_LT(took, 2500ms) << "--kill-timeout 1, and the drain took " << std::chrono::duration<double>(took).count()
+                          << " s";
+  EXPECT_TRUE(lbd().wait_for_log("worker 0 \\(pid " + std::to_string(program) + "\\) was killed by signal 9", after(2s)))
+      << lbd().log();
+  EXPECT_TRUE(eventually(after(2s), [&] { return gone(child); })) << "its child pid " << child << " is still running";
+  EXPECT_EQ(lbd().wait_exit(Clock::now()), ExitStatus::running()) << "a drain does not stop lbd";
+}
+
 }  // namespace
 }  // namespace lbd::test

@@ -14,9 +14,6 @@ namespace {
 using control::Verb;
 using nlohmann::json;
 
-// A retiring process is killed this long after its drain timeout if it has not exited by then.
-constexpr std::chrono::seconds kKillGrace{2};
-
 double seconds_between(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
@@ -265,7 +262,7 @@ void SlotManager::retire(SlotRecord& slot, ProcessRecord p, DrainMode how, std::
                          Clock::time_point now) {
   p.role = ProcessRole::kRetiring;
   p.ready_by.reset();
-  p.kill_at = now + timeout + kKillGrace;
+  p.kill_at = now + timeout + config_.kill_grace;
   const ProcessId id = p.id;
   slot.retiring.push_back(std::move(p));
   update_state(slot);  // out of steering before its listener goes

@@ -56,6 +56,10 @@ struct SlotManagerConfig {
   std::chrono::milliseconds restart_window{60'000};
   // How long a draining worker may finish its connections, on drain, reload and graceful stop.
   std::chrono::milliseconds shutdown_timeout{10'000};
+  // How long after that a draining process that has not exited is killed: lbd's own worker closes
+  // what is left at its timeout and needs a moment to exit; a program gets SIGKILL at the timeout
+  // itself (--kill-timeout means what it says).
+  std::chrono::milliseconds kill_grace{2'000};
   // How long a new process may take to become ready (a reload may say otherwise).
   std::chrono::milliseconds ready_timeout{30'000};
   uint64_t max_memory = 0;  // bytes; 0: no limit

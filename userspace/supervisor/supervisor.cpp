@@ -56,6 +56,7 @@ SlotManagerConfig Supervisor::manager_config() const {
   config.max_restarts = options_.max_restarts;
   config.restart_window = options_.restart_window;
   config.shutdown_timeout = options_.shutdown_timeout;
+  if (options_.program) config.kill_grace = std::chrono::milliseconds(0);
   config.ready_timeout = options_.program ? options_.program->ready_timeout : kWorkerReadyTimeout;
   config.max_memory = options_.max_memory;
   config.reload_source = options_.program ? options_.program->command[0] : shared_.binary;
