@@ -192,6 +192,41 @@ TEST_F(Upgrade, AClientTheOldLbdAcceptedIsAnsweredByTheNewOne) {
   }
 }
 
+// The same for the admin endpoint: a probe or scrape the old lbd accepted, with none or part of
+// its request, is answered by the new one (a health check that fails over an upgrade can take
+// the host out of a balancer).
+TEST_F(Upgrade, AnAdminConnectionTheOldLbdHeldIsAnsweredByTheNewOne) {
+  copy_executable(LBD_BINARY_PATH, binary());
+  ASSERT_NO_FATAL_FAILURE(
+      start_controlled(lbd_flags("bpf", 2, {"--shutdown-timeout", "5", "--admin", "127.0.0.1:0"}), binary()));
+  auto line = lbd().wait_for_log(R"(\[lbd\] admin: serving http://(.+)$)", after(1s));
+  ASSERT_TRUE(line) << lbd().log();
+  const net::Address admin = net::Address::parse(line->groups[1]);
+  const pid_t first = lbd().pid();
+
+  HttpConnection silent = HttpConnection::open(admin, after(2s));
+  HttpConnection partial = HttpConnection::open(admin, after(2s));
+  ASSERT_TRUE(silent.valid() && partial.valid());
+  ASSERT_EQ(partial.send("GET /readyz HTTP/1.1\r\nHo", after(2s)), Outcome::kOk);
+  // lbd accepts its queue in order and all at once: once a later connection is answered, lbd
+  // holds both of ours.
+  HttpConnection later = HttpConnection::open(admin, after(2s));
+  HttpResult answered = later.request("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", after(5s));
+  ASSERT_EQ(answered.status(), 200) << answered.describe();
+
+  CommandResult r = lbctl({"upgrade"});
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  ASSERT_EQ(handover_of(r).first, first) << r.out;
+
+  ASSERT_EQ(silent.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", after(2s)), Outcome::kOk);
+  ASSERT_EQ(partial.send("st: t\r\n\r\n", after(2s)), Outcome::kOk);
+  HttpResult health = silent.read_response(after(10s));
+  EXPECT_EQ(health.status(), 200) << "the old lbd's connection ended without an answer: " << health.describe();
+  HttpResult ready = partial.read_response(after(10s));
+  EXPECT_EQ(ready.status(), 200) << "the old lbd's connection ended without an answer: " << ready.describe();
+  EXPECT_EQ(ready.response.body, "ready\n") << ready.describe();
+}
+
 TEST_F(Upgrade, AHundredUpgradesLeakNoDescriptorAndNoMemory) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();

@@ -38,6 +38,7 @@ AdminResponse text(int status, std::string body) {
 struct AdminServer::Client {
   UniqueFd fd;
   RequestParser parser{kLimits};
+  std::string received;  // the request's bytes until it is answered (an upgrade passes them on)
   std::string out;       // the answer
   size_t out_sent = 0;
   bool answered = false;     // `out` holds the whole answer; input is discarded from now on
@@ -154,14 +155,7 @@ void AdminServer::read_request(ClientId id, Client& client) {
     ssize_t n = recv(client.fd.get(), buffer, sizeof(buffer), 0);
     if (n > 0) {
       if (client.answered) continue;  // one request per connection: the rest is discarded
-      RequestParser::Step step = client.parser.parse(std::string_view(buffer, static_cast<size_t>(n)));
-      if (step.status == RequestParser::Status::kRequest) {
-        const Request& request = client.parser.request();
-        answer(id, client, answer_admin_request(request, endpoints_), request.method() == "HEAD");
-      } else if (step.status == RequestParser::Status::kError) {
-        spdlog::debug("admin: bad request: {} ({})", client.parser.error_status(), client.parser.error_reason());
-        answer(id, client, admin_error_response(client.parser.error_status()), false);
-      }
+      parse(id, client, std::string_view(buffer, static_cast<size_t>(n)));
       if (!clients_.count(id)) return;  // answered and closed
       continue;
     }
@@ -178,8 +172,57 @@ void AdminServer::read_request(ClientId id, Client& client) {
   }
 }
 
+void AdminServer::parse(ClientId id, Client& client, std::string_view bytes) {
+  client.received.append(bytes);  // bounded: the parser refuses more than kLimits, and answers
+  RequestParser::Step step = client.parser.parse(bytes);
+  if (step.status == RequestParser::Status::kRequest) {
+    const Request& request = client.parser.request();
+    answer(id, client, answer_admin_request(request, endpoints_), request.method() == "HEAD");
+  } else if (step.status == RequestParser::Status::kError) {
+    spdlog::debug("admin: bad request: {} ({})", client.parser.error_status(), client.parser.error_reason());
+    answer(id, client, admin_error_response(client.parser.error_status()), false);
+  }
+}
+
+std::vector<AdminServer::Held> AdminServer::held_clients() const {
+  std::vector<Held> held;
+  for (const auto& [id, client] : clients_) {
+    held.push_back({.fd = client->fd.get(),
+                    .received = client->answered ? std::string() : client->received,
+                    .unsent = client->answered ? client->out.substr(client->out_sent) : std::string(),
+                    .answered = client->answered,
+                    .peer_closed = client->peer_closed});
+  }
+  return held;
+}
+
+Result<void> AdminServer::adopt_client(UniqueFd fd, const Held& held) {
+  if (clients_.size() >= kMaxClients) return Error::from_errno(EMFILE, "admin: too many connections to take over");
+  const ClientId id = next_id_++;
+  auto client = std::make_unique<Client>();
+  client->fd = std::move(fd);  // non-blocking already: that is the socket's, shared with its first lbd
+  client->deadline = Clock::now() + kClientTimeout;
+  Client& c = *client;
+  clients_.emplace(id, std::move(client));
+  if (auto watched = poller_->watch(c.fd.get(), Source::kAdminClient, id, EPOLLIN | EPOLLRDHUP); !watched) {
+    clients_.erase(id);
+    return watched.error();
+  }
+  if (held.answered) {
+    // The rest of its answer (or nothing: then the FIN again and the wait for its close).
+    c.answered = true;
+    c.peer_closed = held.peer_closed;
+    c.out = held.unsent;
+    flush(id, c);
+  } else if (!held.received.empty()) {
+    parse(id, c, held.received);  // a request the predecessor had only part of
+  }
+  return {};
+}
+
 void AdminServer::answer(ClientId id, Client& client, const AdminResponse& response, bool head) {
   client.answered = true;
+  client.received.clear();
   client.out = serialize_admin_response(response, head);
   client.out_sent = 0;
   flush(id, client);

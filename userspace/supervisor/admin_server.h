@@ -22,6 +22,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -72,6 +74,21 @@ class AdminServer {
   const net::Address& address() const { return address_; }
   int listener_fd() const { return listener_.get(); }
 
+  // An upgrade passes on, with the listener, every connection this lbd holds: a probe or scrape
+  // accepted just before the handover would otherwise end without an answer when this lbd exits
+  // (docs/ARCHITECTURE.md, section 7: no gap for the monitoring). Each with the bytes of its
+  // request received so far (not answered yet), or what is left to send of its answer.
+  struct Held {
+    int fd;
+    std::string received;  // while not answered
+    std::string unsent;    // once answered
+    bool answered = false;
+    bool peer_closed = false;
+  };
+  std::vector<Held> held_clients() const;
+  // The successor's side: serves one of them from now on.
+  Result<void> adopt_client(UniqueFd fd, const Held& held);
+
   // Poller events.
   void on_listener_ready();
   void on_client_event(ClientId id, uint32_t events);
@@ -92,6 +109,8 @@ class AdminServer {
 
   AdminServer(net::Address address, UniqueFd fd, Poller& poller, AdminEndpoints endpoints);
   void read_request(ClientId id, Client& client);
+  // Feeds a request's bytes to its parser, and answers once it is whole (or refused).
+  void parse(ClientId id, Client& client, std::string_view bytes);
   void answer(ClientId id, Client& client, const AdminResponse& response, bool head);
   void flush(ClientId id, Client& client);
   void drop(ClientId id);

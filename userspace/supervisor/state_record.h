@@ -10,8 +10,9 @@
 // supervisor's end of its status channel, each program the read ends of its output pipes, and
 // both their listeners), so that a successor can take it even when the supervisor is dead
 // (pidfd_getfd). The steering program's maps are pinned on the BPF filesystem. The record an
-// upgrade writes also names the control clients accepted and not yet answered, which only the
-// live predecessor holds (ControlServer::waiting_clients).
+// upgrade writes also names the control clients accepted and not yet answered and the admin
+// connections, which only the live predecessor holds (ControlServer::waiting_clients,
+// AdminServer::held_clients).
 //
 // A record from another boot, another command line or another version is ignored with one line.
 #pragma once

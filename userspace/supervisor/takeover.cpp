@@ -65,6 +65,19 @@ json waiting_clients_to_json(const ControlServer& control) {
   return clients;
 }
 
+// The admin connections a successor takes with the listener (AdminServer::held_clients).
+json held_admin_clients_to_json(const AdminServer& admin) {
+  json clients = json::array();
+  for (const auto& held : admin.held_clients()) {
+    clients.push_back({{"fd", to_json(fd_ref(held.fd, -1))},
+                       {"received", to_hex(held.received)},
+                       {"unsent", to_hex(held.unsent)},
+                       {"answered", held.answered},
+                       {"peer_closed", held.peer_closed}});
+  }
+  return clients;
+}
+
 std::string pids_of(const json& record) {
   std::string pids;
   for (const auto& child : record.value("children", json::array())) {
@@ -108,6 +121,7 @@ json Supervisor::record() const {
           {"control_clients", upgrading_ && control_ ? waiting_clients_to_json(*control_) : json::array()},
           {"admin", to_json(fd_ref(admin_ ? admin_->listener_fd() : -1, -1))},
           {"admin_address", admin_ ? admin_->address().to_string() : ""},
+          {"admin_clients", upgrading_ && admin_ ? held_admin_clients_to_json(*admin_) : json::array()},
           {"slot_table", to_json(fd_ref(shared_.plain_table ? shared_.plain_table->fd() : -1, -1))},
           {"notify_dir", shared_.notify_dir ? shared_.notify_dir->path() : ""},
           {"shared_listeners", std::move(shared_listeners)},
@@ -262,6 +276,19 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
     if (!open_admin(UniqueFd())) options_.admin = configured;
   }
   if (!admin_) LBD_TRY(open_admin(std::move(admin)));
+  if (upgrading && admin_) {
+    // The connections the predecessor held (a probe, a scrape): ours to answer or finish now.
+    for (const auto& entry : record.value("admin_clients", json::array())) {
+      const AdminServer::Held held{.fd = -1,
+                                   .received = from_hex(entry.value("received", "")),
+                                   .unsent = from_hex(entry.value("unsent", "")),
+                                   .answered = entry.value("answered", false),
+                                   .peer_closed = entry.value("peer_closed", false)};
+      auto fd = taker.take(fd_ref_from_json(entry.value("fd", json())), -1);
+      auto adopted = fd ? admin_->adopt_client(std::move(*fd), held) : Result<void>(fd.error());
+      if (!adopted) spdlog::warn("admin: a connection of the lbd before could not be taken over: {}", adopted.error().message());
+    }
+  }
   LBD_TRY(set_up_exec_mode());
   // The programs' NOTIFY_SOCKETs are in the predecessor's directory: it becomes this lbd's, and
   // goes when this lbd stops (otherwise every takeover would leave one behind in /run/lbd).
