@@ -13,6 +13,7 @@
 
 #include "support/control_test.h"
 #include "support/exec_test.h"
+#include "support/notify_socket.h"
 
 namespace lbd::test {
 namespace {
@@ -225,6 +226,41 @@ TEST_F(Upgrade, AnAdminConnectionTheOldLbdHeldIsAnsweredByTheNewOne) {
   HttpResult ready = partial.read_response(after(10s));
   EXPECT_EQ(ready.status(), 200) << "the old lbd's connection ended without an answer: " << ready.describe();
   EXPECT_EQ(ready.response.body, "ready\n") << ready.describe();
+}
+
+// systemd follows the new lbd: MAINPID= from it (the unit lbd writes has NotifyAccess=all for
+// this), nothing from the old one as it exits, and STOPPING=1 from the new one when it stops.
+// Otherwise systemd would take the old lbd's exit for the service's and kill the new one.
+TEST_F(Upgrade, TellsItsServiceManagerTheNewMainPid) {
+  copy_executable(LBD_BINARY_PATH, binary());
+  NotifySocket manager(dir_.path("notify"));
+  lbd_.emplace(with_notify_socket(
+      manager.path(), lbd_flags("bpf", 2, {"--shutdown-timeout", "5", "--control", socket_path()}), binary()));
+  std::optional<NotifySocket::Message> ready = manager.next(after(10s));
+  ASSERT_TRUE(ready) << "no READY=1 within 10 s\n" << lbd().log();
+  EXPECT_EQ(ready->text, "READY=1");
+  const pid_t first = lbd().pid();
+  EXPECT_EQ(ready->sender, first);
+
+  CommandResult r = lbctl({"upgrade"});
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  const pid_t second = handover_of(r).second;
+  ASSERT_EQ(handover_of(r).first, first) << r.out;
+  std::vector<NotifySocket::Message> said;
+  while (auto m = manager.next(after(2s))) said.push_back(*m);
+  ASSERT_FALSE(said.empty()) << "nothing on NOTIFY_SOCKET after the upgrade";
+  EXPECT_EQ(said.front().text, "MAINPID=" + std::to_string(second));
+  EXPECT_EQ(said.front().sender, second);
+  for (const auto& m : said) {
+    EXPECT_EQ(m.sender, second) << "'" << m.text << "' from pid " << m.sender << ": the old lbd said something";
+    EXPECT_NE(m.text, "STOPPING=1") << "the old lbd's exit is not the service's stop";
+  }
+
+  ASSERT_EQ(kill(second, SIGTERM), 0);
+  std::optional<NotifySocket::Message> stopping = manager.next(after(5s));
+  ASSERT_TRUE(stopping) << "no STOPPING=1 from the new lbd";
+  EXPECT_EQ(stopping->text, "STOPPING=1");
+  EXPECT_EQ(stopping->sender, second);
 }
 
 TEST_F(Upgrade, AHundredUpgradesLeakNoDescriptorAndNoMemory) {
