@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/build.sh build
+# Only what it runs (lbd, and lbctl to drive it): the tests and benchmarks are scripts/test.sh's.
+scripts/build.sh build --target lbd lbctl
 # --demo-routes: the bundled app's /work and /sleep, which the README's examples use; a plain lbd
 # serves neither (any client could burn a worker's CPU with them).
 exec build/lbd --listen 0.0.0.0:8080 --demo-routes "$@"

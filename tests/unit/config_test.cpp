@@ -126,6 +126,13 @@ log = { dir = "/var/log/web", max_size = 1048576, files = 7 }
                   "--", "gunicorn", "--bind", "fd://3", "app:app"}));
 }
 
+TEST(ConfigFile, WorkersMaxMinusNIsPassedToLbdRun) {
+  FileConfig file = parse_config("[[app]]\nname = \"a\"\ncommand = \"a\"\nlisten = \"127.0.0.1:1000\"\n"
+                                 "workers = \"max-1\"\n",
+                                 "lbd.toml");
+  EXPECT_EQ(file.apps.at(0).instances, "max-1");
+}
+
 TEST(ConfigFile, LbdTableGivesDefaultsThatAnAppOverrides) {
   FileConfig file = parse_config(R"(
 [lbd]
@@ -429,7 +436,8 @@ const BadFile kBadFiles[] = {
      {"key 'policy'", "fastest", "rr, least or hash"}},
     {"bad mode", GOOD_APP "mode = \"handoff\"\n", "lbd.toml:5:", {"key 'mode'", "bpf or reuseport"}},
     {"workers other than max", GOOD_APP "workers = \"auto\"\n", "lbd.toml:5:",
-     {"key 'workers'", "\"max\"", "\"auto\""}},
+     {"key 'workers'", "\"max\"", "\"max-N\"", "\"auto\""}},
+    {"workers max minus junk", GOOD_APP "workers = \"max-x\"\n", "lbd.toml:5:", {"key 'workers'", "\"max-x\""}},
     {"zero workers", GOOD_APP "workers = 0\n", "lbd.toml:5:", {"key 'workers'", "from 1 to 64", "not 0"}},
     {"negative workers", GOOD_APP "workers = -2\n", "lbd.toml:5:", {"key 'workers'", "not -2"}},
     {"too many workers", GOOD_APP "workers = 65\n", "lbd.toml:5:", {"key 'workers'", "not 65"}},

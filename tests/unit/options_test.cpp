@@ -192,6 +192,18 @@ TEST(CommandLine, WorkersAutoMeansOnePerSelectedCpu) {
   EXPECT_EQ(o.cpus, (std::vector<int>{0, 1, 2, 5}));
 }
 
+// PM2's `-i -1`: one per CPU but one, to leave a CPU for something else; never fewer than one.
+TEST(CommandLine, WorkersMaxMinusNLeavesNCpusFree) {
+  EXPECT_EQ(parse({"--workers", "max-1", "--cpus", "0-3"}).workers, 3u);
+  EXPECT_EQ(parse({"--workers", "-1", "--cpus", "0-3"}).workers, 3u);
+  EXPECT_EQ(parse({"-w", "-2", "--cpus", "0-3"}).workers, 2u);
+  EXPECT_EQ(parse({"--workers", "max-3", "--cpus", "0-3"}).workers, 1u);
+  EXPECT_EQ(parse({"--workers", "max-4", "--cpus", "0-3"}).workers, 1u) << "at least one";
+  EXPECT_EQ(parse({"--workers", "-9", "--cpus", "0"}).workers, 1u) << "at least one";
+  EXPECT_EQ(parse({"run", "-i", "-1", "--cpus", "0-1", "--allow-root", "--", "/bin/true"}).workers, 1u);
+  EXPECT_EQ(parse({"run", "-i", "max-1", "--cpus", "0-2", "--allow-root", "--", "/bin/true"}).workers, 2u);
+}
+
 TEST(CommandLine, ReadsEveryFlag) {
   SupervisorOptions o =
       parse({"-w", "3", "-l", "127.0.0.1:0", "--listen", "[::1]:9000", "--no-pin", "-p", "rr",
@@ -250,7 +262,8 @@ TEST(CommandLine, RejectsBadValuesWithAOneLineMessage) {
   const Case cases[] = {
       {"workers not a number", {"--workers", "many"}, {"--workers", "many"}},
       {"workers zero", {"--workers", "0"}, {"--workers", "'0'"}},
-      {"workers negative", {"--workers", "-2"}, {"--workers"}},
+      {"workers max minus junk", {"--workers", "max-x"}, {"--workers", "max-x"}},
+      {"workers minus nothing", {"--workers", "max-"}, {"--workers", "max-"}},
       {"workers trailing junk", {"--workers", "4x"}, {"--workers", "4x"}},
       {"workers above the slot limit", {"--workers", "65"}, {"--workers", "64"}},
       {"unknown policy", {"--policy", "fastest"}, {"policy", "fastest"}},

@@ -349,10 +349,13 @@ void read_env(const Where& where, const toml::node& value, AppConfig& into) {
 bool read_shared_key(const Where& where, const std::string& key, const toml::node& value,
                      AppConfig& into) {
   if (key == "workers") {
-    std::string expected = "a whole number from 1 to " + std::to_string(LBD_MAX_SLOTS) + " or \"max\"";
+    std::string expected =
+        "a whole number from 1 to " + std::to_string(LBD_MAX_SLOTS) + ", \"max\" or \"max-N\" (one per CPU but N)";
     if (value.is_string()) {
       std::string text = read_string(where, value, key, expected);
-      if (text != "max") where.bad_value(value, key, "must be " + expected + ", not \"" + text + "\"");
+      const bool max_but_n = text.starts_with("max-") && text.size() > 4 &&
+                             std::all_of(text.begin() + 4, text.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (text != "max" && !max_but_n) where.bad_value(value, key, "must be " + expected + ", not \"" + text + "\"");
       into.instances = text;
     } else {
       into.instances = std::to_string(read_integer(where, value, key, 1, LBD_MAX_SLOTS, expected));

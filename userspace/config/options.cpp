@@ -64,7 +64,9 @@ struct ServingFlags {
 // "-i,--instances,-w,--workers". `stop_flag` likewise: run also accepts --kill-timeout.
 void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& workers_flag,
                        const std::string& stop_flag) {
-  app.add_option(workers_flag, f.workers_text, "Worker processes: a number, or 'auto' (or 'max') for one per CPU")
+  app.add_option(workers_flag, f.workers_text,
+                 "Worker processes: a number; 'auto' (or 'max') for one per CPU; 'max-N' (or -N, as in PM2) "
+                 "for one per CPU but N, at least one")
       ->capture_default_str();
   app.add_option("-l,--listen", f.listen_text,
                  "Address to serve, ADDR:PORT or [IPv6]:PORT; repeat for more (default 0.0.0.0:8080)");
@@ -120,12 +122,26 @@ unsigned parse_count(const std::string& text, const char* flag) {
   return n;
 }
 
+// How many workers `text` asks for on `cpus` CPUs: a number; "auto" or "max", one per CPU; or
+// "max-K" (PM2's "-K"), one per CPU but K, to leave CPUs free for something else; at least one.
+unsigned worker_count(const std::string& text, size_t cpus, const char* flag) {
+  if (text == "auto" || text == "max") return static_cast<unsigned>(cpus);
+  std::string_view spare;
+  if (text.starts_with("max-")) spare = std::string_view(text).substr(4);
+  if (text.starts_with("-")) spare = std::string_view(text).substr(1);
+  if (spare.empty()) return parse_count(text, flag);
+  unsigned k = 0;
+  auto [end, ec] = std::from_chars(spare.data(), spare.data() + spare.size(), k);
+  if (ec != std::errc() || end != spare.data() + spare.size()) {
+    throw ConfigError(std::string(flag) + ": expected a number, 'max' or 'max-N', got '" + text + "'");
+  }
+  return k >= cpus ? 1u : static_cast<unsigned>(cpus - k);
+}
+
 SupervisorOptions serving_options(const ServingFlags& f, const char* workers_flag) {
   SupervisorOptions options;
   options.cpus = f.cpus_text.empty() ? allowed_cpus() : flag_value(parse_cpu_list(f.cpus_text), "--cpus");
-  options.workers = f.workers_text == "auto" || f.workers_text == "max"
-                        ? static_cast<unsigned>(options.cpus.size())
-                        : parse_count(f.workers_text, workers_flag);
+  options.workers = worker_count(f.workers_text, options.cpus.size(), workers_flag);
   if (options.workers > LBD_MAX_SLOTS) {
     throw ConfigError(std::string(workers_flag) + ": at most " + std::to_string(LBD_MAX_SLOTS));
   }
