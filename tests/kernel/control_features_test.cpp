@@ -14,6 +14,7 @@
 
 #include "support/control_test.h"
 #include "support/tmux.h"
+#include "support/top_screen.h"
 
 namespace lbd::test {
 namespace {
@@ -69,34 +70,6 @@ TEST_F(LbdControlVariable, NamesTheSocketWhenNoFlagDoesAndTheFlagWins) {
 
 // --- lbctl top: u and r -----------------------------------------------------------------------------
 
-// One worker's line of lbctl top's table: slot, pid and state, the first columns.
-struct TopRow {
-  int slot = -1;
-  std::string pid;
-  std::string state;
-};
-
-// The rows under the "SLOT ..." column header of the screen.
-std::vector<TopRow> top_rows(const std::string& screen) {
-  std::vector<TopRow> rows;
-  std::istringstream lines(screen);
-  std::string line;
-  bool in_table = false;
-  while (std::getline(lines, line)) {
-    if (!in_table) {
-      in_table = line.starts_with("SLOT ") && line.find("REQ/S") != std::string::npos;
-      continue;
-    }
-    if (line.empty() || !std::isdigit(static_cast<unsigned char>(line[0]))) break;
-    TopRow row;
-    std::istringstream words(line);
-    std::string cpu;
-    words >> row.slot >> row.pid >> cpu >> row.state;
-    rows.push_back(row);
-  }
-  return rows;
-}
-
 class LbctlTopKeys : public ControlTest {
  protected:
   void SetUp() override {
@@ -109,9 +82,9 @@ class LbctlTopKeys : public ControlTest {
     ASSERT_TRUE(eventually(after(10s), [&] { return rows_now().size() == 2; }, 50ms)) << screen_;
   }
 
-  std::vector<TopRow> rows_now() {
+  std::vector<TableRow> rows_now() {
     screen_ = tmux_->screen();
-    return top_rows(screen_);
+    return table_rows(screen_);
   }
 
   // The screen's row for each slot shows this pid and state.
