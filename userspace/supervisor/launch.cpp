@@ -257,6 +257,13 @@ Result<std::string> find_program(const std::string& program, const std::string& 
   return Error::from_errno(ENOENT, "cannot execute " + program + " (not found on PATH)");
 }
 
+Result<std::string> find_runnable_program(const std::string& program, const std::string& cwd, const RunAs* run_as) {
+  auto path = find_program(program, cwd);
+  if (!path || !run_as || geteuid() != 0) return path;
+  if (auto runnable = check_runnable_as(*run_as, *path, cwd); !runnable) return runnable.error();
+  return path;
+}
+
 Result<void> check_runnable_as(const RunAs& run_as, const std::string& path, const std::string& cwd) {
   // What the child found: which step failed (0: none) and its errno.
   struct Verdict {

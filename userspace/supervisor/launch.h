@@ -108,4 +108,8 @@ Result<std::string> find_program(const std::string& program, const std::string& 
 // exits 127 until lbd gives up on it.
 Result<void> check_runnable_as(const RunAs& run_as, const std::string& path, const std::string& cwd);
 
+// What a program's start executes: find_program(), then, when lbd is root and runs it as
+// `run_as`, check_runnable_as().
+Result<std::string> find_runnable_program(const std::string& program, const std::string& cwd, const RunAs* run_as);
+
 }  // namespace lbd

@@ -379,11 +379,8 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   const ProgramOptions& program = *options.program;
   // Looked up for every start: a reload runs the file on disk now, and a missing program is
   // one clear line instead of a child that exits 127.
-  auto path = find_program(program.command[0], program.cwd);
+  auto path = find_runnable_program(program.command[0], program.cwd, options.run_as ? &*options.run_as : nullptr);
   if (!path) return path.error();
-  if (options.run_as && geteuid() == 0) {
-    if (auto runnable = check_runnable_as(*options.run_as, *path, program.cwd); !runnable) return runnable.error();
-  }
 
   ProcessLaunch launch;
   launch.path = *path;

@@ -445,7 +445,7 @@ void SlotManager::tick(Clock::time_point now) {
   if (stopping_ && now >= stop_deadline_) {
     stop_deadline_ = now + std::chrono::hours(24);  // once
     size_t running = 0;
-    for (const auto& slot : slots_) running += (slot.serving ? 1 : 0) + (slot.replacement ? 1 : 0) + slot.retiring.size();
+    for (const auto& slot : slots_) running += slot.process_count();
     if (running > 0 && config_.shutdown_timeout.count() > 0) {
       spdlog::warn("shutdown timeout ({:.1f} s) passed with {} worker process(es) still running; killing them",
                    config_.shutdown_timeout.count() / 1000.0, running);

@@ -139,7 +139,8 @@ struct SlotRecord {
   Clock::time_point memory_check_after;
   std::chrono::milliseconds memory_quiet{0};  // a new process is not looked at before this age
 
-  bool has_process() const { return serving || replacement || !retiring.empty(); }
+  size_t process_count() const { return (serving ? 1 : 0) + (replacement ? 1 : 0) + retiring.size(); }
+  bool has_process() const { return process_count() > 0; }
   // Serving and steered to.
   bool active() const { return wanted && serving && serving->role == ProcessRole::kServing; }
 };

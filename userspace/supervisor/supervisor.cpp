@@ -242,11 +242,8 @@ Result<void> Supervisor::set_up_exec_mode() {
   if (!program.cwd.empty() && !std::filesystem::is_directory(program.cwd)) {
     return Error::from_errno(ENOENT, "--cwd " + program.cwd);
   }
-  auto found = find_program(program.command[0], program.cwd);
+  auto found = find_runnable_program(program.command[0], program.cwd, options_.run_as ? &*options_.run_as : nullptr);
   if (!found) return found.error();
-  if (options_.run_as && geteuid() == 0) {
-    if (auto runnable = check_runnable_as(*options_.run_as, *found, program.cwd); !runnable) return runnable.error();
-  }
   auto logs = logs::LogCollector::create({.dir = program.log_dir,
                                           .group = options_.run_as ? static_cast<int>(options_.run_as->gid) : -1,
                                           .app = options_.app,
