@@ -67,6 +67,7 @@ const char* policy_name(Policy policy) {
     case Policy::kRoundRobin: return "rr";
     case Policy::kLeast: return "least";
     case Policy::kHash: return "hash";
+    case Policy::kSticky: return "sticky";
   }
   return "unknown";
 }
