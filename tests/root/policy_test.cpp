@@ -191,7 +191,7 @@ class Sticky : public ControlTest {
   }
 };
 
-TEST_F(Sticky, EachClientKeepsItsWorkerAcrossConnectionsAndReloadsAndOnlyADrainedWorkersClientsMove) {
+TEST_F(Sticky, EachClientKeepsItsWorkerAcrossConnectionsReloadsAndUpgradesAndOnlyADrainedWorkersClientsMove) {
   ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 4, {"--policy", "sticky"})));
   EXPECT_EQ(ready_.policy, "sticky");
   const std::vector<int> before = workers_of_clients(3);
@@ -221,6 +221,12 @@ TEST_F(Sticky, EachClientKeepsItsWorkerAcrossConnectionsAndReloadsAndOnlyADraine
   // Set at run time, from another policy, the same clients land on the same workers.
   ASSERT_TRUE(lbctl({"policy", "rr"}).exited(0));
   ASSERT_TRUE(lbctl({"policy", "sticky"}).exited(0));
+  EXPECT_EQ(workers_of_clients(), before);
+
+  // A new lbd (an upgrade) keeps the policy and the mapping: it has no seed.
+  CommandResult upgrade = lbctl({"upgrade"});
+  ASSERT_TRUE(upgrade.exited(0)) << upgrade.describe();
+  EXPECT_EQ(status()["lbd"].value("policy", ""), "sticky");
   EXPECT_EQ(workers_of_clients(), before);
 }
 
