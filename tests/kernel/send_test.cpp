@@ -256,5 +256,16 @@ TEST_F(SendToPrograms, AProgramThatNeverReadsDoesNotStallLbd) {
       << lbd().log();
 }
 
+TEST_F(SendToPrograms, AProgramThatClosedItsMessageFdIsReportedSo) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "reuseport", "-i", "1", "--ready-delay", "0.1"},
+                                        {"/bin/sh", "-c", R"(eval "exec $LBD_MESSAGE_FD<&-"; exec sleep 600)"}));
+  const pid_t pid = serving_pids().at(0);
+  CommandResult r = lbctl({"send", "0", "anyone?"});
+  EXPECT_TRUE(r.exited(1)) << r.describe();
+  EXPECT_EQ(r.err, "lbctl: not delivered to slot 0 (pid " + std::to_string(pid) +
+                       "): the program has closed $LBD_MESSAGE_FD\n");
+  EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
+}
+
 }  // namespace
 }  // namespace lbd::test
