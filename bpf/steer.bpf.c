@@ -71,8 +71,11 @@ struct {
 	__type(value, struct lbd_probe);
 } probes SEC(".maps");
 
-/* Set before load: a slot whose heartbeat is older than this is treated as stalled by `least`. */
+/* Set before load: a slot whose heartbeat is older than this is treated as stalled by `least`;
+ * by `sticky`, only once it is older than the second, longer bound: moving a client costs it
+ * whatever its worker held for it, a wait of a few hundred ms does not. */
 const volatile __u64 stale_after_ns = 50 * 1000 * 1000;
+const volatile __u64 sticky_stale_after_ns = 1000 * 1000 * 1000;
 
 /* Changed by user space at run time through the skeleton's mmapped .bss. */
 volatile __u32 policy = LBD_POLICY_LEAST;
@@ -218,7 +221,7 @@ int lbd_steer(struct sk_reuseport_md *md)
 	args.policy = policy;
 	args.nr_slots = nr_slots;
 	args.hash = md->hash;
-	args.stale_after_ns = stale_after_ns;
+	args.stale_after_ns = args.policy == LBD_POLICY_STICKY ? sticky_stale_after_ns : stale_after_ns;
 	args.now_ns = bpf_ktime_get_coarse_ns();
 	/* Only the policies that take turns touch the shared cursor: it is a cache line every CPU
 	 * writes. */

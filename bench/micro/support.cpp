@@ -27,6 +27,7 @@ Result<SteeredGroup> make_steered_group(Policy policy, uint32_t workers) {
   SteeringOptions options;
   options.policy = policy;
   options.stale_after = std::chrono::hours(1);
+  options.sticky_stale_after = std::chrono::hours(1);
   auto steering = Steering::load(options);
   if (!steering) return steering.error();
 

@@ -77,6 +77,7 @@ class SteeringTest : public ::testing::Test {
     SteeringOptions options;
     options.policy = policy;
     options.stale_after = stale_after;
+    options.sticky_stale_after = stale_after;
     auto loaded = Steering::load(options);
     ASSERT_TRUE(loaded) << loaded.error().message();
     steering_.emplace(std::move(*loaded));

@@ -53,6 +53,7 @@ struct ServingFlags {
   unsigned max_connections = 65536;
   int backlog = 4096;
   unsigned stale_after_ms = 50;
+  unsigned sticky_stale_after_ms = 1000;
   std::string log_level = "info";
   std::string control_path;
   std::string admin_text;
@@ -101,6 +102,9 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
   app.add_option("--backlog", f.backlog, "Accept queue length of each listener")->capture_default_str();
   app.add_option("--stale-after", f.stale_after_ms,
                  "Policy least skips a worker whose loop has not run for this long (ms)")
+      ->capture_default_str();
+  app.add_option("--sticky-stale-after", f.sticky_stale_after_ms,
+                 "Policy sticky moves the clients of a worker whose loop has not run for this long (ms)")
       ->capture_default_str();
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--control", f.control_path,
@@ -174,6 +178,8 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   options.backlog = f.backlog;
   if (f.stale_after_ms < 20) throw ConfigError("--stale-after: at least 20 ms (idle workers beat every 10 ms)");
   options.steering.stale_after = std::chrono::milliseconds(f.stale_after_ms);
+  if (f.sticky_stale_after_ms < 20) throw ConfigError("--sticky-stale-after: at least 20 ms (idle workers beat every 10 ms)");
+  options.steering.sticky_stale_after = std::chrono::milliseconds(f.sticky_stale_after_ms);
   static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (!levels.count(f.log_level)) throw ConfigError("--log-level: unknown level '" + f.log_level + "'");
   options.log_level = f.log_level;

@@ -75,12 +75,22 @@ const char* policy_name(Policy policy) {
   return "unknown";
 }
 
+namespace {
+
+// Read-only data of the program, fixed before it loads.
+void set_stall_bounds(steer_bpf& skeleton, const SteeringOptions& options) {
+  using std::chrono::nanoseconds;
+  skeleton.rodata->stale_after_ns = std::chrono::duration_cast<nanoseconds>(options.stale_after).count();
+  skeleton.rodata->sticky_stale_after_ns = std::chrono::duration_cast<nanoseconds>(options.sticky_stale_after).count();
+}
+
+}  // namespace
+
 Result<Steering> Steering::load(const SteeringOptions& options) {
   libbpf_set_print(forward_libbpf_log);
   std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton(steer_bpf__open(), steer_bpf__destroy);
   if (!skeleton) return load_error(errno);
-  skeleton->rodata->stale_after_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(options.stale_after).count();
+  set_stall_bounds(*skeleton, options);
   if (int err = steer_bpf__load(skeleton.get()); err != 0) return load_error(-err);
 
   auto table = SlotTable::map(bpf_map__fd(skeleton->maps.slot_table));
@@ -119,8 +129,7 @@ Result<Steering> Steering::adopt(const SteeringOptions& options, const std::stri
   libbpf_set_print(forward_libbpf_log);
   std::unique_ptr<steer_bpf, void (*)(steer_bpf*)> skeleton(steer_bpf__open(), steer_bpf__destroy);
   if (!skeleton) return load_error(errno);
-  skeleton->rodata->stale_after_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(options.stale_after).count();
+  set_stall_bounds(*skeleton, options);
   for (auto& [name, map] : pinned_maps(skeleton.get())) {
     const std::string path = dir + "/" + name;
     UniqueFd fd(bpf_obj_get(path.c_str()));

@@ -30,6 +30,9 @@ struct SteeringOptions {
   Policy policy = Policy::kLeast;
   // `least` skips a worker whose heartbeat is older than this (a stopped or stuck worker).
   std::chrono::milliseconds stale_after{50};
+  // `sticky` moves a worker's clients only after this long: moving them costs them their state
+  // (docs/ARCHITECTURE.md, section 5).
+  std::chrono::milliseconds sticky_stale_after{1000};
 };
 
 struct SlotCounters {
