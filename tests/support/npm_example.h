@@ -42,7 +42,7 @@ namespace npm_detail {
 
 inline constexpr char kScratch[] = "/var/tmp/lbd-examples";
 // One install, however slow the registry: bounded, and it fails rather than hangs.
-inline constexpr auto kInstallBound = std::chrono::seconds(300);
+inline constexpr auto kInstallBound = std::chrono::seconds(90);
 
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
