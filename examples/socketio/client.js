@@ -16,7 +16,8 @@
 //
 // Between phases the client waits for SIGUSR2 (the test reloads lbd meanwhile); in the next phase
 // each client must be served by a new process (it reconnects by itself when its worker drains).
-// A client that fails in a phase is not asked to do more; any error anywhere counts.
+// A client's phase ends at its first error (it tries again in the next phase); every error counts,
+// those between phases (during the reload) in the next phase's report.
 // Exits 0 after the last phase (whatever it found: the caller judges the report), 2 on bad usage.
 const http = require('http');
 const { io } = require('socket.io-client');
