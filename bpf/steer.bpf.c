@@ -121,6 +121,48 @@ static __always_inline int fall_back(void)
 	return SK_PASS;
 }
 
+/* The source address of the packet the decision is about (a SYN, or the ACK that completes a
+ * migrating handshake), read from the IP header: family AF_INET with the address in addr[0], or
+ * AF_INET6. Network byte order. */
+static __always_inline int packet_source(struct sk_reuseport_md *md, __u32 *family, __u32 addr[4])
+{
+	if (md->eth_protocol == bpf_htons(ETH_P_IP)) {
+		*family = AF_INET;
+		return bpf_skb_load_bytes_relative(md, 12, &addr[0], 4, BPF_HDR_START_NET) ? -1 : 0;
+	}
+	if (md->eth_protocol == bpf_htons(ETH_P_IPV6)) {
+		*family = AF_INET6;
+		return bpf_skb_load_bytes_relative(md, 8, addr, 16, BPF_HDR_START_NET) ? -1 : 0;
+	}
+	return -1;
+}
+
+/*
+ * sticky: the key of the connection's client (steer_policy.h). A migrating connection is asked
+ * about by its socket, whose peer is the client: a listener that closes with finished handshakes
+ * in its queue hands them on without any packet. A new connection, by its SYN's source. A client
+ * whose address cannot be read gets key 0: steered consistently still, all such together. Not
+ * inlined, for the same reason as select_probe_target below.
+ */
+static __noinline __u64 client_key(struct sk_reuseport_md *md)
+{
+	struct bpf_sock *migrating = md->migrating_sk;
+	__u32 addr[4] = {}, family = 0;
+
+	if (migrating) {
+		if (migrating->family == AF_INET)
+			return lbd_client_key_v4(migrating->dst_ip4);
+		addr[0] = migrating->dst_ip6[0];
+		addr[1] = migrating->dst_ip6[1];
+		addr[2] = migrating->dst_ip6[2];
+		addr[3] = migrating->dst_ip6[3];
+		return lbd_client_key_v6(addr);
+	}
+	if (packet_source(md, &family, addr))
+		return 0;
+	return family == AF_INET ? lbd_client_key_v4(addr[0]) : lbd_client_key_v6(addr);
+}
+
 /*
  * A readiness probe goes to the starting worker it is meant for, and nowhere else; every other
  * connection returns -1 here. data starts at the TCP header (the kernel has pulled the IP header),
@@ -138,17 +180,8 @@ static __noinline int select_probe_target(struct sk_reuseport_md *md)
 	    bpf_skb_load_bytes(md, 0, &source_port, sizeof(source_port)))
 		return -1;
 	key.port = bpf_ntohs(source_port);
-	if (md->eth_protocol == bpf_htons(ETH_P_IP)) {
-		key.family = AF_INET;
-		if (bpf_skb_load_bytes_relative(md, 12, &key.addr[0], 4, BPF_HDR_START_NET))
-			return -1;
-	} else if (md->eth_protocol == bpf_htons(ETH_P_IPV6)) {
-		key.family = AF_INET6;
-		if (bpf_skb_load_bytes_relative(md, 8, key.addr, 16, BPF_HDR_START_NET))
-			return -1;
-	} else {
+	if (packet_source(md, &key.family, key.addr))
 		return -1;
-	}
 	probe = bpf_map_lookup_elem(&probes, &key);
 	if (!probe || bpf_sk_select_reuseport(md, &sockarray, &probe->place, 0))
 		return -1;
@@ -187,8 +220,12 @@ int lbd_steer(struct sk_reuseport_md *md)
 	args.hash = md->hash;
 	args.stale_after_ns = stale_after_ns;
 	args.now_ns = bpf_ktime_get_coarse_ns();
-	if (args.policy != LBD_POLICY_HASH)
+	/* Only the policies that take turns touch the shared cursor: it is a cache line every CPU
+	 * writes. */
+	if (args.policy == LBD_POLICY_RR || args.policy == LBD_POLICY_LEAST)
 		args.cursor = __sync_fetch_and_add(&rr_cursor, 1);
+	else if (args.policy == LBD_POLICY_STICKY)
+		args.client = client_key(md);
 	lbd_scan_init(&scan, &args);
 	bpf_loop(scan.args.nr_slots, visit_slot, &scan, 0);
 	first = lbd_scan_first(&scan);

@@ -40,6 +40,8 @@ enum lbd_policy {
 	LBD_POLICY_LEAST = 1, /* lowest load (queued + open connections), live slots only;
 				 ties broken round-robin */
 	LBD_POLICY_HASH = 2,  /* the kernel's flow hash, mapped onto the active slots */
+	LBD_POLICY_STICKY = 3, /* the client's address picks the slot (rendezvous hashing): the same
+				  client, the same slot, across connections and reloads */
 };
 
 /*

@@ -35,15 +35,16 @@ struct lbd_pick_args {
 	__u32 cursor;          /* this decision's round-robin ticket (a shared counter, +1 per call) */
 	__u32 hash;            /* the kernel's flow hash of the connection */
 	__u64 now_ns;          /* CLOCK_MONOTONIC (coarse) now */
-	__u64 stale_after_ns;  /* least: a heartbeat older than this means stalled; 0 disables */
+	__u64 stale_after_ns;  /* least, sticky: a heartbeat older than this means stalled; 0 disables */
+	__u64 client;          /* sticky: lbd_client_key() of the connection's client address */
 };
 
 struct lbd_scan {
 	struct lbd_pick_args args;
 	__u64 active;          /* bit i set = slot i is ACTIVE */
 	__u64 full;            /* bit i set = slot i is ACTIVE and its worker's table is full */
-	__u64 best_rank;       /* least: the lowest rank so far (load, plus a penalty if stalled) */
-	__u64 tied;            /* least: bit i set = slot i is active and has best_rank */
+	__u64 best_rank;       /* least, sticky: the lowest rank so far (see lbd_scan_visit) */
+	__u64 tied;            /* least, sticky: bit i set = slot i is active and has best_rank */
 };
 
 /*
@@ -79,6 +80,53 @@ static __always_inline int lbd_slot_is_live(const struct lbd_slot *s,
 	return a->now_ns - beat <= a->stale_after_ns;
 }
 
+/*
+ * sticky: rendezvous (highest-random-weight) hashing. Every slot gets a score from the client's
+ * key and the slot's index, and the active slot with the highest score wins. Only a slot's own
+ * clients move when it leaves (each client's scores for the other slots do not change), they come
+ * back when it returns, a new slot takes the clients for which it scores highest (about 1/N), and
+ * a client's second choice is simply its second-highest score. The price is one 64-bit mix per
+ * visited slot, in the loop every decision runs anyway; no table to rebuild when a slot changes
+ * state (docs/ARCHITECTURE.md, section 5).
+ */
+
+/* splitmix64's finalizer: each input bit flips about half of the output bits. */
+static __always_inline __u64 lbd_mix64(__u64 x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+/* A client's key from its IPv4 address (network byte order, as the packet carries it). */
+static __always_inline __u64 lbd_client_key_v4(__u32 addr)
+{
+	return lbd_mix64(0x1000000000ULL | addr);
+}
+
+/* A client's key from its IPv6 address (network byte order). An IPv4 client seen through an IPv6
+ * socket (::ffff:a.b.c.d, as a dual-stack listener's connections are) has the key of a.b.c.d, so
+ * it is the same client whichever way the kernel shows it. */
+static __always_inline __u64 lbd_client_key_v6(const __u32 addr[4])
+{
+	const __u8 *third = (const __u8 *)&addr[2];
+
+	if (addr[0] == 0 && addr[1] == 0 && third[0] == 0 && third[1] == 0 && third[2] == 0xff &&
+	    third[3] == 0xff)
+		return lbd_client_key_v4(addr[3]);
+	return lbd_mix64(lbd_mix64(lbd_mix64(lbd_mix64(0x6000000000ULL ^ addr[0]) ^ addr[1]) ^ addr[2]) ^
+			 addr[3]);
+}
+
+/* The client's score for a slot: the highest among the eligible slots wins. */
+static __always_inline __u64 lbd_sticky_score(__u64 client, __u32 slot)
+{
+	return lbd_mix64(client ^ ((__u64)(slot + 1) * 0x9e3779b97f4a7c15ULL));
+}
+
 static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_pick_args *a)
 {
 	s->args = *a;
@@ -91,9 +139,11 @@ static __always_inline void lbd_scan_init(struct lbd_scan *s, const struct lbd_p
 }
 
 /*
- * least ranks a live slot by its load. A stalled slot ranks after every live one: it is chosen
- * only when every active slot is stalled, because queueing the connection beats refusing it. A
- * full slot likewise ranks after every slot with room.
+ * least ranks a live slot by its load; sticky ranks it by the client's score, the highest first.
+ * A stalled slot ranks after every live one: it is chosen only when every active slot is stalled,
+ * because queueing the connection beats refusing it. A full slot likewise ranks after every slot
+ * with room. So a sticky client whose slot stalls or fills goes to its next choice meanwhile, and
+ * comes back after.
  * Every slot with the lowest rank is remembered, and the cursor picks among them.
  */
 static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const struct lbd_slot *slot)
@@ -110,10 +160,13 @@ static __always_inline void lbd_scan_visit(struct lbd_scan *s, __u32 i, const st
 	full = LBD_READ_ONCE(slot->full) != 0;
 	if (full)
 		s->full |= bit;
-	if (s->args.policy != LBD_POLICY_LEAST)
+	if (s->args.policy == LBD_POLICY_LEAST)
+		rank = lbd_slot_load(slot);
+	else if (s->args.policy == LBD_POLICY_STICKY)
+		rank = ~lbd_sticky_score(s->args.client, i) >> 3; /* below both penalties */
+	else
 		return;
 
-	rank = lbd_slot_load(slot);
 	if (!lbd_slot_is_live(slot, &s->args))
 		rank += stalled_penalty;
 	if (full)
@@ -177,7 +230,7 @@ static __always_inline __u32 lbd_scan_first(const struct lbd_scan *s)
 
 	if (!count)
 		return 0;
-	if (s->args.policy == LBD_POLICY_LEAST) {
+	if (s->args.policy == LBD_POLICY_LEAST || s->args.policy == LBD_POLICY_STICKY) {
 		/* the (cursor % ties)-th tied slot, so equal loads are served in turn */
 		ties = lbd_bits(s->tied);
 		if (!ties)
@@ -191,7 +244,9 @@ static __always_inline __u32 lbd_scan_first(const struct lbd_scan *s)
 }
 
 /* The attempt-th slot to try, from the pick's rank `first`: 0 is the pick, then the eligible slots
- * after it in turn. LBD_NO_SLOT once every eligible slot has been offered. */
+ * after it in turn (for sticky too: a pick whose socket is missing is a moment of a swap, not a
+ * slot leaving, so its client need not find its second choice). LBD_NO_SLOT once every eligible
+ * slot has been offered. */
 static __always_inline __u32 lbd_scan_choice_from(const struct lbd_scan *s, __u32 first, __u32 attempt)
 {
 	__u64 eligible = lbd_scan_eligible(s);

@@ -5,7 +5,8 @@
 // run_time_ns / run_cnt over those connections, counter ns_per_decision. It is the price lbd's
 // steering adds to every new connection over the kernel's plain reuseport hash, against the
 // ~30 µs of server CPU a new connection costs in all (README, Benchmarks). `least` visits every
-// slot (bpf_loop), so its cost grows with the number of workers.
+// slot (bpf_loop), so its cost grows with the number of workers; so does `sticky`'s, which also
+// scores every slot for the client and reads the client's address from the packet.
 //
 // Each iteration is one connection: connect, accept on whichever listener the program chose
 // (bumping the slot's accepted count as a worker does, so `least` sees queues drain), close with
@@ -164,9 +165,11 @@ void BM_SteeringDecision(benchmark::State& state, Policy policy, uint32_t worker
 BENCHMARK_CAPTURE(BM_SteeringDecision, rr_2, Policy::kRoundRobin, 2)->Iterations(kConnections);
 BENCHMARK_CAPTURE(BM_SteeringDecision, least_2, Policy::kLeast, 2)->Iterations(kConnections);
 BENCHMARK_CAPTURE(BM_SteeringDecision, hash_2, Policy::kHash, 2)->Iterations(kConnections);
+BENCHMARK_CAPTURE(BM_SteeringDecision, sticky_2, Policy::kSticky, 2)->Iterations(kConnections);
 BENCHMARK_CAPTURE(BM_SteeringDecision, rr_8, Policy::kRoundRobin, 8)->Iterations(kConnections);
 BENCHMARK_CAPTURE(BM_SteeringDecision, least_8, Policy::kLeast, 8)->Iterations(kConnections);
 BENCHMARK_CAPTURE(BM_SteeringDecision, hash_8, Policy::kHash, 8)->Iterations(kConnections);
+BENCHMARK_CAPTURE(BM_SteeringDecision, sticky_8, Policy::kSticky, 8)->Iterations(kConnections);
 
 }  // namespace
 }  // namespace lbd

@@ -35,7 +35,7 @@ TEST_F(LbctlBpf, PolicyChangesAtRunTime) {
 
   CommandResult unknown = lbctl({"policy", "fastest"}, after(10s));
   EXPECT_TRUE(unknown.exited(1)) << unknown.describe();
-  EXPECT_EQ(unknown.err, "lbctl: unknown policy 'fastest' (expected rr, least or hash)\n");
+  EXPECT_EQ(unknown.err, "lbctl: unknown policy 'fastest' (expected rr, least, hash or sticky)\n");
   EXPECT_EQ(status()["lbd"].value("policy", ""), "rr") << "a refused policy changed the policy";
 
   CommandResult hash = lbctl({"policy", "hash"}, after(10s));

@@ -2,6 +2,10 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <set>
+#include <thread>
+
 #include "support/control_test.h"
 #include "support/lbd_test.h"
 
@@ -157,6 +161,97 @@ TEST_F(FullTable, AWorkerWithAFullTableIsPassedOverByRoundRobinAndLeast) {
     EXPECT_EQ(workers[1], 100) << "answered by worker 0: " << workers[0];
   }
   on_zero.clear();
+}
+
+// sticky: the client's address picks the worker. Each test client is an address of its own in
+// 127.0.0.0/8 (all of it is the loopback's), as clients behind different hosts would be.
+class Sticky : public ControlTest {
+ protected:
+  static constexpr int kClients = 60;
+
+  void SetUp() override { LBD_REQUIRE_ROOT("loads the BPF steering program"); }
+
+  static net::Address client(int i) { return net::Address::parse("127.2.0." + std::to_string(i + 1) + ":0"); }
+
+  // The worker that answers each client, over `connections` new connections per client; a
+  // client answered by two workers fails the test.
+  std::vector<int> workers_of_clients(int connections = 1) {
+    std::vector<int> worker(kClients, -1);
+    for (int round = 0; round < connections; round++) {
+      for (int i = 0; i < kClients; i++) {
+        const net::Address source = client(i);
+        HttpResult r = fetch(address(), http_get("/", /*close=*/true), after(2s), &source);
+        EXPECT_TRUE(r.ok()) << "client " << source.to_string() << ": " << r.describe();
+        if (!r.ok()) return worker;
+        if (worker[i] == -1) worker[i] = r.response.worker();
+        EXPECT_EQ(r.response.worker(), worker[i]) << "client " << source.to_string() << ", connection " << round;
+      }
+    }
+    return worker;
+  }
+};
+
+TEST_F(Sticky, EachClientKeepsItsWorkerAcrossConnectionsReloadsAndUpgradesAndOnlyADrainedWorkersClientsMove) {
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 4, {"--policy", "sticky"})));
+  EXPECT_EQ(ready_.policy, "sticky");
+  const std::vector<int> before = workers_of_clients(3);
+  const std::set<int> used(before.begin(), before.end());
+  ASSERT_GE(used.size(), 3u) << "60 client addresses over 4 workers";
+
+  CommandResult reload = lbctl({"reload"});
+  ASSERT_TRUE(reload.exited(0)) << reload.describe();
+  EXPECT_EQ(workers_of_clients(), before) << "a reloaded worker keeps its slot's clients";
+
+  ASSERT_GT(std::count(before.begin(), before.end(), 2), 0) << "no client on worker 2 to move";
+  CommandResult drain = lbctl({"drain", "2"});
+  ASSERT_TRUE(drain.exited(0)) << drain.describe();
+  const std::vector<int> drained = workers_of_clients();
+  for (int i = 0; i < kClients; i++) {
+    if (before[i] == 2) {
+      EXPECT_NE(drained[i], 2) << "client " << i;
+    } else {
+      EXPECT_EQ(drained[i], before[i]) << "client " << i << " was not on worker 2, yet moved";
+    }
+  }
+
+  CommandResult undrain = lbctl({"undrain", "2"});
+  ASSERT_TRUE(undrain.exited(0)) << undrain.describe();
+  EXPECT_EQ(workers_of_clients(), before) << "worker 2's clients come back, nobody else moves";
+
+  // Set at run time, from another policy, the same clients land on the same workers.
+  ASSERT_TRUE(lbctl({"policy", "rr"}).exited(0));
+  ASSERT_TRUE(lbctl({"policy", "sticky"}).exited(0));
+  EXPECT_EQ(workers_of_clients(), before);
+
+  // A new lbd (an upgrade) keeps the policy and the mapping: it has no seed.
+  CommandResult upgrade = lbctl({"upgrade"});
+  ASSERT_TRUE(upgrade.exited(0)) << upgrade.describe();
+  EXPECT_EQ(status()["lbd"].value("policy", ""), "sticky");
+  EXPECT_EQ(workers_of_clients(), before);
+}
+
+TEST_F(Sticky, AStoppedWorkersClientsAreServedByTheirNextChoiceMeanwhile) {
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 4, {"--policy", "sticky"})));
+  const std::vector<int> before = workers_of_clients();
+  ASSERT_GT(std::count(before.begin(), before.end(), 1), 0) << "no client on worker 1";
+  const pid_t stalled = lbd().worker_pid(1);
+  ASSERT_TRUE(stop_process(stalled, after(2s))) << "worker 1 did not stop";
+  std::this_thread::sleep_for(100ms);  // the bound lbd promises for a stalled worker (docs/ARCHITECTURE.md, section 5)
+
+  const std::vector<int> meanwhile = workers_of_clients();  // a timeout here: sent to the stopped worker
+  for (int i = 0; i < kClients; i++) {
+    if (before[i] == 1) {
+      EXPECT_NE(meanwhile[i], 1) << "client " << i;
+    } else {
+      EXPECT_EQ(meanwhile[i], before[i]) << "client " << i << " was not on worker 1, yet moved";
+    }
+  }
+  ASSERT_EQ(kill(stalled, SIGCONT), 0);
+  // Live again within the heartbeat's bound; then its clients are back.
+  const Deadline deadline = after(5s);
+  std::vector<int> now = workers_of_clients();
+  while (now != before && Clock::now() < deadline) now = workers_of_clients();
+  EXPECT_EQ(now, before);
 }
 
 }  // namespace

@@ -23,6 +23,8 @@
 #include <deque>
 #include <numeric>
 #include <optional>
+#include <set>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -428,6 +430,149 @@ TEST_F(SteeringTest, EachListenAddressIsSteeredAsItsOwnGroup) {
   EXPECT_EQ(steering_->counters(0).selected, 10u);
   EXPECT_EQ(steering_->counters(1).selected, 10u);
   EXPECT_EQ(steering_->fallbacks(), 0u) << "the program found both groups";
+}
+
+// --- sticky ----------------------------------------------------------------------------------
+
+// Clients from many addresses: all of 127.0.0.0/8 belongs to the loopback, so a socket bound to
+// 127.1.0.1, 127.1.0.2, ... before it connects is a client of its own address, as far as the
+// kernel (and the program, which reads the SYN's source) can tell.
+class StickySteeringTest : public SteeringTest {
+ protected:
+  static constexpr uint32_t kAddresses = 300;
+  static constexpr int kNotSeen = -1;
+  static constexpr int kSplit = -2;  // the address's connections went to different slots
+
+  static in_addr_t client_address(uint32_t i) { return htonl(0x7f010001u + i); }
+
+  void connect_from_every_address(const Group& g) {
+    for (uint32_t i = 0; i < kAddresses; i++) {
+      UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      ASSERT_TRUE(fd) << strerror(errno);
+      sockaddr_in source{};
+      source.sin_family = AF_INET;
+      source.sin_addr.s_addr = client_address(i);
+      ASSERT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&source), sizeof(source)), 0) << strerror(errno);
+      int rc = connect(fd.get(), g.address.sockaddr_ptr(), g.address.length());
+      ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << "connect: " << strerror(errno);
+      clients_.push_back(std::move(fd));
+    }
+  }
+
+  // Accepts `expected` connections on the listeners of `g` whose slots are in `slots` (all when
+  // empty) and records, per client address, the slot whose listener had its connection.
+  void accept_into(Group& g, uint32_t expected, std::vector<int>& where, std::vector<uint32_t> slots = {}) {
+    if (slots.empty()) {
+      for (uint32_t i = 0; i < g.listeners.size(); i++) slots.push_back(i);
+    }
+    uint32_t total = 0;
+    const auto deadline = Clock::now() + kPatience;
+    while (total < expected) {
+      std::vector<pollfd> fds;
+      for (uint32_t slot : slots) fds.push_back({g.listeners[slot].get(), POLLIN, 0});
+      if (poll(fds.data(), fds.size(), remaining_ms(deadline)) <= 0) break;
+      for (size_t k = 0; k < fds.size(); k++) {
+        if (!(fds[k].revents & POLLIN)) continue;
+        while (true) {
+          sockaddr_in peer{};
+          socklen_t len = sizeof(peer);
+          int fd = accept4(fds[k].fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          if (fd < 0) break;
+          accepted_.emplace_back(fd);
+          total++;
+          const uint32_t index = ntohl(peer.sin_addr.s_addr) - ntohl(client_address(0));
+          ASSERT_LT(index, kAddresses) << "a connection from an address no client used";
+          int& w = where[index];
+          const int slot = static_cast<int>(slots[k]);
+          w = (w == kNotSeen || w == slot) ? slot : kSplit;
+        }
+      }
+    }
+    ASSERT_EQ(total, expected) << "connections that reached some accept queue";
+  }
+
+  // One connection from every client address: the slot each address landed on (among `slots`,
+  // all when empty).
+  std::vector<int> placement(Group& g, const std::vector<uint32_t>& slots = {}) {
+    std::vector<int> where(kAddresses, kNotSeen);
+    connect_from_every_address(g);
+    accept_into(g, kAddresses, where, slots);
+    return where;
+  }
+
+  static std::set<int> slots_used(const std::vector<int>& where) { return {where.begin(), where.end()}; }
+};
+
+TEST_F(StickySteeringTest, EachClientAddressStaysOnItsSlotAndTheAddressesSpread) {
+  ASSERT_NO_FATAL_FAILURE(start(4, Policy::kSticky));
+  Group& g = groups_[0];
+  std::vector<int> where(kAddresses, kNotSeen);
+  // Three connections from every address, each from a new source port (a new flow).
+  for (int round = 0; round < 3; round++) {
+    connect_from_every_address(g);
+    ASSERT_NO_FATAL_FAILURE(accept_into(g, kAddresses, where));
+  }
+  EXPECT_EQ(slots_used(where), (std::set<int>{0, 1, 2, 3})) << "kSplit (-2): an address reached two slots";
+  std::vector<int> per_slot(4, 0);
+  for (int slot : where) per_slot.at(static_cast<size_t>(std::max(slot, 0)))++;
+  for (int n : per_slot) EXPECT_GT(n, static_cast<int>(kAddresses) / 8) << "300 addresses over 4 slots";
+}
+
+TEST_F(StickySteeringTest, ADrainedSlotsClientsMoveAndNoOthersThenReturn) {
+  ASSERT_NO_FATAL_FAILURE(start(4, Policy::kSticky));
+  Group& g = groups_[0];
+  const std::vector<int> before = placement(g);
+  ASSERT_EQ(slots_used(before).count(kSplit), 0u);
+
+  set_state(2, LBD_SLOT_DRAINING);
+  const std::vector<int> drained = placement(g);
+  for (uint32_t i = 0; i < kAddresses; i++) {
+    if (before[i] == 2) {
+      EXPECT_TRUE(drained[i] >= 0 && drained[i] != 2) << "client " << i << " went to " << drained[i];
+    } else {
+      EXPECT_EQ(drained[i], before[i]) << "client " << i << " was not on the drained slot, yet moved";
+    }
+  }
+
+  set_state(2, LBD_SLOT_ACTIVE);
+  EXPECT_EQ(placement(g), before) << "slot 2's clients came back, and nobody else moved";
+}
+
+TEST_F(StickySteeringTest, AReplacedListenerInheritsItsSlotsClients) {
+  // A reload: the slot's new worker's listener takes the slot's place in the sockarray.
+  ASSERT_NO_FATAL_FAILURE(start(3, Policy::kSticky));
+  Group& g = groups_[0];
+  const std::vector<int> before = placement(g);
+  auto replacement = listen_on(g.address);
+  ASSERT_TRUE(replacement) << replacement.error().message();
+  ASSERT_TRUE(steering_->attach(replacement->get()));
+  ASSERT_TRUE(steering_->set_socket(g.row, 1, replacement->get()));
+  std::swap(g.listeners[1], *replacement);  // slot 1's listener is the new one now
+  EXPECT_EQ(placement(g), before);
+}
+
+TEST_F(StickySteeringTest, AClosingListenersQueuedClientsGoWhereTheirNewConnectionsWill) {
+  // The queue of a listener that stops migrates by the same key as a SYN: the program reads the
+  // client's address from the migrating socket, since no packet comes with it.
+  ASSERT_NO_FATAL_FAILURE(start(4, Policy::kSticky));
+  Group& g = groups_[0];
+  const std::vector<int> before = placement(g);
+  ASSERT_GT(std::count(before.begin(), before.end(), 1), 0) << "slot 1 had no client to migrate";
+
+  connect_from_every_address(g);  // queued as `before` says, nobody accepts yet
+  ASSERT_TRUE(wait_queued(g, kAddresses));
+  set_state(1, LBD_SLOT_DRAINING);
+  auto stopped = net::stop_listening(g.listeners[1].get());
+  ASSERT_TRUE(stopped) << stopped.error().message();
+  EXPECT_EQ(steering_->counters(1).migrated, 0u);
+  std::vector<int> after_migration(kAddresses, kNotSeen);
+  ASSERT_NO_FATAL_FAILURE(accept_into(g, kAddresses, after_migration, {0, 2, 3}));
+
+  uint64_t migrated = 0;
+  for (uint32_t slot : {0u, 2u, 3u}) migrated += steering_->counters(slot).migrated;
+  EXPECT_EQ(migrated, static_cast<uint64_t>(std::count(before.begin(), before.end(), 1)));
+  const std::vector<int> next_connections = placement(g, {0, 2, 3});
+  EXPECT_EQ(after_migration, next_connections);
 }
 
 // --- migration (docs/ARCHITECTURE.md, invariant 1) -------------------------------------------------------

@@ -92,6 +92,27 @@ INSTANTIATE_TEST_SUITE_P(Loads, UpgradeUnderLoad, ::testing::Values(false, true)
                            return load.param ? "KeepAlive" : "NewConnections";
                          });
 
+// A machine booted without systemd (a container, another init) has no BPF filesystem on
+// /sys/fs/bpf, so lbd could pin nothing, and then nothing could take its workers over. lbd mounts
+// one. The test runs lbd in a mount namespace of its own where /sys/fs/bpf is unmounted, so the
+// machine's own mount (and every other lbd's pins on it) are untouched.
+TEST_F(Upgrade, WithoutABpfFilesystemLbdMountsOneAndCanBeUpgraded) {
+  const std::string wrapper = dir_.path("lbd-without-bpffs");
+  replace_executable_with_text(wrapper,
+                               "#!/bin/sh\n"
+                               "exec unshare --mount --propagation private /bin/sh -c "
+                               "'umount /sys/fs/bpf 2>/dev/null; exec \"$0\" \"$@\"' " LBD_BINARY_PATH " \"$@\"\n");
+  ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("bpf", 2, {}), wrapper));
+  EXPECT_TRUE(lbd().wait_for_log("mounted a BPF filesystem on /sys/fs/bpf", after(1s)));
+  EXPECT_FALSE(lbd().wait_for_log("could not take these workers over", after(1ms)));
+  const auto workers = serving_pids();
+  CommandResult r = lbctl({"upgrade"});
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  EXPECT_EQ(serving_pids(), workers);
+  HttpResult answer = fetch(address(), http_get("/", /*close=*/true), after(2s));
+  EXPECT_TRUE(answer.ok()) << answer.describe();
+}
+
 TEST_F(Upgrade, ToABinaryThatExitsAtOnceFailsAndTheOldLbdKeepsServing) {
   ASSERT_NO_FATAL_FAILURE(start_copy());
   const auto workers = serving_pids();

@@ -181,7 +181,7 @@ std::string http_post_chunked(std::string_view target, std::string_view body, si
 // --- HttpConnection ---------------------------------------------------------------------------
 
 HttpConnection HttpConnection::open(const net::Address& address, Deadline deadline,
-                                    HttpResult* result) {
+                                    HttpResult* result, const net::Address* source) {
   auto fail = [&](Outcome outcome, std::string detail) {
     if (result) {
       result->outcome = outcome;
@@ -193,6 +193,9 @@ HttpConnection HttpConnection::open(const net::Address& address, Deadline deadli
   if (!fd) return fail(Outcome::kOtherError, "socket: " + errno_text(errno));
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (source && bind(fd.get(), source->sockaddr_ptr(), source->length()) != 0) {
+    return fail(Outcome::kOtherError, "bind to " + source->to_string() + ": " + errno_text(errno));
+  }
   if (connect(fd.get(), address.sockaddr_ptr(), address.length()) != 0) {
     if (errno != EINPROGRESS) return fail(classify_errno(errno), errno_text(errno));
     int ready = wait_for(fd.get(), POLLOUT, deadline);
@@ -353,10 +356,11 @@ void HttpConnection::shutdown_write() { ::shutdown(fd_.get(), SHUT_WR); }
 
 // --- one-shot helpers -------------------------------------------------------------------------
 
-HttpResult fetch(const net::Address& address, std::string_view raw_request, Deadline deadline) {
+HttpResult fetch(const net::Address& address, std::string_view raw_request, Deadline deadline,
+                 const net::Address* source) {
   const auto start = Clock::now();
   HttpResult result;
-  HttpConnection connection = HttpConnection::open(address, deadline, &result);
+  HttpConnection connection = HttpConnection::open(address, deadline, &result, source);
   if (connection.valid()) result = connection.request(raw_request, deadline);
   result.elapsed = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
   return result;

@@ -83,9 +83,10 @@ class HttpConnection {
  public:
   HttpConnection() = default;  // not connected
   // Connects with the deadline. On failure the connection is invalid and `result` (when given)
-  // says why (kRefused, kTimeout, ...).
+  // says why (kRefused, kTimeout, ...). `source`, when given, is the client's own address (say
+  // 127.1.0.7:0: every address of 127.0.0.0/8 is the loopback's, so a test can be many clients).
   static HttpConnection open(const net::Address& address, Deadline deadline,
-                             HttpResult* result = nullptr);
+                             HttpResult* result = nullptr, const net::Address* source = nullptr);
 
   bool valid() const { return fd_.valid(); }
   int fd() const { return fd_.get(); }
@@ -121,8 +122,10 @@ class HttpConnection {
   std::string buffer_;
 };
 
-// One request on a new connection (the usual client of a service), closed afterwards.
-HttpResult fetch(const net::Address& address, std::string_view raw_request, Deadline deadline);
+// One request on a new connection (the usual client of a service), closed afterwards; from
+// `source` when given (HttpConnection::open).
+HttpResult fetch(const net::Address& address, std::string_view raw_request, Deadline deadline,
+                 const net::Address* source = nullptr);
 
 // New connections until one is answered by `slot` (the kernel's hash, or a policy, chooses the
 // worker); at most `attempts`. Returns that answer, or the last one seen if no luck.

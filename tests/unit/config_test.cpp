@@ -433,7 +433,7 @@ const BadFile kBadFiles[] = {
     {"backwards cpus", GOOD_APP "cpus = \"3-1\"\n", "lbd.toml:5:", {"key 'cpus'", "backwards"}},
     {"bad cpus in [lbd]", "[lbd]\ncpus = \"\"\n" GOOD_APP, "lbd.toml:2:", {"[lbd]", "key 'cpus'", "empty"}},
     {"bad policy", GOOD_APP "policy = \"fastest\"\n", "lbd.toml:5:",
-     {"key 'policy'", "fastest", "rr, least or hash"}},
+     {"key 'policy'", "fastest", "rr, least, hash or sticky"}},
     {"bad mode", GOOD_APP "mode = \"handoff\"\n", "lbd.toml:5:", {"key 'mode'", "bpf or reuseport"}},
     {"workers other than max", GOOD_APP "workers = \"auto\"\n", "lbd.toml:5:",
      {"key 'workers'", "\"max\"", "\"max-N\"", "\"auto\""}},

@@ -241,7 +241,8 @@ TEST(LbctlTopDashboard, SurvivesAnAnswerWithoutTheUsualFields) {
 TEST(LbctlTopPolicy, CyclesRrLeastHash) {
   EXPECT_EQ(next_policy("rr"), "least");
   EXPECT_EQ(next_policy("least"), "hash");
-  EXPECT_EQ(next_policy("hash"), "rr");
+  EXPECT_EQ(next_policy("hash"), "sticky");
+  EXPECT_EQ(next_policy("sticky"), "rr");
   EXPECT_EQ(next_policy("kernel"), "rr") << "--mode reuseport: lbd will say policies need --mode bpf";
 }
 

@@ -245,7 +245,7 @@ TEST(CommandLine, PolicyAndModeNamesRoundTrip) {
   for (Policy p : {Policy::kRoundRobin, Policy::kLeast, Policy::kHash}) {
     EXPECT_EQ(*parse_policy(policy_name(p)), p);
   }
-  EXPECT_EQ(parse_policy("fastest").error().message(), "unknown policy 'fastest' (expected rr, least or hash)");
+  EXPECT_EQ(parse_policy("fastest").error().message(), "unknown policy 'fastest' (expected rr, least, hash or sticky)");
   for (Mode m : {Mode::kBpf, Mode::kReuseport, Mode::kShared, Mode::kHandoff}) EXPECT_EQ(*parse_mode(mode_name(m)), m);
   EXPECT_STREQ(mode_name(Mode::kBpf), "bpf");
   EXPECT_STREQ(mode_name(Mode::kReuseport), "reuseport");

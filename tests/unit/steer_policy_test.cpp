@@ -2,8 +2,11 @@
 // driven over an array of slots the way the program drives it with bpf_loop(). What it pins down
 // is docs/ARCHITECTURE.md, invariant 2 (a slot that is not ACTIVE is never chosen) and the meaning of each
 // policy: rr is exactly even, least follows load and liveness, hash is the flow hash over the
-// active slots, and the retry order offers every other active slot once.
+// active slots, sticky keeps a client on its slot and moves only the clients of a slot that
+// leaves, and the retry order offers every other active slot once.
 #include <gtest/gtest.h>
+
+#include <arpa/inet.h>
 
 #include <array>
 #include <cstdint>
@@ -43,6 +46,7 @@ lbd_pick_args args_for(uint32_t policy, uint32_t nr_slots, uint32_t cursor = 0, 
   a.hash = hash;
   a.now_ns = kNow;
   a.stale_after_ns = kStaleAfter;
+  a.client = lbd_client_key_v4(cursor * 2654435761u ^ hash);  // sticky: a client per ticket
   return a;
 }
 
@@ -71,13 +75,14 @@ std::vector<uint32_t> choices(const Table& table, const lbd_pick_args& a) {
   return out;
 }
 
-const uint32_t kAllPolicies[] = {LBD_POLICY_RR, LBD_POLICY_LEAST, LBD_POLICY_HASH};
+const uint32_t kAllPolicies[] = {LBD_POLICY_RR, LBD_POLICY_LEAST, LBD_POLICY_HASH, LBD_POLICY_STICKY};
 
 std::string policy_label(uint32_t policy) {
   switch (policy) {
     case LBD_POLICY_RR: return "rr";
     case LBD_POLICY_LEAST: return "least";
     case LBD_POLICY_HASH: return "hash";
+    case LBD_POLICY_STICKY: return "sticky";
   }
   return "policy " + std::to_string(policy);
 }
@@ -434,6 +439,136 @@ TEST(SteerPolicyLeast, AFullSlotLosesEvenWithTheLowestLoad) {
   table.active(1).open = 0;
   table.slots[1].full = 1;
   EXPECT_EQ(pick(table, args_for(LBD_POLICY_LEAST, 2)), 0u);
+}
+
+// --- sticky ------------------------------------------------------------------------------------
+
+// Client i of a population: 10.0.0.0 + i, as the packet carries it.
+uint64_t client_key(uint32_t i) { return lbd_client_key_v4(htonl(0x0a000000u + i)); }
+
+lbd_pick_args sticky_for(uint64_t client, uint32_t nr_slots, uint32_t cursor = 0) {
+  lbd_pick_args a = args_for(LBD_POLICY_STICKY, nr_slots, cursor);
+  a.client = client;
+  return a;
+}
+
+// Where each of `clients` clients lands.
+std::vector<uint32_t> sticky_placement(const Table& table, uint32_t nr_slots, uint32_t clients) {
+  std::vector<uint32_t> placement;
+  for (uint32_t i = 0; i < clients; i++) placement.push_back(pick(table, sticky_for(client_key(i), nr_slots)));
+  return placement;
+}
+
+constexpr uint32_t kClients = 10'000;
+
+TEST(SteerPolicySticky, SameClientSameSlotWhateverTheCursorOrFlow) {
+  Table table;
+  for (uint32_t i = 0; i < 8; i++) table.active(i);
+  for (uint32_t c = 0; c < 100; c++) {
+    const uint32_t first = pick(table, sticky_for(client_key(c), 8));
+    for (uint32_t ticket = 1; ticket < 20; ticket++) {
+      lbd_pick_args a = sticky_for(client_key(c), 8, ticket);
+      a.hash = ticket * 2654435761u;  // another connection of the same client: another flow
+      ASSERT_EQ(pick(table, a), first) << "client " << c << ", connection " << ticket;
+    }
+  }
+}
+
+TEST(SteerPolicySticky, SpreadsTenThousandClientsEvenly) {
+  for (uint32_t n : {2u, 4u, 8u}) {
+    Table table;
+    for (uint32_t i = 0; i < n; i++) table.active(i);
+    std::vector<uint32_t> per_slot(n, 0);
+    for (uint32_t slot : sticky_placement(table, n, kClients)) per_slot.at(slot)++;
+    const double mean = static_cast<double>(kClients) / n;
+    for (uint32_t i = 0; i < n; i++) {
+      // a fair coin's spread is about sqrt(mean); 7% is more than 3.5 of it for n = 8
+      EXPECT_NEAR(per_slot[i], mean, mean * 0.07) << n << " slots, slot " << i;
+    }
+  }
+}
+
+TEST(SteerPolicySticky, ADrainedSlotsClientsMoveAndNoOthersThenComeBack) {
+  Table table;
+  for (uint32_t i = 0; i < 4; i++) table.active(i);
+  const auto before = sticky_placement(table, 4, kClients);
+
+  table.with_state(2, LBD_SLOT_DRAINING);
+  const auto drained = sticky_placement(table, 4, kClients);
+  uint32_t moved = 0;
+  for (uint32_t c = 0; c < kClients; c++) {
+    if (before[c] == 2) {
+      EXPECT_NE(drained[c], 2u) << "client " << c;
+      moved++;
+    } else {
+      ASSERT_EQ(drained[c], before[c]) << "client " << c << " was not on the drained slot, yet moved";
+    }
+  }
+  EXPECT_GT(moved, kClients / 5) << "slot 2 had about a quarter of the clients";
+  // The moved clients spread over the other slots, not onto one of them.
+  std::set<uint32_t> new_homes;
+  for (uint32_t c = 0; c < kClients; c++) {
+    if (before[c] == 2) new_homes.insert(drained[c]);
+  }
+  EXPECT_EQ(new_homes, (std::set<uint32_t>{0, 1, 3}));
+
+  table.active(2);  // back (an undrain, or its replacement after a reload)
+  EXPECT_EQ(sticky_placement(table, 4, kClients), before);
+}
+
+TEST(SteerPolicySticky, ANewSlotTakesAboutOneInNOfTheClientsFromEveryOtherSlot) {
+  Table table;
+  for (uint32_t i = 0; i < 4; i++) table.active(i);
+  const auto before = sticky_placement(table, 4, kClients);
+  table.active(4);
+  const auto after = sticky_placement(table, 5, kClients);
+  uint32_t moved = 0;
+  for (uint32_t c = 0; c < kClients; c++) {
+    if (after[c] == before[c]) continue;
+    ASSERT_EQ(after[c], 4u) << "client " << c << " moved between two old slots";
+    moved++;
+  }
+  EXPECT_NEAR(moved, kClients / 5.0, kClients * 0.02);
+}
+
+TEST(SteerPolicySticky, AStalledOrFullSlotsClientsGoToTheirNextChoiceMeanwhile) {
+  for (const char* what : {"stalled", "full"}) {
+    Table table;
+    for (uint32_t i = 0; i < 4; i++) table.active(i);
+    const auto before = sticky_placement(table, 4, kClients);
+    // Their next choice: where they go if slot 1 leaves altogether.
+    table.with_state(1, LBD_SLOT_DRAINING);
+    const auto next_choice = sticky_placement(table, 4, kClients);
+
+    table.active(1);
+    if (std::string(what) == "stalled") {
+      table.slots[1].heartbeat_ns = kNow - kStaleAfter - 1;
+    } else {
+      table.slots[1].full = 1;
+    }
+    EXPECT_EQ(sticky_placement(table, 4, kClients), next_choice) << what;
+
+    table.active(1).full = 0;  // live and with room again
+    EXPECT_EQ(sticky_placement(table, 4, kClients), before) << what;
+  }
+}
+
+TEST(SteerPolicySticky, WhenEveryActiveSlotIsStalledTheClientStaysOnItsSlot) {
+  Table table;
+  for (uint32_t i = 0; i < 4; i++) table.active(i);
+  const auto before = sticky_placement(table, 4, 1000);
+  for (uint32_t i = 0; i < 4; i++) table.slots[i].heartbeat_ns = kNow - kStaleAfter - 1;
+  EXPECT_EQ(sticky_placement(table, 4, 1000), before);
+}
+
+TEST(SteerPolicySticky, AnIpv4ClientSeenThroughAnIpv6SocketIsTheSameClient) {
+  const uint32_t v4 = htonl(0xc0000201u);  // 192.0.2.1
+  const uint32_t mapped[4] = {0, 0, htonl(0x0000ffffu), v4};
+  EXPECT_EQ(lbd_client_key_v6(mapped), lbd_client_key_v4(v4));
+  const uint32_t v6[4] = {htonl(0x20010db8u), 0, 0, htonl(1u)};  // 2001:db8::1
+  const uint32_t v6_other[4] = {htonl(0x20010db8u), 0, 0, htonl(2u)};
+  EXPECT_NE(lbd_client_key_v6(v6), lbd_client_key_v6(v6_other));
+  EXPECT_NE(lbd_client_key_v6(v6), lbd_client_key_v4(v4));
 }
 
 TEST(SteerPolicy, BitCountAndNthBitAgreeWithASimpleLoop) {

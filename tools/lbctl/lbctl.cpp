@@ -9,7 +9,7 @@
 //   lbctl reload [--parallel K] [--timeout S]   replace every worker with a fresh one, slot by slot
 //   lbctl restart <slot> [--timeout S]
 //   lbctl scale N
-//   lbctl policy rr|least|hash
+//   lbctl policy rr|least|hash|sticky
 //   lbctl stop
 //   lbctl upgrade [--timeout S] [--reload]      replace lbd itself, keeping every worker
 //   lbctl top                                   a live dashboard; keys drain, undrain, reload (top.h)
@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
       {Verb::kReload, "Replace every worker with a fresh one, slot by slot, without failing a request", ""},
       {Verb::kRestart, "Replace one worker with a fresh one", "SLOT"},
       {Verb::kScale, "Run N workers: add slots, or drain the highest ones", "N"},
-      {Verb::kPolicy, "Change how new connections are steered: rr, least or hash", "POLICY"},
+      {Verb::kPolicy, "Change how new connections are steered: rr, least, hash or sticky", "POLICY"},
       {Verb::kStop, "Stop lbd gracefully (like SIGTERM)", ""},
       {Verb::kUpgrade,
        "Replace lbd itself with the lbd binary now on disk, keeping every worker and connection "

@@ -409,7 +409,7 @@ class TopScreen {
     }
 
     put_line(LINES - 2, message_, message_is_error_ ? A_BOLD : A_NORMAL, message_is_error_ ? kBad : 0);
-    put_line(LINES - 1, "up/down select   d drain   u undrain   r reload   p policy (rr>least>hash)   q quit",
+    put_line(LINES - 1, "up/down select   d drain   u undrain   r reload   p policy (rr>least>hash>sticky)   q quit",
              A_DIM);
     refresh();
   }

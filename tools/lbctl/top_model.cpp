@@ -119,6 +119,7 @@ Dashboard build_dashboard(const control::StatusReport* previous, const control::
 std::string next_policy(const std::string& current) {
   if (current == "rr") return "least";
   if (current == "least") return "hash";
+  if (current == "hash") return "sticky";
   return "rr";
 }
 

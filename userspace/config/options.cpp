@@ -72,7 +72,7 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
                  "Address to serve, ADDR:PORT or [IPv6]:PORT; repeat for more (default 0.0.0.0:8080)");
   app.add_option("--cpus", f.cpus_text, "CPUs for the workers, e.g. 0-3,6 (default: all allowed)");
   app.add_flag("--no-pin", f.no_pin, "Do not pin each worker to its CPU");
-  app.add_option("-p,--policy", f.policy_text, "Steering policy: rr, least or hash")->capture_default_str();
+  app.add_option("-p,--policy", f.policy_text, "Steering policy: rr, least, hash or sticky (one client address, one worker)")->capture_default_str();
   app.add_option("--header-timeout", f.header_timeout_s,
                  "A request's head must arrive within this long of its first byte, or it gets 408 and the "
                  "connection closes (s; trickling bytes do not extend it)")

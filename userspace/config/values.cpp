@@ -40,10 +40,10 @@ Result<Mode> parse_mode(std::string_view text) {
 }
 
 Result<Policy> parse_policy(std::string_view text) {
-  for (Policy policy : {Policy::kRoundRobin, Policy::kLeast, Policy::kHash}) {
+  for (Policy policy : {Policy::kRoundRobin, Policy::kLeast, Policy::kHash, Policy::kSticky}) {
     if (text == policy_name(policy)) return policy;
   }
-  return Error::invalid("unknown policy '" + std::string(text) + "' (expected rr, least or hash)");
+  return Error::invalid("unknown policy '" + std::string(text) + "' (expected rr, least, hash or sticky)");
 }
 
 Result<std::vector<int>> parse_cpu_list(std::string_view text) {

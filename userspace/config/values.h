@@ -30,7 +30,7 @@ enum class Mode {
 const char* mode_name(Mode mode);
 Result<Mode> parse_mode(std::string_view text);
 
-// "rr", "least" or "hash".
+// "rr", "least", "hash" or "sticky".
 Result<Policy> parse_policy(std::string_view text);
 
 // "0-3,6" -> {0,1,2,3,6}, sorted, without repeats.

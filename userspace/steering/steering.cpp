@@ -4,8 +4,11 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <netinet/in.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -67,6 +70,7 @@ const char* policy_name(Policy policy) {
     case Policy::kRoundRobin: return "rr";
     case Policy::kLeast: return "least";
     case Policy::kHash: return "hash";
+    case Policy::kSticky: return "sticky";
   }
   return "unknown";
 }
@@ -145,7 +149,29 @@ Result<Steering> Steering::adopt(const SteeringOptions& options, const std::stri
   return steering;
 }
 
+namespace {
+
+// Pins live on the BPF filesystem, which systemd mounts at /sys/fs/bpf at boot; a machine booted
+// without it (a container, an init that is not systemd) has a plain sysfs folder there, where
+// nothing can be pinned. Mount it then, as bpftool does: root may, and only the mount point's
+// owner reads it (mode 0700).
+Result<void> ensure_bpf_filesystem(const std::string& dir) {
+  const std::string mount_point = dir.substr(0, dir.rfind('/'));
+  struct statfs fs {};
+  if (statfs(mount_point.c_str(), &fs) != 0) return Error::from_errno("statfs " + mount_point);
+  if (static_cast<unsigned long>(fs.f_type) == BPF_FS_MAGIC) return {};
+  if (mount("bpf", mount_point.c_str(), "bpf", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") != 0) {
+    return Error::from_errno(mount_point + " is not a BPF filesystem, and mounting one there failed (mount -t bpf bpf " +
+                             mount_point + ")");
+  }
+  spdlog::info("mounted a BPF filesystem on {}: nothing had (systemd does at boot)", mount_point);
+  return {};
+}
+
+}  // namespace
+
 Result<void> Steering::pin(const std::string& dir) {
+  LBD_TRY(ensure_bpf_filesystem(dir));
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return Error::from_errno("create " + dir);
   for (auto& [name, map] : pinned_maps(skeleton_.get())) {
     const std::string path = dir + "/" + name;

@@ -22,6 +22,7 @@ enum class Policy : uint32_t {
   kRoundRobin = LBD_POLICY_RR,
   kLeast = LBD_POLICY_LEAST,
   kHash = LBD_POLICY_HASH,
+  kSticky = LBD_POLICY_STICKY,
 };
 const char* policy_name(Policy policy);
 

@@ -213,6 +213,7 @@ Result<void> Supervisor::open_control(UniqueFd adopted) {
   } else {
     spdlog::warn("no control socket ({}); lbctl cannot reach this lbd (see --control)", control.error().message());
     record_path_.clear();
+    no_record_why_ = "this lbd keeps no state record (it has no control socket)";
   }
   return {};
 }
@@ -286,6 +287,7 @@ Result<void> Supervisor::start_fresh() {
       pin_dir_ = steering_pin_dir(record_path_);
       if (auto pinned = shared_.steering->pin(pin_dir_); !pinned) {
         spdlog::warn("{}: a new lbd could not take these workers over if this one died", pinned.error().message());
+        no_record_why_ = "this lbd could not pin its steering maps (" + pinned.error().message() + ")";
         pin_dir_.clear();
         record_path_.clear();
       }

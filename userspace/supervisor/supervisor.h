@@ -170,7 +170,8 @@ class Supervisor final : private SlotEffects {
   bool notified_stopping_ = false;
 
   // The state record (state_record.h) and taking over.
-  std::string record_path_;      // empty: none kept (no control socket, --mode handoff)
+  std::string record_path_;      // empty: none kept (no control socket, --mode handoff, no pins)
+  std::string no_record_why_;    // why record_path_ is empty, for the upgrade's refusal
   std::string pin_dir_;          // where the steering maps are pinned
   bool record_dirty_ = false;    // something it says may have changed
   bool record_write_failed_ = false;

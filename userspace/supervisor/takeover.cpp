@@ -471,8 +471,8 @@ std::optional<UniqueFd> Supervisor::upgrade_channel_from_environment() {
 // Why this lbd cannot hand over now, or empty.
 std::string Supervisor::why_no_upgrade() const {
   if (record_path_.empty()) {
-    return options_.mode == Mode::kHandoff ? "--mode handoff keeps the supervisor in the data path"
-                                           : "this lbd keeps no state record (it has no control socket)";
+    if (options_.mode == Mode::kHandoff) return "--mode handoff keeps the supervisor in the data path";
+    return no_record_why_.empty() ? "this lbd keeps no state record" : no_record_why_;
   }
   if (slots_->stopping()) return "lbd is stopping";
   if (auto op = slots_->operation()) return std::string("busy: a ") + control::verb_name(*op) + " is in progress";
