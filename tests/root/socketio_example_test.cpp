@@ -40,7 +40,8 @@ class SocketIoExample : public ExecTest {
   // its queue for --stale-after (50 ms by default) to their next choice, which for socket.io is
   // "Session ID unknown". A Node.js worker busy with a burst of handshakes (100 clients at once,
   // or every client of a slot reconnecting after a reload) on a 2-CPU machine is that slow often:
-  // measured, 10 to 13 of 100 clients failed so with the default. The example's README says so.
+  // measured, 5 to 9 of 100 clients failed so with the default, in 3 runs of 5. The example's
+  // README says so.
   // The same flags for rr, so that the policy is the only difference.
   void start_server(const std::string& policy) {
     start_program({"--mode", "bpf", "--policy", policy, "--stale-after", "5000", "-i", "4", "--kill-timeout", "5"},
