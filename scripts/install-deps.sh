@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   # build
   cmake make g++ pkg-config clang llvm
+  dpkg-dev               # dpkg-shlibdeps: the Depends of the .deb cpack builds
   libbpf-dev bpftool liburing-dev
   libseccomp-dev         # the steering guard every worker and program runs under
   linux-libc-dev         # <linux/bpf.h>: the steering program's only kernel header (no BTF needed)

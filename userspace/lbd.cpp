@@ -5,5 +5,6 @@
 #include "worker/bundled_app.h"
 
 int main(int argc, char** argv) {
-  return lbd::run(argc, argv, lbd::HandlerFactory([](const lbd::WorkerSpec& spec) { return lbd::bundled_app(spec.demo_routes); }));
+  return lbd::run(argc, argv,
+                  lbd::ServiceFactory([](const lbd::WorkerSpec& spec) { return lbd::bundled_service(spec.demo_routes); }));
 }

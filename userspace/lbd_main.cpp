@@ -40,7 +40,7 @@ Result<void> confine_worker(const WorkerSpec& spec) {
   return {};
 }
 
-int run_worker(const char* spec_text, const HandlerFactory& make_handler) {
+int run_worker(const char* spec_text, const ServiceFactory& make_service) {
   WorkerSpec spec;
   try {
     spec = decode_worker_spec(spec_text);
@@ -57,7 +57,7 @@ int run_worker(const char* spec_text, const HandlerFactory& make_handler) {
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
 
-  auto worker = Worker::create(spec, make_handler(spec));
+  auto worker = Worker::create(spec, make_service(spec));
   if (!worker) {
     spdlog::error("cannot start: {}", worker.error().message());
     return 1;
@@ -132,13 +132,19 @@ int run_supervisor(int argc, char** argv) {
 
 }  // namespace
 
-int run(int argc, char** argv, const HandlerFactory& make_handler) {
-  if (const char* spec = getenv(kWorkerSpecEnv)) return run_worker(spec, make_handler);
+int run(int argc, char** argv, const ServiceFactory& make_service) {
+  if (const char* spec = getenv(kWorkerSpecEnv)) return run_worker(spec, make_service);
   return run_supervisor(argc, argv);
 }
 
-int run(int argc, char** argv, Handler handler) {
-  return run(argc, argv, [&handler](const WorkerSpec&) { return handler; });
+int run(int argc, char** argv, const HandlerFactory& make_handler) {
+  return run(argc, argv, ServiceFactory([&make_handler](const WorkerSpec& spec) { return Service{make_handler(spec), {}}; }));
 }
+
+int run(int argc, char** argv, Service service) {
+  return run(argc, argv, ServiceFactory([&service](const WorkerSpec&) { return service; }));
+}
+
+int run(int argc, char** argv, Handler handler) { return run(argc, argv, Service{std::move(handler), {}}); }
 
 }  // namespace lbd

@@ -16,10 +16,14 @@ namespace lbd {
 
 // Returns the process exit code.
 int run(int argc, char** argv, Handler handler);
+// A service that also takes operators' messages (`lbctl send`, handler.h).
+int run(int argc, char** argv, Service service);
 
-// The same, with the handler made in each worker from what it was started with (for example
-// lbd's bundled app, whose demo routes are on only with --demo-routes).
+// The same, with the handler (or the whole service) made in each worker from what it was started
+// with (for example lbd's bundled app, whose demo routes are on only with --demo-routes).
 using HandlerFactory = std::function<Handler(const WorkerSpec&)>;
 int run(int argc, char** argv, const HandlerFactory& make_handler);
+using ServiceFactory = std::function<Service(const WorkerSpec&)>;
+int run(int argc, char** argv, const ServiceFactory& make_service);
 
 }  // namespace lbd

@@ -57,7 +57,7 @@ TEST_F(TopPolicyKey, PSwitchesThePolicyInTurnAndShowsIt) {
     return top_lines(screen).header.find("policy rr ") != std::string::npos;
   }, 50ms)) << screen;
 
-  for (const std::string next : {"least", "hash", "rr"}) {
+  for (const std::string next : {"least", "hash", "sticky", "rr"}) {
     tmux.send_keys({"p"});
     json s;
     EXPECT_TRUE(eventually(after(10s), [&] {

@@ -277,5 +277,28 @@ TEST_F(ExecTakeover, NodeIsAdoptedAndKeepsServing) {
   for (int i = 0; i < 20; i++) EXPECT_EQ(fetch(address(), http_get("/", true), after(2s)).status(), 200);
 }
 
+// After kill -9 the programs keep the write ends of their message pipes (as they keep their
+// output pipes' read ends): the next lbd takes them back, and messages reach the same programs.
+TEST_F(ExecTakeover, MessagesReachTheAdoptedPrograms) {
+  const auto run = run_args({"-i", "2"}, {"/usr/bin/python3", std::string(FIXTURES_DIR) + "/message_server.py"},
+                            socket_path(), log_dir());
+  ASSERT_NO_FATAL_FAILURE(start(run));
+  const auto before = serving_pids();
+  ASSERT_TRUE(lbctl({"send", "--all", "before the crash"}).exited(0));
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  LbdProcess successor(run);
+  ASSERT_TRUE(successor.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
+      << successor.log();
+  EXPECT_EQ(serving_pids(), before);
+  CommandResult sent = lbctl({"send", "--all", "after the takeover"});
+  EXPECT_TRUE(sent.exited(0)) << sent.describe();
+  EXPECT_EQ(sent.out, "sent to 2 of 2 worker(s) (slot 0, 1)\n");
+  EXPECT_TRUE(eventually(after(10s), [&] { return count_records(" out message: after the takeover") == 2; }))
+      << testing::PrintToString(log_records());
+  EXPECT_EQ(count_records(" out message: before the crash"), 2u) << "each line once";
+}
+
 }  // namespace
 }  // namespace lbd::test

@@ -343,5 +343,23 @@ TEST_F(ExecUpgrade, ProgramsKeepServingAndLoggingThroughAnUpgrade) {
   EXPECT_EQ(report.failed(), 0u) << report.summary();
 }
 
+// The message pipes (LBD_MESSAGE_FD) are part of what a successor takes: messages reach the same
+// programs after an upgrade, into the same pipes they have read from all along.
+TEST_F(ExecUpgrade, MessagesStillReachTheProgramsAfterAnUpgrade) {
+  ASSERT_NO_FATAL_FAILURE(
+      start_program({"-i", "2"}, {"/usr/bin/python3", std::string(FIXTURES_DIR) + "/message_server.py"}));
+  const auto workers = serving_pids();
+  ASSERT_TRUE(lbctl({"send", "--all", "before the upgrade"}).exited(0));
+  CommandResult upgraded = lbctl({"upgrade"});
+  ASSERT_TRUE(upgraded.exited(0)) << upgraded.describe();
+  EXPECT_EQ(serving_pids(), workers);
+  CommandResult sent = lbctl({"send", "--all", "after the upgrade"});
+  EXPECT_TRUE(sent.exited(0)) << sent.describe();
+  EXPECT_EQ(sent.out, "sent to 2 of 2 worker(s) (slot 0, 1)\n");
+  EXPECT_TRUE(eventually(after(10s), [&] { return count_records(" out message: after the upgrade") == 2; }))
+      << testing::PrintToString(log_records());
+  EXPECT_EQ(count_records(" out message: before the upgrade"), 2u) << "each line once";
+}
+
 }  // namespace
 }  // namespace lbd::test

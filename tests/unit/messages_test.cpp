@@ -2,11 +2,15 @@
 // - the status answer (control/status.h): what lbd writes, lbctl reads back exactly, and reads
 //   leniently when fields are missing or odd (an older or newer lbd);
 // - the status channel's records (worker/channel.h): what one side encodes, the other decodes,
-//   and anything else is refused with a reason, never guessed at.
+//   and anything else is refused with a reason, never guessed at;
+// - an operator's message (`lbctl send`): the one rule for its text (common/message_text.h), in
+//   the control protocol's request and in the channel's kMessage.
 #include <gtest/gtest.h>
 
 #include <cstring>
 
+#include "common/message_text.h"
+#include "control/protocol.h"
 #include "control/status.h"
 #include "worker/channel.h"
 
@@ -136,6 +140,96 @@ TEST(ChannelMessage, AnythingElseIsRefusedWithAReason) {
   bad = record;
   bad.value = 7;
   EXPECT_NE(refused(&bad, sizeof(bad)).find("unknown drain mode 7"), std::string::npos);
+}
+
+TEST(MessageText, OneLineOfUtf8UpTo4095Bytes) {
+  EXPECT_EQ(message_text_problem("flush caches"), "");
+  EXPECT_EQ(message_text_problem("tab\there, caf\xc3\xa9, \xe2\x82\xac, \xf0\x9f\x98\x80"), "");
+  EXPECT_EQ(message_text_problem(std::string(kMaxMessageText, 'x')), "") << "4095 bytes and a newline: PIPE_BUF";
+  EXPECT_NE(message_text_problem(std::string(kMaxMessageText + 1, 'x')).find("4096 bytes; at most 4095"),
+            std::string::npos);
+  EXPECT_NE(message_text_problem("").find("empty"), std::string::npos);
+  EXPECT_NE(message_text_problem("two\nlines").find("newline"), std::string::npos);
+  EXPECT_NE(message_text_problem("cr\rhere").find("newline"), std::string::npos) << "readline ends a line at \\r";
+  EXPECT_NE(message_text_problem(std::string("nul\0x", 5)).find("control characters (byte 0 at 3)"),
+            std::string::npos);
+  EXPECT_NE(message_text_problem("esc\x1b[31m").find("control characters"), std::string::npos);
+  EXPECT_NE(message_text_problem("del\x7f").find("control characters"), std::string::npos);
+  for (const char* bad : {"\xff", "\xc3", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "a\x80"}) {
+    EXPECT_NE(message_text_problem(bad).find("not valid UTF-8"), std::string::npos) << testing::PrintToString(bad);
+  }
+}
+
+TEST(ChannelMessage, AMessageCarriesItsTextAfterTheRecord) {
+  for (const std::string& text : {std::string("flush caches"), std::string(kMaxMessageText, 'y')}) {
+    const std::string packet = encode_channel_packet({.command = ChannelCommand::kMessage, .text = text});
+    ASSERT_EQ(packet.size(), sizeof(ChannelRecord) + text.size());
+    auto decoded = decode_channel_message(packet.data(), packet.size());
+    ASSERT_TRUE(decoded) << decoded.error().message();
+    EXPECT_EQ(decoded->command, ChannelCommand::kMessage);
+    EXPECT_EQ(decoded->value, text.size());
+    EXPECT_EQ(decoded->text, text);
+  }
+  // Every other command is the record alone, as before.
+  EXPECT_EQ(encode_channel_packet({.command = ChannelCommand::kServing, .text = "ignored"}).size(), sizeof(ChannelRecord));
+}
+
+TEST(ChannelMessage, AMessageThatDoesNotHoldTogetherIsRefused) {
+  auto refused = [](const std::string& packet) {
+    auto decoded = decode_channel_message(packet.data(), packet.size());
+    EXPECT_FALSE(decoded) << "decoded: " << (decoded ? decoded->text : "");
+    return decoded ? std::string() : decoded.error().message();
+  };
+  const std::string good = encode_channel_packet({.command = ChannelCommand::kMessage, .text = "hello"});
+  EXPECT_NE(refused(good.substr(0, good.size() - 1)).find("28 bytes"), std::string::npos) << "cut short";
+  EXPECT_NE(refused(good + "!").find("30 bytes"), std::string::npos) << "more than it says";
+  std::string empty = encode_channel_packet({.command = ChannelCommand::kMessage, .text = ""});
+  EXPECT_NE(refused(empty).find("empty"), std::string::npos);
+  EXPECT_NE(refused(encode_channel_packet({.command = ChannelCommand::kMessage, .text = "a\nb"})).find("newline"),
+            std::string::npos);
+  EXPECT_NE(refused(encode_channel_packet({.command = ChannelCommand::kMessage, .text = "\xff"})).find("UTF-8"),
+            std::string::npos);
+  // A length past the limit is refused from the record alone, whatever follows.
+  ChannelRecord record = encode_channel_message({.command = ChannelCommand::kMessage});
+  record.value = kMaxMessageText + 1;
+  std::string huge(reinterpret_cast<const char*>(&record), sizeof(record));
+  huge += std::string(kMaxMessageText + 1, 'z');
+  EXPECT_NE(refused(huge).find("a message of 4096 bytes"), std::string::npos);
+  // Text after any other command is not a message.
+  EXPECT_NE(refused(encode_channel_packet({.command = ChannelCommand::kServing}) + "x").find("25 bytes"),
+            std::string::npos);
+}
+
+TEST(ControlRequest, SendNamesItsWorkersAndCarriesOneCheckedLine) {
+  auto request = control::parse_request(R"({"verb":"send","slot":1,"text":"flush caches"})");
+  ASSERT_TRUE(request) << request.error().message();
+  EXPECT_EQ(request->verb, control::Verb::kSend);
+  EXPECT_EQ(request->slot, 1u);
+  EXPECT_EQ(request->text, "flush caches");
+  auto again = control::parse_request(control::encode_request(*request));
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ(again->text, "flush caches");
+  EXPECT_EQ(again->slot, 1u);
+
+  control::Request all{.verb = control::Verb::kSend, .all = true, .text = "caf\xc3\xa9 \t ok"};
+  auto all_again = control::parse_request(control::encode_request(all));
+  ASSERT_TRUE(all_again) << all_again.error().message();
+  EXPECT_TRUE(all_again->all);
+  EXPECT_EQ(all_again->text, all.text);
+
+  auto refused = [](const std::string& line) {
+    auto r = control::parse_request(line);
+    EXPECT_FALSE(r) << line;
+    return r ? std::string() : r.error().message();
+  };
+  EXPECT_EQ(refused(R"({"verb":"send","text":"x"})"), "name one slot, or all");
+  EXPECT_EQ(refused(R"({"verb":"send","slot":0,"all":true,"text":"x"})"), "name one slot, or all");
+  EXPECT_EQ(refused(R"({"verb":"send","slot":0})"), "the message is empty");
+  EXPECT_NE(refused(R"({"verb":"send","slot":0,"text":"a\nb"})").find("newline"), std::string::npos);
+  EXPECT_NE(refused(R"({"verb":"send","slot":0,"text":"a\u0000b"})").find("control characters"), std::string::npos);
+  EXPECT_NE(refused(R"({"verb":"send","slot":0,"text":")" + std::string(5000, 'x') + "\"}").find("5000 bytes"),
+            std::string::npos);
+  EXPECT_NE(refused(R"({"verb":"send","slot":0,"text":5})").find("wrong type"), std::string::npos);
 }
 
 }  // namespace

@@ -235,6 +235,7 @@ TEST(CommandLine, AcceptsEveryPolicyAndMode) {
   EXPECT_EQ(parse({"--policy", "rr"}).steering.policy, Policy::kRoundRobin);
   EXPECT_EQ(parse({"--policy", "least"}).steering.policy, Policy::kLeast);
   EXPECT_EQ(parse({"--policy", "hash"}).steering.policy, Policy::kHash);
+  EXPECT_EQ(parse({"--policy", "sticky"}).steering.policy, Policy::kSticky);
   EXPECT_EQ(parse({"--mode", "bpf"}).mode, Mode::kBpf);
   EXPECT_EQ(parse({"--mode", "reuseport"}).mode, Mode::kReuseport);
   EXPECT_EQ(parse({"--mode", "shared"}).mode, Mode::kShared);

@@ -104,6 +104,13 @@ std::string describe_result(const control::Request& request, const json& result)
       return "policy " + result.value("policy", std::string());
     case control::Verb::kStop:
       return "lbd is stopping";
+    case control::Verb::kSend: {
+      const json sent = result.value("sent", json::array());
+      std::string slots;
+      for (const auto& slot : sent) slots += (slots.empty() ? "" : ", ") + slot.dump();
+      return "sent to " + std::to_string(sent.size()) + " of " + std::to_string(result.value("workers", 0)) +
+             " worker(s)" + (slots.empty() ? "" : " (slot " + slots + ")");
+    }
     case control::Verb::kUpgrade:
       return "upgraded: lbd pid " + std::to_string(result.value("old_pid", 0)) + " handed over to pid " +
              std::to_string(result.value("new_pid", 0));

@@ -12,6 +12,7 @@
 //   lbctl policy rr|least|hash|sticky
 //   lbctl stop
 //   lbctl upgrade [--timeout S] [--reload]      replace lbd itself, keeping every worker
+//   lbctl send <slot>|--all TEXT [--json]       one line to a worker's on_message or $LBD_MESSAGE_FD
 //   lbctl top                                   a live dashboard; keys drain, undrain, reload (top.h)
 //   lbctl logs [APP] [--worker N] [-f] [--lines K] [--log-dir DIR]
 //                                               exec-mode apps' output, from the log files (logs_command.h)
@@ -29,6 +30,7 @@
 #include <map>
 #include <string>
 
+#include "common/message_text.h"
 #include "control/protocol.h"
 #include "control/status.h"
 #include "lbctl/app_socket.h"
@@ -132,6 +134,11 @@ int main(int argc, char** argv) {
        "Replace lbd itself with the lbd binary now on disk, keeping every worker and connection "
        "(like nginx's USR2); the old lbd stays in charge if the new one does not take over",
        ""},
+      {Verb::kSend,
+       "Send one line of TEXT to a worker (SLOT) or to every active one (--all): lbd's own workers hand it "
+       "to the service's on_message, an lbd run program reads it from $LBD_MESSAGE_FD. At most 4095 bytes, "
+       "no newline; exits 1 unless every worker got it",
+       "SLOT TEXT"},
   };
   std::map<Verb, CLI::App*> commands;
   for (const Command& command : kCommands) {
@@ -148,6 +155,11 @@ int main(int argc, char** argv) {
   commands[Verb::kReload]->add_option("--timeout", timeout, "Seconds a new worker has to become ready (default 30)");
   commands[Verb::kRestart]->add_option("--timeout", timeout,
                                        "Seconds the new worker has to become ready (default 30)");
+  CLI::App* send = commands[Verb::kSend];
+  send->add_flag("--all", request.all, "Every active worker");
+  send->add_flag("--json", json_output, "Print the raw JSON answer");
+  send->footer("TEXT is the last word (quote it; after -- if it starts with '-'): lbctl send 1 'flush caches', "
+               "lbctl send web --all -- -v");
   bool upgrade_reload = false;
   commands[Verb::kUpgrade]->add_option("--timeout", timeout, "Seconds the new lbd has to take over (default 30)");
   commands[Verb::kUpgrade]->add_flag("--reload", upgrade_reload,
@@ -182,7 +194,28 @@ int main(int argc, char** argv) {
   for (const Command& command : kCommands) {
     if (*commands[command.verb]) chosen = &command;
   }
-  const bool slot_or_all = chosen && (chosen->verb == Verb::kDrain || chosen->verb == Verb::kUndrain);
+  const bool slot_or_all =
+      chosen && (chosen->verb == Verb::kDrain || chosen->verb == Verb::kUndrain || chosen->verb == Verb::kSend);
+  if (chosen && chosen->verb == Verb::kSend) {
+    // The text is the last word; before it, [APP] and SLOT as for drain.
+    if (words.empty()) {
+      std::cerr << "lbctl: send needs TEXT: lbctl send [APP] SLOT|--all TEXT\n";
+      return 2;
+    }
+    request.text = words.back();
+    words.pop_back();
+    // A slot is all digits and an app's name never is: `send 1 hello world` is unquoted text.
+    const bool numbers_first = !words.empty() && words[0].find_first_not_of("0123456789") == std::string::npos;
+    if (words.size() > (request.all ? 1u : 2u) || (!request.all && words.size() == 2 && numbers_first)) {
+      std::cerr << "lbctl: expected [APP] " << (request.all ? "--all" : "SLOT")
+                << " TEXT, got more words: quote TEXT if it has spaces\n";
+      return 2;
+    }
+    if (std::string problem = lbd::message_text_problem(request.text); !problem.empty()) {
+      std::cerr << "lbctl: cannot send: " << problem << "\n";
+      return 2;
+    }
+  }
   // The chosen verb's words: [APP] and its value.
   const bool wants_value = chosen && *chosen->value && !(slot_or_all && request.all);
   const auto split = lbd::ctl::split_app_words(words, wants_value);
@@ -272,6 +305,20 @@ int main(int argc, char** argv) {
     });
     if (!result) fail(result.error().message());
     request = reload_request;
+  }
+  if (request.verb == Verb::kSend) {
+    // Every worker that did not get it, by slot and pid, and exit 1: a script can tell.
+    const auto undelivered = result->value("undelivered", nlohmann::json::array());
+    if (json_output) {
+      std::cout << result->dump(2) << "\n";
+    } else {
+      std::cout << lbd::ctl::describe_result(request, *result) << "\n";
+      for (const auto& u : undelivered) {
+        std::cerr << "lbctl: not delivered to slot " << u.value("slot", -1) << " (pid " << u.value("pid", 0)
+                  << "): " << u.value("error", std::string("unknown")) << "\n";
+      }
+    }
+    return undelivered.empty() ? 0 : 1;
   }
   if (request.verb != Verb::kStatus) {
     std::cout << lbd::ctl::describe_result(request, *result) << "\n";

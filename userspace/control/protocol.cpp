@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "common/message_text.h"
+
 namespace lbd::control {
 
 namespace {
@@ -17,6 +19,10 @@ std::string needs_workers(const Request& r) {
   return r.workers == 0 ? "scale needs a number of workers, at least 1" : "";
 }
 std::string needs_policy(const Request& r) { return r.policy.empty() ? "policy needs a policy name" : ""; }
+std::string needs_message(const Request& r) {
+  if (std::string target = needs_slot_or_all(r); !target.empty()) return target;
+  return message_text_problem(r.text);
+}
 
 // Every verb, once: its name on the wire and what a request for it must say. A new verb is a line
 // here, its handler in lbd (supervisor/control_verbs.cpp), its command in lbctl, and a test.
@@ -35,6 +41,7 @@ constexpr VerbSpec kVerbs[] = {
     {Verb::kPolicy, "policy", needs_policy},
     {Verb::kStop, "stop", nullptr},
     {Verb::kUpgrade, "upgrade", nullptr},
+    {Verb::kSend, "send", needs_message},
 };
 
 }  // namespace
@@ -89,6 +96,7 @@ Result<Request> parse_request(const std::string& line) {
       request.workers = it->get<uint32_t>();
     }
     if (auto it = j.find("policy"); it != j.end()) request.policy = it->get<std::string>();
+    if (auto it = j.find("text"); it != j.end()) request.text = it->get<std::string>();
   } catch (const json::exception&) {
     return bad("malformed request: a field has the wrong type");
   }
@@ -108,7 +116,10 @@ std::string encode_request(const Request& request) {
   if (request.verb == Verb::kReload) j["parallel"] = request.parallel;
   if (request.verb == Verb::kScale) j["workers"] = request.workers;
   if (request.verb == Verb::kPolicy) j["policy"] = request.policy;
-  return j.dump() + "\n";
+  if (request.verb == Verb::kSend) j["text"] = request.text;
+  // Never throws: text that is not UTF-8 (only a send's could be, and lbctl checks it with
+  // message_text_problem() first) would go with its bad bytes replaced by U+FFFD.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 std::string progress_line(const std::string& message) {

@@ -10,6 +10,9 @@
 //   {"verb":"policy","policy":"rr"}
 //   {"verb":"stop"}
 //   {"verb":"upgrade","timeout_s":30}     start the lbd binary on disk as this one's successor
+//   {"verb":"send","slot":1,"text":"flush caches"}             or  {"verb":"send","all":true,...}
+//                                         one line to active workers (common/message_text.h);
+//                                         answers {"sent":[1],"undelivered":[...]}
 // lbd answers with any number of progress lines, {"progress":"slot 0: worker 812 ready"}, then
 // exactly one final line: {"ok":true,"result":{...}} or {"ok":false,"error":"no such slot: 7"}.
 // A request that is not one line of JSON, is longer than kMaxRequestBytes, or names an unknown
@@ -33,18 +36,19 @@ namespace lbd::control {
 inline constexpr size_t kMaxRequestBytes = 64 * 1024;
 inline constexpr const char* kDefaultSocketPath = "/run/lbd/lbd.sock";
 
-enum class Verb { kStatus, kDrain, kUndrain, kReload, kRestart, kScale, kPolicy, kStop, kUpgrade };
+enum class Verb { kStatus, kDrain, kUndrain, kReload, kRestart, kScale, kPolicy, kStop, kUpgrade, kSend };
 const char* verb_name(Verb verb);
 
 struct Request {
   Verb verb = Verb::kStatus;
-  std::optional<uint32_t> slot;  // drain, undrain, restart
-  bool all = false;              // drain, undrain
+  std::optional<uint32_t> slot;  // drain, undrain, restart, send
+  bool all = false;              // drain, undrain, send
   bool wait = false;             // drain: answer once the workers have exited
   std::optional<double> timeout_s;
   uint32_t parallel = 1;         // reload
   uint32_t workers = 0;          // scale
   std::string policy;            // policy
+  std::string text;              // send: the message
 };
 
 // Parses one request line. The error says what is wrong in words an operator can act on.

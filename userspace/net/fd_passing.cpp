@@ -9,7 +9,7 @@ namespace lbd::net {
 
 namespace {
 
-constexpr size_t kMaxText = 256;
+constexpr size_t kMaxText = kMaxMessageBytes;
 
 // Room for the text and one SCM_RIGHTS descriptor: the layout both sides use.
 struct Envelope {

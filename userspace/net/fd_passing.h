@@ -3,7 +3,8 @@
 //   - the status channel: a worker says "READY=1"; the supervisor says "DRAIN ..." and may pass
 //     the socket on which to hand idle connections to the worker's successor;
 //   - fd inboxes: connections passed to a worker (--mode handoff, or idle keep-alive
-//     connections handed over by the worker it replaces during a reload).
+//     connections handed over by the worker it replaces during a reload);
+//   - an operator's message to a worker (`lbctl send`): a header and up to 4 KiB of text.
 #pragma once
 
 #include <sys/socket.h>
@@ -16,13 +17,17 @@
 
 namespace lbd::net {
 
+// The longest message either way: a 4 KiB line of text and a header, with room to spare. Both
+// sides use it, so a message that fits when sent is never cut short when received.
+inline constexpr size_t kMaxMessageBytes = 4608;
+
 struct Message {
   std::string text;
   UniqueFd fd;       // the descriptor it carried, if any
   bool end = false;  // the peer closed its end; nothing else is set
 };
 
-// Sends `text` (at most 256 bytes, not empty) and, if `fd` >= 0, a copy of `fd`. On a
+// Sends `text` (at most kMaxMessageBytes, not empty) and, if `fd` >= 0, a copy of `fd`. On a
 // non-blocking socket a full buffer is an error whose code is
 // std::errc::resource_unavailable_try_again.
 Result<void> send_message(int unix_socket, std::string_view text, int fd = -1);

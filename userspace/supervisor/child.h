@@ -13,6 +13,7 @@
 //                                                       queue (program_load.h)
 //   drains         kDrain on its status channel         SIGTERM; lbd watches its queue empty
 //   is killed      SIGKILL                              SIGKILL to its process group
+//   messages       kMessage on its status channel       a line into its pipe, LBD_MESSAGE_FD
 #pragma once
 
 #include <sys/types.h>
@@ -94,6 +95,10 @@ class Child {
   virtual void retire(DrainMode how, std::chrono::milliseconds timeout, Child* successor) = 0;
   virtual void hurry(std::chrono::milliseconds timeout) = 0;
   virtual void kill() = 0;
+  // An operator's message (`lbctl send`): one line, checked already (common/message_text.h).
+  // Never waits (docs/ARCHITECTURE.md, invariant 5): when its channel is full (it is not reading)
+  // or gone, it does not get the message, and the error says why.
+  virtual Result<void> deliver_message(const std::string& text) = 0;
 
   // --- events
   // One of its descriptors is readable (a status channel, a notify socket, an output pipe).

@@ -31,6 +31,7 @@ const Supervisor::VerbHandler Supervisor::kVerbs[] = {
     {Verb::kRestart, false, &Supervisor::verb_restart},
     {Verb::kScale, false, &Supervisor::verb_scale},
     {Verb::kUpgrade, false, &Supervisor::verb_upgrade},
+    {Verb::kSend, false, &Supervisor::verb_send},
 };
 
 void Supervisor::on_request(ClientId client, const control::Request& request) {
@@ -89,6 +90,48 @@ void Supervisor::verb_scale(ClientId client, const control::Request& request) {
 void Supervisor::verb_upgrade(ClientId client, const control::Request& request) {
   spdlog::info("upgrade requested through the control socket");
   upgrade(client, timeout_of(request).value_or(manager_config().ready_timeout));
+}
+
+// An operator's line to one slot's worker or to every active one (Node's worker.send). Each
+// child delivers it without waiting (Child::deliver_message): one whose channel is full is
+// reported, by slot and pid, as not delivered, and the others still get it.
+void Supervisor::verb_send(ClientId client, const control::Request& request) {
+  std::vector<const SlotRecord*> targets;
+  for (const auto& slot : slots_->slots()) {
+    if (request.all ? slot.active() : slot.index == *request.slot) targets.push_back(&slot);
+  }
+  if (request.all && targets.empty()) return control_->finish_error(client, "no worker is active to send to");
+  if (!request.all) {
+    if (std::string missing = slots_->no_such_slot(*request.slot); !missing.empty()) {
+      return control_->finish_error(client, missing);
+    }
+    const SlotRecord& slot = *targets.front();
+    if (!slot.active()) {
+      // The words of `lbctl status`'s STATE column.
+      const char* state = !slot.wanted    ? (slot.serving || !slot.retiring.empty() ? "draining" : "drained")
+                          : slot.failed   ? "failed"
+                          : slot.serving  ? "starting"
+                          : slot.restart_at ? "restarting"
+                                            : "empty";
+      return control_->finish_error(client, "slot " + std::to_string(slot.index) + " has no active worker (it is " +
+                                                state + "): nothing sent");
+    }
+  }
+  nlohmann::json sent = nlohmann::json::array();
+  nlohmann::json undelivered = nlohmann::json::array();
+  for (const SlotRecord* slot : targets) {
+    const ProcessRecord& p = *slot->serving;
+    Child* c = child(p.id);
+    auto delivered = c ? c->deliver_message(request.text) : Result<void>(Error::invalid("lbd does not hold it"));
+    if (delivered) {
+      sent.push_back(slot->index);
+      continue;
+    }
+    spdlog::warn("message not delivered to worker {} (pid {}): {}", slot->index, p.pid, delivered.error().message());
+    undelivered.push_back({{"slot", slot->index}, {"pid", p.pid}, {"error", delivered.error().message()}});
+  }
+  spdlog::info("message delivered to {} of {} worker(s)", sent.size(), targets.size());
+  control_->finish_ok(client, {{"sent", sent}, {"undelivered", undelivered}, {"workers", targets.size()}});
 }
 
 // --- status -----------------------------------------------------------------------------------

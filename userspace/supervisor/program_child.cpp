@@ -8,6 +8,7 @@
 //   fd 3..    its own listener of each address's reuseport group
 //   LISTEN_FDS=n  LISTEN_PID=<its pid>  LISTEN_FDNAMES=<app>:...   NOTIFY_SOCKET=@...
 //   LB_WORKER_ID=<slot>  LB_WORKERS=<slots>  (PM2's NODE_APP_INSTANCE)
+//   LBD_MESSAGE_FD=n   the read end of a pipe: operators' messages (`lbctl send`), a line each
 //
 // A program has no status channel, so the supervisor does for it what lbd's worker does itself:
 // - readiness: READY=1 on its own NOTIFY_SOCKET; or, in --mode bpf, once it is seen accepting: lbd
@@ -22,7 +23,11 @@
 //   250 ms under `least`, every second otherwise, on a thread of their own (tree_sampler.h);
 // - drain: out of steering, SIGTERM; when the program closes its listener (or exits) the kernel
 //   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
-//   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout.
+//   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout;
+// - messages: the supervisor writes each as one line into the program's message pipe, without
+//   ever waiting: a line is at most PIPE_BUF bytes, so the non-blocking write puts all of it in
+//   or, when the pipe is full (the program does not read it), nothing, and the message counts as
+//   not delivered (docs/ARCHITECTURE.md, section 6).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <netinet/tcp.h>
@@ -105,6 +110,17 @@ class ProgramChild final : public Child {
   // It has its SIGTERM already, and many programs treat a second one as "exit now".
   void hurry(std::chrono::milliseconds /*timeout*/) override {}
 
+  Result<void> deliver_message(const std::string& text) override {
+    if (!messages_) return Error::invalid("it has no message channel (an lbd without LBD_MESSAGE_FD started it)");
+    const std::string line = text + "\n";  // at most PIPE_BUF: all of it or nothing
+    const ssize_t n = write(messages_.get(), line.data(), line.size());
+    if (n == static_cast<ssize_t>(line.size())) return {};
+    if (n >= 0) return Error::invalid("its message pipe took part of the line");  // not for <= PIPE_BUF
+    if (errno == EAGAIN) return Error::invalid("its message pipe is full: the program is not reading $LBD_MESSAGE_FD");
+    if (errno == EPIPE) return Error::invalid("the program has closed $LBD_MESSAGE_FD");
+    return Error::from_errno("write to its message pipe");
+  }
+
   void kill() override {
     killed_ = true;
     probe_.reset();
@@ -126,6 +142,7 @@ class ProgramChild final : public Child {
   void on_exit() override {
     probe_.reset();
     close_output();
+    messages_.reset();
     // What it left running in its process group goes with it: asked to finish, if it was
     // draining (its children may still be answering); at once, if it crashed. Now, before it is
     // reaped, while the group's id cannot belong to anyone else. (Not for a program an earlier lbd
@@ -168,6 +185,7 @@ class ProgramChild final : public Child {
     r["stdout"] = to_json(fd_ref(output_[0] ? output_[0]->fd() : -1, child_output_fds_[0]));
     r["stderr"] = to_json(fd_ref(output_[1] ? output_[1]->fd() : -1, child_output_fds_[1]));
     r["notify"] = to_json(fd_ref(notify_.get(), -1));
+    r["messages"] = to_json(fd_ref(messages_.get(), child_message_escrow_fd_));
     return r;
   }
   std::optional<uint64_t> tree_rss() const override { return tree_rss_ ? std::optional(tree_rss_) : std::nullopt; }
@@ -369,7 +387,29 @@ class ProgramChild final : public Child {
   bool serving_ = false;
   bool killed_ = false;  // SIGKILLed: it must never become ready
   int child_output_fds_[2] = {-1, -1};  // where it keeps the read ends of its stdout and stderr
+  // The write end of its message pipe (non-blocking), and where the program keeps a copy of it
+  // for the next supervisor (never written there: a successor after a crash takes it back).
+  UniqueFd messages_;
+  int child_message_escrow_fd_ = -1;
 };
+
+// A pipe for a program's messages: the read end, blocking (a program may read it with a plain
+// read loop, or Node's fs.createReadStream, which fails on EAGAIN), and the write end,
+// non-blocking (the supervisor never waits on a program).
+struct MessagePipe {
+  UniqueFd read;
+  UniqueFd write;
+};
+Result<MessagePipe> message_pipe() {
+  int ends[2];
+  if (pipe2(ends, O_CLOEXEC) != 0) return Error::from_errno("message pipe");
+  MessagePipe pipe{UniqueFd(ends[0]), UniqueFd(ends[1])};
+  const int flags = fcntl(pipe.write.get(), F_GETFL);
+  if (flags < 0 || fcntl(pipe.write.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return Error::from_errno("message pipe: O_NONBLOCK");
+  }
+  return pipe;
+}
 
 }  // namespace
 
@@ -419,6 +459,14 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   const int output_escrow = 3 + static_cast<int>(listeners->size());
   launch.fds.emplace_back(pipes->out.fd(), output_escrow);
   launch.fds.emplace_back(pipes->err.fd(), output_escrow + 1);
+  // Then its message pipe's read end (LBD_MESSAGE_FD), and a copy of the write end it keeps for
+  // the same reason: after a crash the next lbd takes it back and messages go on; and the
+  // program never sees end-of-file on LBD_MESSAGE_FD while no lbd runs.
+  auto messages = message_pipe();
+  if (!messages) return messages.error();
+  const int message_fd = output_escrow + 2;
+  launch.fds.emplace_back(messages->read.get(), message_fd);
+  launch.fds.emplace_back(messages->write.get(), message_fd + 1);
 
   if (!shared.notify_dir) {
     // Root's in /run/lbd, where only root may create names (not beside the control socket: the
@@ -435,7 +483,8 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
 
   // lbd's environment, then the operator's --env, then the protocol's variables (which win).
   static const std::vector<std::string> kOurs = {"LISTEN_FDS",   "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
-                                                 "LB_WORKER_ID", "LB_WORKERS", "LB_APP",         kWorkerSpecEnv};
+                                                 "LB_WORKER_ID", "LB_WORKERS", "LB_APP",         "LBD_MESSAGE_FD",
+                                                 kWorkerSpecEnv};
   std::vector<std::string> drop = kOurs;
   for (const auto& entry : program.env) drop.push_back(entry.substr(0, entry.find('=')));
   launch.env = inherited_environment(drop);
@@ -450,6 +499,7 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   launch.env.push_back("LB_WORKER_ID=" + std::to_string(slot));
   launch.env.push_back("LB_WORKERS=" + std::to_string(workers));
   launch.env.push_back("LB_APP=" + options.app);
+  launch.env.push_back("LBD_MESSAGE_FD=" + std::to_string(message_fd));
 
   auto pid = spawn_process(launch);
   if (!pid) return pid.error();
@@ -460,6 +510,8 @@ Result<std::unique_ptr<Child>> start_program_child(ProcessId id, uint32_t slot, 
   for (size_t i = 0; i < listeners->size(); i++) child->child_listener_fds_.push_back(3 + static_cast<int>(i));
   child->child_output_fds_[0] = output_escrow;
   child->child_output_fds_[1] = output_escrow + 1;
+  child->messages_ = std::move(messages->write);  // our read end closes: only the program reads
+  child->child_message_escrow_fd_ = message_fd + 1;
   child->listeners_ = std::move(*listeners);
   if (!program.wait_ready && program.ready_delay) child->ready_at_ = child->started_at_ + *program.ready_delay;
   if (shared.steering && !program.wait_ready) {
@@ -517,6 +569,18 @@ Result<std::unique_ptr<Child>> adopt_program_child(const nlohmann::json& record,
     child->output_[stream].emplace(
         shared.logs->adopt_pipe(std::move(*fd), p.slot, stream == 0 ? logs::Stream::kOut : logs::Stream::kErr));
     LBD_TRY(shared.poller->watch(child->output_[stream]->fd(), Source::kOutput, p.id * 2 + stream));
+  }
+  // Its message pipe's write end: from the predecessor, or from the program's own copy. A program
+  // an lbd without message pipes started has none: messages to it are not delivered, and say so.
+  const FdRef messages = fd_ref_from_json(record.value("messages", nlohmann::json()));
+  child->child_message_escrow_fd_ = messages.child;
+  // Not looked for elsewhere in the program (no pid to take()): the pipe's read end is the same
+  // file, and only the write end will do.
+  if (auto fd = taker.take(messages, holder)) {
+    const int flags = fcntl(fd->get(), F_GETFL);
+    if (flags >= 0 && (flags & O_ACCMODE) == O_WRONLY && fcntl(fd->get(), F_SETFL, flags | O_NONBLOCK) == 0) {
+      child->messages_ = std::move(*fd);
+    }
   }
   // Its NOTIFY_SOCKET names the predecessor's socket: only a live predecessor can hand it over.
   if (auto notify = taker.take(fd_ref_from_json(record.value("notify", nlohmann::json())), -1)) {

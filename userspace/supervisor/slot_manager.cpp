@@ -479,10 +479,16 @@ bool SlotManager::busy(ClientId client) {
   return true;
 }
 
+std::string SlotManager::no_such_slot(uint32_t index) const {
+  if (index < slots_.size() && !slots_[index].removing) return {};
+  return "no such slot: " + std::to_string(index) + " (slots are 0-" +
+         std::to_string(slots_.empty() ? 0 : slots_.size() - 1) + ")";
+}
+
 bool SlotManager::check_slot(ClientId client, uint32_t index) {
-  if (index < slots_.size() && !slots_[index].removing) return true;
-  effects_->finish_error(client, "no such slot: " + std::to_string(index) + " (slots are 0-" +
-                                     std::to_string(slots_.empty() ? 0 : slots_.size() - 1) + ")");
+  std::string missing = no_such_slot(index);
+  if (missing.empty()) return true;
+  effects_->finish_error(client, missing);
   return false;
 }
 

@@ -186,6 +186,9 @@ class SlotManager {
   bool finished() const;    // stopping, and every process has exited
   bool all_failed() const;  // every slot crashed too often: lbd exits
   std::optional<control::Verb> operation() const;
+  // "no such slot: 7 (slots are 0-3)" when `index` names no slot (or one being scaled away);
+  // empty when it does. What every verb that names a slot answers.
+  std::string no_such_slot(uint32_t index) const;
   // Why /readyz says 503, or empty when some worker is active.
   std::string not_ready_because() const;
   uint64_t reloads() const { return reloads_; }

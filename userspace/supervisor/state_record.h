@@ -7,8 +7,8 @@
 // state, each slot's history, and for each process its pid, its start time and where the
 // descriptors a successor needs are. Each such descriptor is named twice: its number in the
 // supervisor (a live predecessor hands it over) and in the process itself (each worker keeps the
-// supervisor's end of its status channel, each program the read ends of its output pipes, and
-// both their listeners), so that a successor can take it even when the supervisor is dead
+// supervisor's end of its status channel, each program the read ends of its output pipes and the
+// write end of its message pipe, and both their listeners), so that a successor can take it even when the supervisor is dead
 // (pidfd_getfd). The steering program's maps are pinned on the BPF filesystem. The record an
 // upgrade writes also names the control clients accepted and not yet answered and the admin
 // connections, which only the live predecessor holds (ControlServer::waiting_clients,

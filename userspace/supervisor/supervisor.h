@@ -135,6 +135,7 @@ class Supervisor final : private SlotEffects {
   void verb_restart(ClientId client, const control::Request& request);
   void verb_scale(ClientId client, const control::Request& request);
   void verb_upgrade(ClientId client, const control::Request& request);
+  void verb_send(ClientId client, const control::Request& request);
   control::StatusReport status();
 
   // --- metrics.cpp

@@ -1,9 +1,13 @@
 // lbd's own worker as a child of the supervisor: started by executing the lbd binary with its
 // spec in the environment (launch.h), it talks over its status channel (worker/channel.h): it
 // says when it is ready, the supervisor tells it when it serves and when to drain.
+#include <linux/sockios.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+
+#include <algorithm>
 
 #include "common/log.h"
 #include "supervisor/child.h"
@@ -13,6 +17,11 @@
 namespace lbd {
 
 namespace {
+
+// Operators' messages may fill at most this much of a worker's status channel (what the kernel
+// charges for packets it has not read, SIOCOUTQ), and at most half of its send buffer: a worker
+// that does not read its messages must still find room for a kDrain.
+constexpr int kMessageRoom = 64 * 1024;
 
 Result<std::pair<UniqueFd, UniqueFd>> seqpacket_pair() {
   int pair[2];
@@ -48,6 +57,26 @@ class WorkerChild final : public Child {
   void hurry(std::chrono::milliseconds timeout) override { tell_to_drain(DrainMode::kStop, timeout, -1); }
 
   void kill() override { process_.signal(SIGKILL); }
+
+  Result<void> deliver_message(const std::string& text) override {
+    if (!status_) return Error::invalid("its status channel is closed");
+    int unread = 0;
+    int send_buffer = 0;
+    socklen_t length = sizeof(send_buffer);
+    if (ioctl(status_.get(), SIOCOUTQ, &unread) != 0) return Error::from_errno("SIOCOUTQ");
+    if (getsockopt(status_.get(), SOL_SOCKET, SO_SNDBUF, &send_buffer, &length) != 0) {
+      return Error::from_errno("SO_SNDBUF");
+    }
+    if (unread >= std::min(kMessageRoom, send_buffer / 2)) {
+      return Error::invalid("its channel is full (" + std::to_string(unread) +
+                            " bytes it has not read): the worker is not reading it");
+    }
+    auto sent = send_channel_message(status_.get(), {.command = ChannelCommand::kMessage, .text = text});
+    if (!sent && sent.error().code() == std::errc::resource_unavailable_try_again) {
+      return Error::invalid("its channel is full: the worker is not reading it");
+    }
+    return sent;
+  }
 
   ChildNews on_readable(Source source, uint32_t /*stream*/) override {
     ChildNews news = ChildNews::kNothing;

@@ -4,6 +4,9 @@
 
 #include <charconv>
 #include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
 
 namespace lbd {
 
@@ -36,7 +39,10 @@ void burn_cpu(uint64_t us) {
   }
 }
 
-void serve(Exchange& ex, bool demo_routes) {
+// The last message a worker received (bundled_service); none in bundled_app.
+using LastMessage = std::optional<std::string>;
+
+void serve(Exchange& ex, bool demo_routes, const LastMessage* last_message) {
   const Request& request = ex.request();
   const std::string_view path = request.path();
   const std::string_view method = request.method();
@@ -62,6 +68,11 @@ void serve(Exchange& ex, bool demo_routes) {
       later.respond(200, "slept " + std::to_string(ms) + " ms\n");
     });
   }
+  if (path == "/last-message" && demo_routes && last_message) {
+    if (method != "GET" && method != "HEAD") return ex.respond(405, "method not allowed\n");
+    if (!*last_message) return ex.respond(404, "no message yet\n");
+    return ex.respond(200, **last_message + "\n");
+  }
   if (path == "/echo") {
     if (method != "POST" && method != "PUT") return ex.respond(405, "method not allowed\n");
     return ex.respond(200, request.body(), "application/octet-stream");
@@ -72,7 +83,17 @@ void serve(Exchange& ex, bool demo_routes) {
 }  // namespace
 
 Handler bundled_app(bool demo_routes) {
-  return [demo_routes](Exchange& ex) { serve(ex, demo_routes); };
+  return [demo_routes](Exchange& ex) { serve(ex, demo_routes, nullptr); };
+}
+
+Service bundled_service(bool demo_routes) {
+  // Shared by the two callbacks, which run on the same loop: no lock.
+  auto last_message = std::make_shared<LastMessage>();
+  return Service{
+      .handler = [demo_routes, last_message](Exchange& ex) { serve(ex, demo_routes, last_message.get()); },
+      .on_message =
+          [last_message](std::string_view text) { *last_message = std::string(text); },
+  };
 }
 
 }  // namespace lbd

@@ -9,15 +9,20 @@
 //     supervisor -> worker   kServing                   a replacement owns its slot now
 //                            kDrain(mode, timeout)      stop accepting and finish (worker.h); for
 //                                                       kHandover, with the successor's inbox
+//                            kMessage(text)             an operator's line (`lbctl send`), for
+//                                                       the service's on_message (handler.h)
 //   an fd inbox (--mode handoff, and the handover from a predecessor)
 //     kConnection                                       with the connection's descriptor
 //
-// A record is fixed-size and checked whole on receipt (size, magic, version, command): anything
-// else is an error, never a guess.
+// A record is fixed-size; kMessage alone carries its text right after it, the text's length in
+// `value`. Every packet is checked whole on receipt (size, magic, version, command, and a
+// message's length and text by the one rule of common/message_text.h): anything else is an error,
+// never a guess.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "common/result.h"
 #include "common/unique_fd.h"
@@ -42,12 +47,16 @@ enum class ChannelCommand : uint16_t {
   kServing = 4,
   kDrain = 5,
   kConnection = 6,
+  kMessage = 7,
 };
 
 struct ChannelMessage {
   ChannelCommand command = ChannelCommand::kReady;
-  uint32_t value = 0;       // kOpenConnections: the count; kExecFailed: errno; kDrain: DrainMode
+  // kOpenConnections: the count; kExecFailed: errno; kDrain: DrainMode; kMessage: set from
+  // `text` when encoded (its length on the wire)
+  uint32_t value = 0;
   uint64_t timeout_ms = 0;  // kDrain
+  std::string text;         // kMessage: one line, common/message_text.h
 };
 
 // The bytes on the wire. Plain and fixed, so that a forked child can build one without
@@ -69,6 +78,8 @@ constexpr ChannelRecord encode_channel_message(const ChannelMessage& message) no
   return ChannelRecord{kChannelMagic, kChannelVersion, static_cast<uint16_t>(message.command), message.value, 0,
                        message.timeout_ms};
 }
+// The whole packet: the record, then for kMessage its text.
+std::string encode_channel_packet(const ChannelMessage& message);
 Result<ChannelMessage> decode_channel_message(const void* data, size_t size);
 
 // Sends one message, with a copy of `fd` if it is >= 0. A full non-blocking socket is an error

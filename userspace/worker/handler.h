@@ -10,6 +10,15 @@
 // respond_after(); the loop keeps serving other connections meanwhile. Requests on one
 // connection are answered in order (HTTP/1.1 pipelining), so the next request on the same
 // connection waits for this one.
+//
+// A service may also take messages: one line of text an operator sends to some or all workers
+// (`lbctl send 1 TEXT`, `lbctl send --all TEXT`; Node's worker.send, PM2's sendDataToProcessId):
+//
+//   lbd::Service service{.handler = handle,
+//                        .on_message = [](std::string_view text) { spdlog::info("got {}", text); }};
+//   int main(int argc, char** argv) { return lbd::run(argc, argv, service); }
+//
+// on_message runs on the worker's event loop too, between requests: it must not block either.
 #pragma once
 
 #include <chrono>
@@ -73,5 +82,16 @@ class Exchange {
 
 // A handler that neither responds nor defers produces a 500.
 using Handler = std::function<void(Exchange&)>;
+
+// Receives an operator's message: one line (no newline, no control characters but tab, valid
+// UTF-8, 1 to 4095 bytes: common/message_text.h). The view is valid during the call only.
+using MessageHandler = std::function<void(std::string_view text)>;
+
+// What a service runs in each worker: its handler and, optionally, what it does with messages.
+// The worker logs every message it receives (`message: TEXT`), then calls on_message, if set.
+struct Service {
+  Handler handler;
+  MessageHandler on_message;
+};
 
 }  // namespace lbd

@@ -134,10 +134,11 @@ void ConnectionExchange::respond_after(std::chrono::milliseconds delay,
 
 // --- set-up -----------------------------------------------------------------------------------
 
-Worker::Worker(const WorkerSpec& spec, Handler handler, SlotTable table, WorkerStatsBlock stats,
+Worker::Worker(const WorkerSpec& spec, Service service, SlotTable table, WorkerStatsBlock stats,
                Ring ring)
     : spec_(spec),
-      handler_(std::move(handler)),
+      handler_(std::move(service.handler)),
+      on_message_(std::move(service.on_message)),
       table_(std::move(table)),
       my_slot_(&table_.slot(spec.slot)),
       stats_block_(std::move(stats)),
@@ -147,7 +148,7 @@ Worker::Worker(const WorkerSpec& spec, Handler handler, SlotTable table, WorkerS
 
 Worker::~Worker() = default;
 
-Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler handler) {
+Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Service service) {
   if (spec.slot >= LBD_MAX_SLOTS) return Error::from_errno(EINVAL, "slot out of range");
   auto table = SlotTable::map(spec.slot_table_fd);
   if (!table) return table.error();
@@ -170,7 +171,7 @@ Result<std::unique_ptr<Worker>> Worker::create(const WorkerSpec& spec, Handler h
   }
 
   std::unique_ptr<Worker> w(
-      new Worker(spec, std::move(handler), std::move(*table), std::move(*stats), std::move(*ring)));
+      new Worker(spec, std::move(service), std::move(*table), std::move(*stats), std::move(*ring)));
   auto buffers = BufferRing::create(w->ring_, kBufferGroup, kBufferCount, kBufferSize);
   if (!buffers) return buffers.error();
   w->buffers_.emplace(std::move(*buffers));
@@ -1094,9 +1095,9 @@ void Worker::on_signal(int result) {
   arm_signal_read();
 }
 
-// Commands from the supervisor (worker/channel.h): kServing (a replacement now owns the slot)
-// and kDrain, the handover one carrying the successor's inbox. The channel closing means the
-// supervisor is gone: stop.
+// Commands from the supervisor (worker/channel.h): kServing (a replacement now owns the slot),
+// kDrain, the handover one carrying the successor's inbox, and kMessage, an operator's line for
+// the service. The channel closing means the supervisor is gone: stop.
 void Worker::on_status(int result) {
   if (result < 0) {
     spdlog::error("status channel: {}", strerror(-result));
@@ -1131,6 +1132,12 @@ void Worker::on_status(int result) {
       case ChannelCommand::kDrain:
         start_drain(static_cast<DrainMode>(message.value), std::chrono::milliseconds(message.timeout_ms),
                     std::move(received->fd));
+        break;
+      case ChannelCommand::kMessage:
+        // The text was checked on receipt (common/message_text.h): one line, no control
+        // characters, so it goes into the log as it is, where the operator who sent it looks.
+        spdlog::info("message: {}{}", message.text, on_message_ ? "" : " (this service takes no messages)");
+        if (on_message_) on_message_(message.text);
         break;
       default:
         spdlog::warn("unexpected command {} from the supervisor", static_cast<unsigned>(message.command));

@@ -53,7 +53,8 @@ namespace lbd {
 class Worker {
  public:
   // Maps the slot table, sets up the ring, buffers and signal handling. Does not accept yet.
-  static Result<std::unique_ptr<Worker>> create(const WorkerSpec& spec, Handler handler);
+  // `service.on_message`, if set, receives the operators' messages (kMessage) on the loop.
+  static Result<std::unique_ptr<Worker>> create(const WorkerSpec& spec, Service service);
   ~Worker();
 
   // Tells the supervisor the worker is ready, then serves until drained.
@@ -69,7 +70,7 @@ class Worker {
     bool open = true;
   };
 
-  Worker(const WorkerSpec& spec, Handler handler, SlotTable table, WorkerStatsBlock stats, Ring ring);
+  Worker(const WorkerSpec& spec, Service service, SlotTable table, WorkerStatsBlock stats, Ring ring);
 
   // Submission helpers.
   void arm_accept(uint32_t listener, bool multishot);
@@ -135,6 +136,7 @@ class Worker {
 
   WorkerSpec spec_;
   Handler handler_;
+  MessageHandler on_message_;  // may be empty
   SlotTable table_;
   lbd_slot* my_slot_;
   WorkerStatsBlock stats_block_;
