@@ -22,14 +22,17 @@ packages=(
   prometheus             # promtool and a real Prometheus for the /metrics tests
   tmux                   # a real terminal for lbctl top's test
   gunicorn               # a real third-party server run by `lbd run` (exec_test)
+  redis-server           # the session store of examples/sessions (its test starts its own)
   systemd                # systemd-analyze verify, for the unit `lbd startup` prints
   libclang-rt-14-dev     # libFuzzer and clang's sanitizer runtimes (scripts/fuzz.sh)
 )
+# Node.js and npm: node programs run by `lbd run` in the tests, the examples' npm packages (into
+# /var/tmp/lbd-examples), and the Node cluster and PM2 peers of bench/compare. A Node.js from
+# elsewhere (with its own npm) is kept: Debian's npm would not install beside it.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 if [ "${1:-}" = "--bench" ]; then
   packages+=(nginx-light gnuplot-nox)
-  # Node.js for the Node cluster and PM2 peers (PM2 itself comes from npm, into a scratch folder).
-  command -v node >/dev/null || packages+=(nodejs)
-  command -v npm >/dev/null || packages+=(npm)
 fi
 
 missing=()
@@ -47,8 +50,18 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q || echo "install-deps: apt-get update failed; trying with the package lists we have" >&2
 apt-get install -y -q --no-install-recommends "${missing[@]}"
-# Debian's prometheus package enables and starts its own service on :9090; the tests start their
-# own instance on a free port, so do not leave one running that this script started.
-if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
-  systemctl disable --now prometheus >/dev/null 2>&1 || true
-fi
+# Debian's prometheus and redis-server packages enable and start their own services (on :9090 and
+# :6379); the tests start their own instances, so do not leave one running that this script
+# started: under systemd, or under the init scripts of a machine without it.
+stop_service() {
+  if command -v systemctl >/dev/null && systemctl disable --now "$1" >/dev/null 2>&1; then
+    return
+  fi
+  if [ -x "/etc/init.d/$1" ]; then
+    "/etc/init.d/$1" stop >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null && update-rc.d "$1" disable >/dev/null 2>&1 || true
+  fi
+}
+for service in prometheus redis-server; do
+  if [[ " ${missing[*]} " == *" $service "* ]]; then stop_service "$service"; fi
+done
