@@ -265,13 +265,24 @@ TEST_F(Sticky, AWorkerThatPausesForLessThanTheStickyBoundKeepsItsClients) {
   ASSERT_NE(on_one, before.end()) << "no client on worker 1";
   const net::Address source = client(static_cast<int>(on_one - before.begin()));
   const pid_t paused = lbd().worker_pid(1);
+  auto steered_to_1 = [&] {
+    const nlohmann::json now = status();
+    for (const auto& row : now["workers"]) {
+      if (row.value("slot", -1) == 1) return row.value("steered", uint64_t{0});
+    }
+    return uint64_t{0};
+  };
+  const uint64_t steered_before = steered_to_1();
   ASSERT_TRUE(stop_process(paused, after(2s))) << "worker 1 did not stop";
   const auto stopped_at = Clock::now();
   std::this_thread::sleep_for(200ms);  // paused for a while, well under the second
   auto answer = std::async(std::launch::async, [&] {
     return fetch(address(), http_get("/", /*close=*/true), after(5s), &source);
   });
-  std::this_thread::sleep_for(200ms);
+  // The client's connection was steered while worker 1 was stopped, and within the bound.
+  ASSERT_TRUE(eventually(after(2s), [&] { return steered_to_1() > steered_before; }))
+      << "the client's connection was not steered to worker 1 (" << steered_before << " before, " << steered_to_1()
+      << " now)";
   ASSERT_LT(Clock::now() - stopped_at, 900ms) << "the machine was too slow for this test's point";
   ASSERT_EQ(kill(paused, SIGCONT), 0);
   HttpResult r = answer.get();

@@ -170,6 +170,53 @@ TEST_F(Takeover, MetricsDrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp)
   EXPECT_FALSE(std::filesystem::exists(steering_pin_dir(record)));
 }
 
+// lbd's own workers after a crash: the next lbd sends them messages too. A worker an lbd from
+// before `lbctl send` started would drop one (its channel knows no kMessage); its record, from
+// that lbd, does not say it takes messages, so the message is reported as not delivered instead of
+// sent. Here slot 1's entry is made to look like such a record.
+TEST_F(Takeover, MessagesReachAdoptedWorkersButNotAWorkerFromBeforeLbctlSend) {
+  std::vector<std::string> with_routes = args();
+  with_routes.push_back("--demo-routes");
+  ASSERT_NO_FATAL_FAILURE(start(with_routes));
+  // The record on disk has caught up with both workers' readiness (it is rewritten just after the
+  // ready line; a worker the record still calls starting would be started again).
+  const std::string record_path = dir_.path("lbd.state");
+  json record;
+  ASSERT_TRUE(eventually(after(5s), [&] {
+    std::ifstream file(record_path);
+    record = json::parse(file, nullptr, /*allow_exceptions=*/false);
+    int taking = 0;
+    for (const auto& child : record.value("children", json::array())) taking += child.value("takes_messages", false);
+    return taking == 2;
+  })) << record.dump();
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+
+  record = json::parse(std::ifstream(record_path));
+  int edited = 0;
+  for (auto& child : record["children"]) {
+    if (child.value("slot", -1) == 1 && child.erase("takes_messages") == 1) edited++;
+  }
+  ASSERT_EQ(edited, 1) << record["children"].dump();
+  std::ofstream(record_path) << record.dump();
+
+  Successor successor(with_routes);
+  ASSERT_TRUE(successor.process.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
+      << successor.process.log();
+  CommandResult sent = lbctl({"send", "--all", "after the crash"});
+  EXPECT_TRUE(sent.exited(1)) << sent.describe();
+  EXPECT_EQ(sent.out, "sent to 1 of 2 worker(s) (slot 0)\n");
+  EXPECT_NE(sent.err.find("from before `lbctl send`"), std::string::npos) << sent.err;
+  // Worker 0 got it: it serves it on /last-message.
+  std::string last;
+  EXPECT_TRUE(eventually(after(10s), [&] {
+    HttpResult r = fetch(address(), http_get("/last-message", true), after(2s));
+    if (r.ok() && r.worker() == 0) last = r.response.body;
+    return last == "after the crash\n";
+  }, 1ms)) << "worker 0's last message: " << last;
+}
+
 TEST_F(Takeover, AWorkerThatDiedMeanwhileIsReplaced) {
   ASSERT_NO_FATAL_FAILURE(start(args()));
   const auto before = serving_pids();

@@ -155,6 +155,11 @@ TEST(MessageText, OneLineOfUtf8UpTo4095Bytes) {
             std::string::npos);
   EXPECT_NE(message_text_problem("esc\x1b[31m").find("control characters"), std::string::npos);
   EXPECT_NE(message_text_problem("del\x7f").find("control characters"), std::string::npos);
+  // C1 controls and the Unicode line separators, as UTF-8; a no-break space (U+00A0) is text.
+  EXPECT_NE(message_text_problem("csi\xc2\x9b" "31m").find("control characters (U+009B at 3)"), std::string::npos);
+  EXPECT_NE(message_text_problem("nel\xc2\x85").find("control characters"), std::string::npos);
+  EXPECT_NE(message_text_problem("ls\xe2\x80\xa8").find("control characters (U+2028"), std::string::npos);
+  EXPECT_EQ(message_text_problem("nbsp\xc2\xa0ok"), "");
   for (const char* bad : {"\xff", "\xc3", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "a\x80"}) {
     EXPECT_NE(message_text_problem(bad).find("not valid UTF-8"), std::string::npos) << testing::PrintToString(bad);
   }

@@ -236,6 +236,13 @@ TEST(CommandLine, AcceptsEveryPolicyAndMode) {
   EXPECT_EQ(parse({"--policy", "least"}).steering.policy, Policy::kLeast);
   EXPECT_EQ(parse({"--policy", "hash"}).steering.policy, Policy::kHash);
   EXPECT_EQ(parse({"--policy", "sticky"}).steering.policy, Policy::kSticky);
+  // sticky is the steering program's: the kernel's hash would break it without a word.
+  try {
+    parse({"--policy", "sticky", "--mode", "reuseport"});
+    ADD_FAILURE() << "--policy sticky --mode reuseport was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--policy sticky needs --mode bpf"), std::string::npos) << e.what();
+  }
   EXPECT_EQ(parse({"--mode", "bpf"}).mode, Mode::kBpf);
   EXPECT_EQ(parse({"--mode", "reuseport"}).mode, Mode::kReuseport);
   EXPECT_EQ(parse({"--mode", "shared"}).mode, Mode::kShared);

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -59,6 +60,13 @@ inline std::string message_text_problem(std::string_view text) {
     valid = valid && !(length == 3 && (code < 0x800 || (code >= 0xd800 && code <= 0xdfff))) &&
             !(length == 4 && (code < 0x10000 || code > 0x10ffff));
     if (!valid) return "the message is not valid UTF-8 (at byte " + std::to_string(i) + ")";
+    // C1 controls (a terminal's CSI among them) and the Unicode line and paragraph separators,
+    // which some readers (Python's splitlines) take for line ends.
+    if ((code >= 0x80 && code <= 0x9f) || code == 0x2028 || code == 0x2029) {
+      char name[16];
+      snprintf(name, sizeof(name), "U+%04X", static_cast<unsigned>(code));
+      return std::string("the message may not contain control characters (") + name + " at " + std::to_string(i) + ")";
+    }
     i += length;
   }
   return {};

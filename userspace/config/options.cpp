@@ -162,6 +162,10 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   options.pin = !f.no_pin;
   options.steering.policy = flag_value(parse_policy(f.policy_text), "--policy");
   options.mode = flag_value(parse_mode(f.mode_text), "--mode");
+  if (options.steering.policy == Policy::kSticky && options.mode != Mode::kBpf) {
+    throw ConfigError("--policy sticky needs --mode bpf: without lbd's steering the kernel's hash spreads one client's "
+                      "connections over every worker");
+  }
   options.idle_timeout = seconds_to_ms(f.idle_timeout_s, "--idle-timeout");
   options.header_timeout = seconds_to_ms(f.header_timeout_s, "--header-timeout");
   options.min_body_rate = f.min_body_rate_text == "0" ? 0 : flag_value(parse_size(f.min_body_rate_text), "--min-body-rate");

@@ -5,6 +5,8 @@
 #include <bpf/libbpf.h>
 #include <netinet/in.h>
 #include <linux/magic.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -167,6 +169,14 @@ namespace {
 Result<void> ensure_bpf_filesystem(const std::string& dir) {
   const std::string mount_point = dir.substr(0, dir.rfind('/'));
   struct statfs fs {};
+  if (statfs(mount_point.c_str(), &fs) != 0) return Error::from_errno("statfs " + mount_point);
+  if (static_cast<unsigned long>(fs.f_type) == BPF_FS_MAGIC) return {};
+  // Two lbds starting at once must not mount twice (the second mount would hide the first one's
+  // pins): the check and the mount happen under a lock on the bare mount point, and the check is
+  // made again once the lock is ours.
+  UniqueFd bare(open(mount_point.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!bare) return Error::from_errno("open " + mount_point);
+  if (flock(bare.get(), LOCK_EX) != 0) return Error::from_errno("lock " + mount_point);
   if (statfs(mount_point.c_str(), &fs) != 0) return Error::from_errno("statfs " + mount_point);
   if (static_cast<unsigned long>(fs.f_type) == BPF_FS_MAGIC) return {};
   if (mount("bpf", mount_point.c_str(), "bpf", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") != 0) {

@@ -60,6 +60,9 @@ class WorkerChild final : public Child {
 
   Result<void> deliver_message(const std::string& text) override {
     if (!status_) return Error::invalid("its status channel is closed");
+    if (!takes_messages_) {
+      return Error::invalid("it runs an lbd from before `lbctl send`, which would drop the message (reload it)");
+    }
     int unread = 0;
     int send_buffer = 0;
     socklen_t length = sizeof(send_buffer);
@@ -97,6 +100,7 @@ class WorkerChild final : public Child {
       const ChannelMessage& message = received->message;
       switch (message.command) {
         case ChannelCommand::kReady:
+          takes_messages_ = (message.value & kWorkerTakesMessages) != 0;
           news = ChildNews::kReady;
           break;
         case ChannelCommand::kOpenConnections:
@@ -126,6 +130,7 @@ class WorkerChild final : public Child {
     nlohmann::json r = record_base("worker");
     r["status"] = to_json(fd_ref(status_.get(), child_status_escrow_fd_));
     r["stats"] = to_json(fd_ref(stats_ ? stats_->fd() : -1, child_stats_fd_));
+    r["takes_messages"] = takes_messages_;
     return r;
   }
   int handoff_inbox() const override { return handoff_.get(); }
@@ -154,6 +159,7 @@ class WorkerChild final : public Child {
   UniqueFd handoff_;          // --mode handoff: our end of its connection inbox
   UniqueFd handover_sender_;  // a replacement: the end its predecessor hands over on
   uint32_t reported_open_ = 0;  // draining: connections it still holds
+  bool takes_messages_ = false;  // its kReady said kWorkerTakesMessages (channel.h)
   // Where the worker keeps what a successor takes from it when this supervisor is gone.
   int child_status_escrow_fd_ = -1;
   int child_stats_fd_ = -1;
@@ -254,6 +260,8 @@ Result<std::unique_ptr<Child>> adopt_worker_child(const nlohmann::json& record, 
   const int holder = owned.pidfd();
   auto child = std::make_unique<WorkerChild>(p.id, p.slot, shared, std::move(owned));
   child->start_time_ = record.value("start_time", uint64_t{0});
+  // A record from an lbd before `lbctl send` has no such entry: its workers would drop a message.
+  child->takes_messages_ = record.value("takes_messages", false);
   const FdRef status = fd_ref_from_json(record.value("status", nlohmann::json()));
   const FdRef stats = fd_ref_from_json(record.value("stats", nlohmann::json()));
   child->child_status_escrow_fd_ = status.child;

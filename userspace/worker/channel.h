@@ -3,7 +3,7 @@
 // record per packet, optionally with one descriptor (net/fd_passing.h):
 //
 //   the status channel (one per worker)
-//     worker -> supervisor   kReady                     it listens and serves
+//     worker -> supervisor   kReady(features)           it listens and serves; what it understands
 //                            kOpenConnections(n)        draining: connections it still holds
 //                            kExecFailed(errno)         the child could not execute the worker
 //     supervisor -> worker   kServing                   a replacement owns its slot now
@@ -50,9 +50,14 @@ enum class ChannelCommand : uint16_t {
   kMessage = 7,
 };
 
+// kReady's value: what the worker understands beyond the first version of the channel. A worker
+// from an older lbd says 0; after an upgrade it may still serve, and the supervisor must not send
+// it what it would drop.
+inline constexpr uint32_t kWorkerTakesMessages = 1u << 0;  // kMessage
+
 struct ChannelMessage {
   ChannelCommand command = ChannelCommand::kReady;
-  // kOpenConnections: the count; kExecFailed: errno; kDrain: DrainMode; kMessage: set from
+  // kReady: kWorker* feature bits; kOpenConnections: the count; kExecFailed: errno; kDrain: DrainMode; kMessage: set from
   // `text` when encoded (its length on the wire)
   uint32_t value = 0;
   uint64_t timeout_ms = 0;  // kDrain

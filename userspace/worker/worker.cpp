@@ -241,7 +241,8 @@ Result<void> Worker::run() {
   io_uring_submit(ring_.get());
 
   if (spec_.status_fd >= 0) {
-    if (auto ok = send_channel_message(spec_.status_fd, {.command = ChannelCommand::kReady}); !ok) {
+    if (auto ok = send_channel_message(spec_.status_fd, {.command = ChannelCommand::kReady, .value = kWorkerTakesMessages});
+        !ok) {
       return ok.error().wrap("tell the supervisor we are ready");
     }
   }
