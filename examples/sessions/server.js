@@ -6,7 +6,9 @@
 // GET / counts the requests of the caller's session: the first answer sets a cookie
 // `sid=<random id>`, and each request that sends it back gets the next number, whichever worker
 // answers (X-Worker names it). The count is a field of the Redis hash `session:<sid>`, which
-// expires after SESSION_TTL seconds without a request.
+// expires after SESSION_TTL seconds without a request. Only the server makes session ids: a sid
+// the client sends counts only while its session exists in Redis; any other (forged, or expired)
+// gets a new session with a fresh id, so nobody can fix a session id on someone else's browser.
 //
 // Environment: REDIS_URL (redis://host:port) or REDIS_SOCKET (a Unix socket's path) says where
 // Redis is; LB_WORKER_ID is set by lbd for each worker (0..N-1); the listener is fd 3 (LISTEN_FDS).
@@ -21,10 +23,33 @@ const redis = createClient(process.env.REDIS_SOCKET
   : { url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' });
 redis.on('error', (err) => console.error(`redis: ${err.message}`));
 
-// The session id from the request's cookie, if it sent one that looks like ours.
+// The session id from the request's cookie, if it sent one that looks like ours (whether that
+// session exists is for Redis to say: see continueSession).
 function sessionId(req) {
   const match = /(?:^|;\s*)sid=([0-9a-f-]{36})(?:;|$)/.exec(req.headers.cookie ?? '');
   return match ? match[1] : null;
+}
+
+// Counts a request of an existing session and pushes its expiry back, atomically; 0 if there is no
+// such session (never issued, or expired), which it then does not create.
+const COUNT_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count`;
+
+async function continueSession(sid) {
+  return Number(await redis.eval(COUNT_IF_EXISTS, { keys: [`session:${sid}`], arguments: [String(ttl)] }));
+}
+
+// A new session, under a fresh random id of the server's own.
+async function newSession(res) {
+  const sid = crypto.randomUUID();
+  const key = `session:${sid}`;
+  // One round trip: count, then set the expiry.
+  const [count] = await redis.multi().hIncrBy(key, 'count', 1).expire(key, ttl).exec();
+  res.setHeader('Set-Cookie', `sid=${sid}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${ttl}`);
+  return { sid, count };
 }
 
 // One whole answer with its length (not chunked): simple clients read it easily.
@@ -40,13 +65,8 @@ async function handle(req, res) {
     return;
   }
   let sid = sessionId(req);
-  if (!sid) {
-    sid = crypto.randomUUID();
-    res.setHeader('Set-Cookie', `sid=${sid}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${ttl}`);
-  }
-  const key = `session:${sid}`;
-  // One round trip: count, then push the expiry back.
-  const [count] = await redis.multi().hIncrBy(key, 'count', 1).expire(key, ttl).exec();
+  let count = sid ? await continueSession(sid) : 0;
+  if (count === 0) ({ sid, count } = await newSession(res));
   reply(res, 200, 'application/json', JSON.stringify({ session: sid, count, worker: Number(worker), pid: process.pid }) + '\n');
 }
 

@@ -257,8 +257,16 @@ TEST_F(SendToPrograms, AProgramThatNeverReadsDoesNotStallLbd) {
 }
 
 TEST_F(SendToPrograms, AProgramThatClosedItsMessageFdIsReportedSo) {
-  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "reuseport", "-i", "1", "--ready-delay", "0.1"},
-                                        {"/bin/sh", "-c", R"(eval "exec $LBD_MESSAGE_FD<&-"; exec sleep 600)"}));
+  // The program closes the fd first and only then says READY=1 (--wait-ready: no delay counts), and
+  // lbd's ready line comes only once it has: so the one send below is sure to find the pipe closed.
+  const std::string program =
+      "import os, socket, time\n"
+      "os.close(int(os.environ['LBD_MESSAGE_FD']))\n"
+      "to = os.environ['NOTIFY_SOCKET']\n"
+      "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', '\\0' + to[1:] if to[0] == '@' else to)\n"
+      "time.sleep(600)\n";
+  ASSERT_NO_FATAL_FAILURE(
+      start_program({"--mode", "reuseport", "-i", "1", "--wait-ready"}, {"/usr/bin/python3", "-c", program}));
   const pid_t pid = serving_pids().at(0);
   CommandResult r = lbctl({"send", "0", "anyone?"});
   EXPECT_TRUE(r.exited(1)) << r.describe();

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <iostream>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -190,6 +191,51 @@ TEST_F(SessionsExample, SessionsAreSeparate) {
   HttpResult forged = get_with_cookie(address(), "../../etc");
   ASSERT_TRUE(forged.ok()) << forged.describe();
   EXPECT_TRUE(forged.response.header("Set-Cookie").has_value());
+}
+
+// A sid that looks like ours but that the server never issued (session fixation: an attacker plants
+// a known id in a victim's browser) is not adopted: the answer opens a new session under a fresh
+// id, counted from 1, and the planted id stays unknown.
+TEST_F(SessionsExample, AnIdTheServerNeverIssuedIsNotAdopted) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2",
+                                         "--env", "REDIS_SOCKET=" + redis_->socket()},
+                                        {"node", app_.path("server.js")}));
+  std::random_device random;
+  auto hex = [&](int digits) {
+    std::string out;
+    for (int i = 0; i < digits; i++) out += "0123456789abcdef"[random() % 16];
+    return out;
+  };
+  const std::string planted = hex(8) + "-" + hex(4) + "-4" + hex(3) + "-a" + hex(3) + "-" + hex(12);
+  ASSERT_EQ(planted.size(), 36u);
+  auto answer_to = [&](const std::string& sid, std::string& issued, json& body) {
+    HttpResult r = get_with_cookie(address(), sid);
+    ASSERT_TRUE(r.ok() && r.status() == 200) << r.describe();
+    const std::string cookie = r.response.header("Set-Cookie").value_or("");
+    issued = cookie.starts_with("sid=") ? cookie.substr(4, cookie.find(';') - 4) : std::string();
+    body = json::parse(r.response.body, nullptr, false);
+  };
+  // Twice, so both workers (rr) are asked, and the first answer did not create the planted session.
+  std::set<std::string> issued_ids;
+  for (int i = 0; i < 2; i++) {
+    std::string issued;
+    json body;
+    ASSERT_NO_FATAL_FAILURE(answer_to(planted, issued, body));
+    ASSERT_EQ(issued.size(), 36u) << "no new session cookie for a sid the server never issued; body " << body.dump();
+    EXPECT_NE(issued, planted) << "the server adopted the client's sid";
+    EXPECT_EQ(body.value("session", ""), issued) << body.dump();
+    EXPECT_EQ(body.value("count", 0), 1) << body.dump();
+    issued_ids.insert(issued);
+  }
+  EXPECT_EQ(issued_ids.size(), 2u) << "each answer should have opened a session of its own";
+  // The id the server did issue is honoured.
+  std::string issued;
+  json body;
+  ASSERT_NO_FATAL_FAILURE(answer_to(*issued_ids.begin(), issued, body));
+  EXPECT_EQ(issued, "") << "a new cookie for a session that exists";
+  EXPECT_EQ(body.value("session", ""), *issued_ids.begin()) << body.dump();
+  EXPECT_EQ(body.value("count", 0), 2) << body.dump();
+  EXPECT_EQ(lbd().count_log(kTroubleInLog), 0u) << lbd().log();
 }
 
 }  // namespace

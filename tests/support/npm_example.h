@@ -10,7 +10,8 @@
 // Without node or npm on the PATH the test skips; an npm install that fails (no registry, a
 // version that is gone) is a failure: CI has the registry, and must say when it cannot install.
 // The scratch folder is readable by everyone: the programs lbd starts run as nobody, and a clone
-// under /root is not readable by them.
+// under /root is not readable by them. It must be ours alone (see unsafe_folder): one that another
+// user made or can write in fails the test, which says to remove it.
 #pragma once
 
 #include <fcntl.h>
@@ -18,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -65,6 +68,27 @@ inline bool write_file_atomically(const std::string& path, const std::string& co
   return std::rename(temporary.c_str(), path.c_str()) == 0;
 }
 
+// Makes `path` (mode 0755: umask can only take bits away) unless it exists, then "" if it is a
+// folder only this process's user controls, or why not. The tests run `npm ci` and node from it,
+// as root: a folder (or a symlink) that another local user made first, or may write in, would let
+// that user choose the code they run. lstat, so a symlink is refused rather than followed; and
+// /var/tmp is sticky, so nobody else can rename or replace a folder of ours once checked.
+inline std::string unsafe_folder(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    return "cannot create " + path + ": " + std::strerror(errno);
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return "cannot lstat " + path + ": " + std::strerror(errno);
+  std::string why;
+  if (S_ISLNK(st.st_mode)) why = "is a symlink";
+  else if (!S_ISDIR(st.st_mode)) why = "is not a directory";
+  else if (st.st_uid != geteuid()) why = "is owned by uid " + std::to_string(st.st_uid) + ", not " + std::to_string(geteuid());
+  else if (st.st_mode & (S_IWGRP | S_IWOTH)) why = "is writable by its group or by others";
+  if (why.empty()) return "";
+  return std::string(path) + " " + why + ": whoever controls it controls the code these tests run; remove it (rm -rf " +
+         kScratch + ") and run again";
+}
+
 // The end of what a command printed, for a failure message.
 inline std::string tail(const std::string& text, size_t bytes = 2000) {
   return text.size() <= bytes ? text : "..." + text.substr(text.size() - bytes);
@@ -93,12 +117,11 @@ inline NpmExample prepare_npm_example(const std::string& name) {
   }
   const fs::perms everyone_reads = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                                    fs::perms::others_read | fs::perms::others_exec;
-  std::error_code error;
-  fs::create_directories(app.dir, error);
-  if (error) {
-    app.problem = "cannot create " + app.dir + ": " + error.message();
-    return app;
+  for (const std::string& folder : {std::string(kScratch), app.dir}) {
+    app.problem = unsafe_folder(folder);
+    if (!app.problem.empty()) return app;
   }
+  std::error_code error;
   fs::permissions(kScratch, everyone_reads, error);
   fs::permissions(app.dir, everyone_reads, error);
 
