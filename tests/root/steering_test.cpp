@@ -10,6 +10,8 @@
 // Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); skips otherwise.
 #include <gtest/gtest.h>
 
+#include <sched.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -444,16 +446,50 @@ class StickySteeringTest : public SteeringTest {
   static constexpr int kNotSeen = -1;
   static constexpr int kSplit = -2;  // the address's connections went to different slots
 
-  static in_addr_t client_address(uint32_t i) { return htonl(0x7f010001u + i); }
+  // Client i: 127.1.0.1 + i, or with family_ AF_INET6, fd00:1bd::1 + i (Ipv6 test below).
+  int family_ = AF_INET;
+  static constexpr uint32_t kFirstClient = 0x7f010001u;
+
+  sockaddr_storage client_address(uint32_t i) const {
+    sockaddr_storage address{};
+    if (family_ == AF_INET) {
+      auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+      v4->sin_family = AF_INET;
+      v4->sin_addr.s_addr = htonl(kFirstClient + i);
+    } else {
+      auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+      v6->sin6_family = AF_INET6;
+      inet_pton(AF_INET6, "fd00:1bd::", &v6->sin6_addr);
+      const uint32_t low = htonl(1 + i);
+      memcpy(&v6->sin6_addr.s6_addr[12], &low, sizeof(low));
+    }
+    return address;
+  }
+
+  // The client a peer address belongs to, or kAddresses if none.
+  uint32_t client_index(const sockaddr_storage& peer) const {
+    uint32_t index = kAddresses;
+    if (peer.ss_family == AF_INET) {
+      index = ntohl(reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr.s_addr) - kFirstClient;
+    } else if (peer.ss_family == AF_INET6) {
+      uint32_t low = 0;
+      memcpy(&low, &reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr.s6_addr[12], sizeof(low));
+      index = ntohl(low) - 1;
+    }
+    return std::min(index, kAddresses);
+  }
 
   void connect_from_every_address(const Group& g) {
     for (uint32_t i = 0; i < kAddresses; i++) {
-      UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      UniqueFd fd(socket(family_, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
       ASSERT_TRUE(fd) << strerror(errno);
-      sockaddr_in source{};
-      source.sin_family = AF_INET;
-      source.sin_addr.s_addr = client_address(i);
-      ASSERT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&source), sizeof(source)), 0) << strerror(errno);
+      const int one = 1;
+      // IPv6 binds only to an address configured on an interface; the route makes the whole
+      // prefix local, the option lets a socket take any address of it.
+      if (family_ == AF_INET6) ASSERT_EQ(setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one)), 0);
+      const sockaddr_storage source = client_address(i);
+      const socklen_t length = family_ == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+      ASSERT_EQ(bind(fd.get(), reinterpret_cast<const sockaddr*>(&source), length), 0) << strerror(errno);
       int rc = connect(fd.get(), g.address.sockaddr_ptr(), g.address.length());
       ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << "connect: " << strerror(errno);
       clients_.push_back(std::move(fd));
@@ -475,13 +511,13 @@ class StickySteeringTest : public SteeringTest {
       for (size_t k = 0; k < fds.size(); k++) {
         if (!(fds[k].revents & POLLIN)) continue;
         while (true) {
-          sockaddr_in peer{};
+          sockaddr_storage peer{};
           socklen_t len = sizeof(peer);
           int fd = accept4(fds[k].fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
           if (fd < 0) break;
           accepted_.emplace_back(fd);
           total++;
-          const uint32_t index = ntohl(peer.sin_addr.s_addr) - ntohl(client_address(0));
+          const uint32_t index = client_index(peer);
           ASSERT_LT(index, kAddresses) << "a connection from an address no client used";
           int& w = where[index];
           const int slot = static_cast<int>(slots[k]);
@@ -502,6 +538,29 @@ class StickySteeringTest : public SteeringTest {
   }
 
   static std::set<int> slots_used(const std::vector<int>& where) { return {where.begin(), where.end()}; }
+
+  // Every client queues a connection, then slot 1 drains and its listener stops: its queue
+  // migrates. Each migrated connection must land where that client's next connection goes.
+  void expect_queue_of_slot_1_follows_the_clients_keys() {
+    Group& g = groups_[0];
+    const std::vector<int> before = placement(g);
+    ASSERT_GT(std::count(before.begin(), before.end(), 1), 0) << "slot 1 had no client to migrate";
+
+    connect_from_every_address(g);  // queued as `before` says, nobody accepts yet
+    ASSERT_TRUE(wait_queued(g, kAddresses));
+    set_state(1, LBD_SLOT_DRAINING);
+    auto stopped = net::stop_listening(g.listeners[1].get());
+    ASSERT_TRUE(stopped) << stopped.error().message();
+    EXPECT_EQ(steering_->counters(1).migrated, 0u);
+    std::vector<int> after_migration(kAddresses, kNotSeen);
+    ASSERT_NO_FATAL_FAILURE(accept_into(g, kAddresses, after_migration, {0, 2, 3}));
+
+    uint64_t migrated = 0;
+    for (uint32_t slot : {0u, 2u, 3u}) migrated += steering_->counters(slot).migrated;
+    EXPECT_EQ(migrated, static_cast<uint64_t>(std::count(before.begin(), before.end(), 1)));
+    const std::vector<int> next_connections = placement(g, {0, 2, 3});
+    EXPECT_EQ(after_migration, next_connections);
+  }
 };
 
 TEST_F(StickySteeringTest, EachClientAddressStaysOnItsSlotAndTheAddressesSpread) {
@@ -556,24 +615,26 @@ TEST_F(StickySteeringTest, AClosingListenersQueuedClientsGoWhereTheirNewConnecti
   // The queue of a listener that stops migrates by the same key as a SYN: the program reads the
   // client's address from the migrating socket, since no packet comes with it.
   ASSERT_NO_FATAL_FAILURE(start(4, Policy::kSticky));
-  Group& g = groups_[0];
-  const std::vector<int> before = placement(g);
-  ASSERT_GT(std::count(before.begin(), before.end(), 1), 0) << "slot 1 had no client to migrate";
+  ASSERT_NO_FATAL_FAILURE(expect_queue_of_slot_1_follows_the_clients_keys());
+}
 
-  connect_from_every_address(g);  // queued as `before` says, nobody accepts yet
-  ASSERT_TRUE(wait_queued(g, kAddresses));
-  set_state(1, LBD_SLOT_DRAINING);
-  auto stopped = net::stop_listening(g.listeners[1].get());
-  ASSERT_TRUE(stopped) << stopped.error().message();
-  EXPECT_EQ(steering_->counters(1).migrated, 0u);
-  std::vector<int> after_migration(kAddresses, kNotSeen);
-  ASSERT_NO_FATAL_FAILURE(accept_into(g, kAddresses, after_migration, {0, 2, 3}));
-
-  uint64_t migrated = 0;
-  for (uint32_t slot : {0u, 2u, 3u}) migrated += steering_->counters(slot).migrated;
-  EXPECT_EQ(migrated, static_cast<uint64_t>(std::count(before.begin(), before.end(), 1)));
-  const std::vector<int> next_connections = placement(g, {0, 2, 3});
-  EXPECT_EQ(after_migration, next_connections);
+// The same over IPv6, in a network namespace of the test's own (the machine's is untouched): its
+// loopback up, and all of fd00:1bd::/64 local to it (an AnyIP route), so 300 clients each have an
+// IPv6 address. The program reads an IPv6 SYN's source, and an IPv6 migrating socket's peer.
+TEST_F(StickySteeringTest, Ipv6ClientsKeepTheirSlotsAndAClosingListenersQueueFollowsTheSameKey) {
+  ASSERT_EQ(unshare(CLONE_NEWNET), 0) << "a network namespace: " << strerror(errno);
+  ASSERT_EQ(system("ip link set lo up && ip -6 route add local fd00:1bd::/64 dev lo"), 0);
+  family_ = AF_INET6;
+  ASSERT_NO_FATAL_FAILURE(load(Policy::kSticky));
+  Group& g = add_group(4, "[::1]:0");
+  for (uint32_t i = 0; i < 4; i++) set_state(i, LBD_SLOT_ACTIVE);
+  std::vector<int> where(kAddresses, kNotSeen);
+  for (int round = 0; round < 2; round++) {
+    connect_from_every_address(g);
+    ASSERT_NO_FATAL_FAILURE(accept_into(g, kAddresses, where));
+  }
+  EXPECT_EQ(slots_used(where), (std::set<int>{0, 1, 2, 3})) << "kSplit (-2): an address reached two slots";
+  ASSERT_NO_FATAL_FAILURE(expect_queue_of_slot_1_follows_the_clients_keys());
 }
 
 // --- migration (docs/ARCHITECTURE.md, invariant 1) -------------------------------------------------------
