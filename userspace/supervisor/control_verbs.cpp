@@ -34,6 +34,20 @@ const Supervisor::VerbHandler Supervisor::kVerbs[] = {
     {Verb::kSend, false, &Supervisor::verb_send},
 };
 
+namespace {
+
+// A slot's word in `lbctl status`'s STATE column: of its serving process if it has one, else why
+// nothing serves there. (Its replacement and retiring processes have rows of their own.)
+const char* slot_state_word(const SlotRecord& slot) {
+  if (slot.serving) {
+    return !slot.wanted ? "draining" : slot.serving->role == ProcessRole::kServing ? "active" : "starting";
+  }
+  if (!slot.retiring.empty()) return "draining";
+  return slot.failed ? "failed" : slot.removing ? "removing" : !slot.wanted ? "drained" : slot.restart_at ? "restarting" : "empty";
+}
+
+}  // namespace
+
 void Supervisor::on_request(ClientId client, const control::Request& request) {
   for (const VerbHandler& handler : kVerbs) {
     if (handler.verb != request.verb) continue;
@@ -107,14 +121,8 @@ void Supervisor::verb_send(ClientId client, const control::Request& request) {
     }
     const SlotRecord& slot = *targets.front();
     if (!slot.active()) {
-      // The words of `lbctl status`'s STATE column.
-      const char* state = !slot.wanted    ? (slot.serving || !slot.retiring.empty() ? "draining" : "drained")
-                          : slot.failed   ? "failed"
-                          : slot.serving  ? "starting"
-                          : slot.restart_at ? "restarting"
-                                            : "empty";
       return control_->finish_error(client, "slot " + std::to_string(slot.index) + " has no active worker (it is " +
-                                                state + "): nothing sent");
+                                                slot_state_word(slot) + "): nothing sent");
     }
   }
   nlohmann::json sent = nlohmann::json::array();
@@ -182,19 +190,12 @@ control::StatusReport Supervisor::status() {
   };
   for (const auto& slot : slots_->slots()) {
     if (slot.serving) {
-      row(slot, *slot.serving,
-          !slot.wanted                                    ? "draining"
-          : slot.serving->role == ProcessRole::kServing   ? "active"
-                                                          : "starting");
+      row(slot, *slot.serving, slot_state_word(slot));
     } else if (slot.retiring.empty()) {  // nothing runs here: say why
       control::WorkerStatus w;
       w.slot = slot.index;
       w.cpu = slot.cpu;
-      w.state = slot.failed       ? "failed"
-                : slot.removing   ? "removing"
-                : !slot.wanted    ? "drained"
-                : slot.restart_at ? "restarting"
-                                  : "empty";
+      w.state = slot_state_word(slot);
       w.restarts = slot.restart_count;
       report.workers.push_back(std::move(w));
     }
