@@ -201,6 +201,10 @@ class Pod:
         kill_timeout = self.setting("kill_timeout", 10)
         check(self.grace > drain_grace + kill_timeout,
               f"terminationGracePeriodSeconds {self.grace} > drain_grace {drain_grace} + kill_timeout {kill_timeout}")
+        noticed = self.readiness.get("periodSeconds", 10) * self.readiness.get("failureThreshold", 3)
+        check(drain_grace > noticed + 1,
+              f"drain_grace {drain_grace} outlasts the kubelet's noticing the 503 ({noticed} s: periodSeconds x "
+              f"failureThreshold) and the quiet second after")
         workers = self.setting("workers", "max")
         cpu = self.container.get("resources", {}).get("limits", {}).get("cpu")
         if isinstance(workers, int) and cpu is not None:
