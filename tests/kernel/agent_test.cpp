@@ -67,6 +67,27 @@ TEST_F(Agent, DrainAllSaysDrainAtOnceServesThroughTheGraceAndDrainsOnceNothingNe
   EXPECT_TRUE(eventually(after(10s), [&] { return ask() == "maint\n"; }, 20ms)) << "nothing serves: " << ask();
 }
 
+// A balancer keeps idle keep-alive connections to a host it drains (HAProxy's pool does): once it
+// has gone quiet they will carry nothing more, so the workers close them at once instead of
+// waiting out --shutdown-timeout for a request that never comes.
+TEST_F(Agent, AfterAQuietGraceIdleKeepAliveConnectionsCloseAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(start_with_agent({"--drain-grace", "30", "--shutdown-timeout", "30"}));
+  std::vector<HttpConnection> pool;
+  for (int i = 0; i < 4; i++) {
+    pool.push_back(HttpConnection::open(address(), after(2s)));
+    ASSERT_EQ(pool.back().request(http_get("/"), after(2s)).status(), 200);
+  }
+  auto drained = std::async(std::launch::async, [&] { return lbctl({"drain", "--all", "--wait"}, after(60s)); });
+  ASSERT_TRUE(eventually(after(5s), [&] { return ask() == "drain\n"; }, 10ms));
+  const Deadline told = Clock::now();
+  CommandResult r = drained.get();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - told);
+  ASSERT_TRUE(r.exited(0)) << r.describe();
+  EXPECT_LT(took, 10s) << "the workers waited for idle connections that would never send again";
+  for (auto& c : pool) EXPECT_EQ(c.wait_for_close(after(1s)), PeerEnd::kClosed);
+  std::cout << "drain --all --wait returned " << took.count() << " ms after the balancer was told\n";
+}
+
 TEST_F(Agent, UndrainDuringTheGraceCallsTheDrainOffAndTheAgentSaysUpAgain) {
   ASSERT_NO_FATAL_FAILURE(start_with_agent({"--drain-grace", "30"}));
   const auto pids = serving_pids();

@@ -242,17 +242,20 @@ void SlotManager::on_traffic(Clock::time_point now) {
 void SlotManager::finish_leaving(Clock::time_point now) {
   Leaving leaving = std::move(*leaving_);
   leaving_.reset();
-  const std::string why = now >= leaving.ends_by
-                              ? (leaving.told_at ? "the grace passed with connections still arriving"
-                                                 : "the grace passed and no balancer asked")
-                              : "balancers stopped sending";
+  const bool quiet = now < leaving.ends_by;
+  const std::string why = !quiet ? (leaving.told_at ? "the grace passed with connections still arriving"
+                                                    : "the grace passed and no balancer asked")
+                                 : "balancers stopped sending";
   spdlog::info("{}: {} after {:.1f} s; the workers drain now", leaving.for_stop ? "stop" : "drain", why,
                seconds_between(leaving.started_at, now));
   if (leaving.for_stop) {
     retire_all_for_stop(now);
   } else if (leaving.client) {
     effects_->progress(*leaving.client, why + "; draining the workers");
-    drain_now(*leaving.client, leaving.request, now);
+    // Quiet: nothing new for a second after the balancer knew, so a keep-alive connection left
+    // idle (a balancer's pool keeps them to a drained server) will carry no more requests: it is
+    // closed now, as on a stop, rather than waited for until the timeout.
+    drain_now(*leaving.client, leaving.request, now, quiet ? DrainMode::kStop : DrainMode::kDrain);
   }
 }
 
@@ -362,7 +365,7 @@ void SlotManager::kill_now(ProcessRecord& p) {
 // silent ones are closed at the timeout. The slots stay down until undrain (or are removed, for
 // scale).
 void SlotManager::drain_slots(const std::vector<uint32_t>& targets, std::chrono::milliseconds timeout,
-                              Clock::time_point now) {
+                              Clock::time_point now, DrainMode how) {
   for (uint32_t index : targets) {
     SlotRecord& slot = slots_[index];
     slot.wanted = false;
@@ -372,7 +375,7 @@ void SlotManager::drain_slots(const std::vector<uint32_t>& targets, std::chrono:
       spdlog::info("worker {}: draining pid {} (at most {} s)", index, slot.serving->pid, timeout.count() / 1000.0);
       ProcessRecord serving = std::move(*slot.serving);
       slot.serving.reset();
-      retire(slot, std::move(serving), DrainMode::kDrain, timeout, now);
+      retire(slot, std::move(serving), how, timeout, now);
     }
     update_state(slot);
   }
@@ -601,7 +604,8 @@ void SlotManager::drain(ClientId client, const control::Request& request, Clock:
   drain_now(client, request, now);
 }
 
-void SlotManager::drain_now(ClientId client, const control::Request& request, Clock::time_point now) {
+void SlotManager::drain_now(ClientId client, const control::Request& request, Clock::time_point now,
+                            DrainMode how) {
   std::vector<uint32_t> targets;
   if (request.all) {
     for (const auto& slot : slots_) {
@@ -614,7 +618,7 @@ void SlotManager::drain_now(ClientId client, const control::Request& request, Cl
   const auto timeout = request.timeout_s
                            ? std::chrono::milliseconds(static_cast<int64_t>(*request.timeout_s * 1000))
                            : config_.shutdown_timeout;
-  drain_slots(targets, timeout, now);
+  drain_slots(targets, timeout, now, how);
   if (!request.wait) {
     effects_->finish_ok(client, {{"drained", targets}});
     return;

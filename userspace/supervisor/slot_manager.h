@@ -256,7 +256,8 @@ class SlotManager {
   void update_state(SlotRecord& slot);
   void remove_scaled_away_slots();
   void check_all_ready();
-  void drain_slots(const std::vector<uint32_t>& targets, std::chrono::milliseconds timeout, Clock::time_point now);
+  void drain_slots(const std::vector<uint32_t>& targets, std::chrono::milliseconds timeout, Clock::time_point now,
+                   DrainMode how = DrainMode::kDrain);
 
   bool busy(ClientId client);
   bool check_slot(ClientId client, uint32_t index);
@@ -283,8 +284,10 @@ class SlotManager {
   // When the grace ends, given what was seen; tick() acts on it.
   Clock::time_point leaving_ends(const Leaving& leaving) const;
   void finish_leaving(Clock::time_point now);
-  // drain as asked, at once (after the grace, for --all).
-  void drain_now(ClientId client, const control::Request& request, Clock::time_point now);
+  // drain as asked, at once (after the grace, for --all). `how`: kStop once the balancers have
+  // gone quiet, when an idle keep-alive connection will carry no more requests.
+  void drain_now(ClientId client, const control::Request& request, Clock::time_point now,
+                 DrainMode how = DrainMode::kDrain);
   void retire_all_for_stop(Clock::time_point now);
 
   SlotRecord* slot_at(uint32_t index);
