@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""lbd hosts behind HAProxy: three lbd hosts, each in a network namespace of its own, behind one
+HAProxy configured from examples/haproxy/haproxy.cfg (the file itself, with this test's
+addresses, shorter intervals and `retries 0`), loaded by wrk through HAProxy:
+
+  a. one whole host drained (lbctl drain --all --wait) and brought back under load: no request
+     fails, with a balancer that never retries, and the host gets traffic again;
+  b. tools/rollout across the three hosts under load: no request fails and every worker is new;
+     a rollout whose change fails on host 2 stops there (exit 1), host 2 drained, host 3 untouched;
+  c. host 1 made busy by load sent straight to it: its agent weight drops and HAProxy sends it a
+     smaller share of new connections; the weight and the share come back when the load ends;
+  d. kill -9 of host 2's lbd and workers under load: HAProxy stops sending to it within its check
+     interval; the failed requests are counted with the config as shipped, without agent-check,
+     and without `observe layer4` (reported, not asserted).
+
+Topology (all made here, removed in `finally`; nothing in the root network namespace):
+  lbdh<pid>-f   the front: HAProxy on 127.0.0.1:8000, wrk, and this test process itself
+  lbdh<pid>-N   host N (1..3): lbd on 0.0.0.0:8080, admin 0.0.0.0:9180, agent 0.0.0.0:9181,
+                reached from the front over a veth pair, 10.213.N.1 (front) <-> 10.213.N.2 (host)
+
+Usage: haproxy_test.py BUILD_DIR     (exit 77 = skipped: not root, or haproxy or wrk missing)
+       haproxy_test.py --server-up STATS_SOCKET SERVER   (exit 0 when HAProxy has SERVER UP;
+                                                        tools/rollout's --wait-cmd here)
+"""
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIG_TEMPLATE = os.path.join(ROOT, "examples", "haproxy", "haproxy.cfg")
+ROLLOUT = os.path.join(ROOT, "tools", "rollout")
+
+# Fixed ports are safe here, unlike in the other tests: every address below lives only in this
+# test's own network namespaces, so nothing else on the machine can hold or take these ports.
+SERVICE_PORT = 8080
+ADMIN_PORT = 9180
+AGENT_PORT = 9181
+FRONT_PORT = 8000
+HOSTS = 3
+
+# HAProxy's intervals for the test (the config ships inter 2s, agent-inter 1s, slowstart 10s).
+INTER = "500ms"
+FASTINTER = "250ms"
+AGENT_INTER = "500ms"
+SLOWSTART = "2s"
+# How long after a kill -9 HAProxy may take to stop sending to the host: with the checks alone,
+# the check in progress (inter, 0.5 s) plus `fall 2` at fastinter (2 x 0.25 s), plus slack for a
+# loaded 2-CPU machine.
+CHECK_DETECTION_S = 0.5 + 2 * 0.25 + 1.5
+
+CLONE_NEWNET = 0x40000000
+STRICT = True  # TEMPORARY: False while lbd has no --agent
+
+
+class TestFailure(Exception):
+    pass
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def wait_for(condition, timeout, what, interval=0.05):
+    """Polls `condition` until it returns something truthy (returned) or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TestFailure(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def run(cmd, check=True, timeout=30, **kw):
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and result.returncode != 0:
+        raise TestFailure(f"{' '.join(cmd)} exited with {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+# --- network namespaces ----------------------------------------------------------------------
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd):
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Topology:
+    """The front namespace and one per host, linked by veth pairs. This process moves itself
+    into the front namespace (its main thread; it starts no threads), so HAProxy and wrk started
+    from here run there, and its own sockets (agent checks) connect from there."""
+
+    def __init__(self):
+        self.prefix = f"lbdh{os.getpid()}"
+        self.front = f"{self.prefix}-f"
+        self.hosts = [f"{self.prefix}-{i}" for i in range(1, HOSTS + 1)]
+        self.made = []
+        self.original_netns = None
+
+    @staticmethod
+    def host_addr(i):
+        return f"10.213.{i}.2"
+
+    def create(self):
+        for ns in [self.front] + self.hosts:
+            run(["ip", "netns", "add", ns])
+            self.made.append(ns)
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for i, ns in enumerate(self.hosts, start=1):
+            # Made in the front namespace with its peer straight in the host's: the pair never
+            # exists in the root namespace.
+            run(["ip", "-n", self.front, "link", "add", f"h{i}", "type", "veth", "peer", "name", "front",
+                 "netns", ns])
+            run(["ip", "-n", self.front, "addr", "add", f"10.213.{i}.1/30", "dev", f"h{i}"])
+            run(["ip", "-n", ns, "addr", "add", f"{self.host_addr(i)}/30", "dev", "front"])
+            run(["ip", "-n", self.front, "link", "set", f"h{i}", "up"])
+            run(["ip", "-n", ns, "link", "set", "front", "up"])
+        self.original_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        fd = os.open(f"/run/netns/{self.front}", os.O_RDONLY)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+
+    def destroy(self):
+        if self.original_netns is not None:
+            setns(self.original_netns)
+            os.close(self.original_netns)
+            self.original_netns = None
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made = []
+
+
+# --- lbd hosts ---------------------------------------------------------------------------------
+
+def steering_pin_dir(record_path):
+    """Where lbd pins its steering maps for the state record at `record_path` (state_record.cpp:
+    FNV-1a of the path): removed at teardown in case an lbd was killed and not restarted."""
+    h = 14695981039346656037
+    for c in record_path.encode():
+        h = ((h ^ c) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"/sys/fs/bpf/lbd-{h:016x}"
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class Host:
+    def __init__(self, index, netns, build, tmp, agent):
+        self.index = index
+        self.name = f"host{index}"
+        self.netns = netns
+        self.addr = Topology.host_addr(index)
+        self.build = build
+        self.control = os.path.join(tmp, f"{self.name}.sock")
+        self.log_path = os.path.join(tmp, f"{self.name}.log")
+        self.agent = agent
+        self.proc = None
+        self.starts = 0
+
+    def lbctl(self, *args, check=True, timeout=60):
+        return run([os.path.join(self.build, "lbctl"), "--control", self.control, *args], check=check,
+                   timeout=timeout)
+
+    def start(self):
+        cmd = ["nsenter", f"--net=/run/netns/{self.netns}", os.path.join(self.build, "lbd"),
+               "--workers", "2", "--demo-routes", "--listen", f"0.0.0.0:{SERVICE_PORT}",
+               "--admin", f"0.0.0.0:{ADMIN_PORT}", "--control", self.control]
+        if self.agent:
+            cmd += ["--agent", f"0.0.0.0:{AGENT_PORT}"]
+        self.starts += 1
+        out = open(self.log_path, "a")
+        out.write(f"--- start {self.starts}: {' '.join(cmd)}\n")
+        out.flush()
+        # nsenter execs lbd: self.proc.pid is lbd's.
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.wait_active()
+
+    def status(self):
+        result = self.lbctl("status", "--json", check=False, timeout=10)
+        if result.returncode != 0:
+            return None
+        return json.loads(result.stdout)
+
+    def all_active(self):
+        s = self.status()
+        if not s or not s["workers"] or s["lbd"].get("operation"):
+            return None
+        return s if all(w["state"] == "active" for w in s["workers"]) else None
+
+    def wait_active(self, timeout=30):
+        def check():
+            if self.proc and self.proc.poll() is not None and self.proc.returncode != 0:
+                raise TestFailure(f"{self.name}'s lbd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            return self.all_active()
+        return wait_for(check, timeout, f"{self.name}'s workers to be active")
+
+    def worker_pids(self):
+        s = self.status()
+        return {w["pid"] for w in s["workers"] if w.get("pid")}
+
+    def states(self):
+        s = self.status()
+        return [w["state"] for w in s["workers"]]
+
+    def lbd_pid(self):
+        s = self.status()
+        return s["lbd"]["pid"] if s else None
+
+    def agent_says(self):
+        """One agent check, as HAProxy makes it: connect, read a line, the agent closes."""
+        with socket.create_connection((self.addr, AGENT_PORT), timeout=2) as s:
+            data = b""
+            while True:
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+        return data.decode().strip()
+
+    def agent_weight(self):
+        m = re.search(r"(\d+)%", self.agent_says())
+        return int(m.group(1)) if m else None
+
+    def kill9(self):
+        """lbd and its workers, all at once (SIGKILL to each pid, lbd first)."""
+        pids = [self.lbd_pid()] + sorted(self.worker_pids())
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(timeout=10)
+        return pids
+
+    def stop_begin(self):
+        """SIGTERM: a graceful stop (with --agent, lbd first tells the balancer, so HAProxy should
+        still run). stop_end() waits for it; the hosts stop side by side."""
+        self.stop_pids = []
+        try:
+            s = self.status()
+            if s:
+                self.stop_pids = [s["lbd"]["pid"]] + [w["pid"] for w in s["workers"] if w.get("pid")]
+        except Exception:
+            pass
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+        elif self.stop_pids:
+            # After an upgrade, lbd is not our child any more: its pid comes from the status.
+            try:
+                os.kill(self.stop_pids[0], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop_end(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        deadline = time.monotonic() + 20
+        for pid in getattr(self, "stop_pids", []):
+            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and not _zombie(pid):
+                time.sleep(0.05)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        record = self.control[:-len(".sock")] + ".state"
+        shutil.rmtree(steering_pin_dir(record), ignore_errors=True)
+
+    def log_tail(self, lines=15):
+        return tail(self.log_path, lines)
+
+
+def tail(path, lines=15):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- HAProxy -------------------------------------------------------------------------------------
+
+def substitute(text, pattern, replacement, count=1):
+    """re.sub that insists the template still says what the test overrides."""
+    new, n = re.subn(pattern, replacement, text, flags=re.M)
+    if n != count:
+        raise TestFailure(f"examples/haproxy/haproxy.cfg: expected {count} match(es) of {pattern!r}, found {n}")
+    return new
+
+
+def haproxy_config(stats_socket, agent_check=True, observe=True):
+    """examples/haproxy/haproxy.cfg with this test's addresses, ports and intervals, and with the
+    overrides named here; nothing else changes."""
+    with open(CONFIG_TEMPLATE) as f:
+        text = f.read()
+    text = substitute(text, r"^(\s*)log /dev/log local0$", r"\1# (the test: no syslog)")
+    text = substitute(text, r"^(\s*)stats socket \S+", rf"\1stats socket {stats_socket}")
+    text = substitute(text, r"^(\s*)bind :80$", rf"\1bind 127.0.0.1:{FRONT_PORT}")
+    # No retry and no redispatch: what the test shows must hold with a balancer that never retries
+    # (the shipped config retries, for crashes).
+    text = substitute(text, r"^(\s*)retries \d+$", r"\1retries 0")
+    text = substitute(text, r"^(\s*)option redispatch.*$", r"\1no option redispatch")
+    # The default-server line: ports and intervals.
+    text = substitute(text, r"(default-server .*)check port \d+", rf"\1check port {ADMIN_PORT}")
+    text = substitute(text, r"(default-server .*) inter \S+", rf"\1 inter {INTER}")
+    text = substitute(text, r"(default-server .*) fastinter \S+", rf"\1 fastinter {FASTINTER}")
+    text = substitute(text, r"(default-server .*) agent-port \d+", rf"\1 agent-port {AGENT_PORT}")
+    text = substitute(text, r"(default-server .*) agent-inter \S+", rf"\1 agent-inter {AGENT_INTER}")
+    text = substitute(text, r"(default-server .*) slowstart \S+", rf"\1 slowstart {SLOWSTART}")
+    if not agent_check:
+        text = substitute(text, r"(default-server .*) agent-check agent-port \d+ agent-inter \S+", r"\1")
+    if not observe:
+        text = substitute(text, r"(default-server .*) observe layer4 error-limit \d+ on-error mark-down", r"\1")
+    # The three servers: this test's hosts.
+    for i in range(1, HOSTS + 1):
+        text = substitute(text, rf"^(\s*)server host{i} \S+$",
+                          rf"\1server host{i} {Topology.host_addr(i)}:{SERVICE_PORT}")
+    return text
+
+
+def haproxy_stat(stats_socket):
+    """`show stat` over the runtime API: {server name: {field: value}} for backend lbd."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(stats_socket)
+        s.sendall(b"show stat\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    lines = data.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    servers = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        row = dict(zip(header, line.split(",")))
+        if row.get("pxname") == "lbd" and row.get("svname") not in ("BACKEND", "FRONTEND"):
+            servers[row["svname"]] = row
+    return servers
+
+
+class HAProxy:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.stats_socket = os.path.join(tmp, "haproxy.sock")
+        self.proc = None
+        self.config_path = None
+        self.log_path = os.path.join(tmp, "haproxy.log")
+
+    def start(self, name, config_text):
+        self.config_path = os.path.join(self.tmp, f"haproxy-{name}.cfg")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        run(["haproxy", "-c", "-q", "-f", self.config_path])
+        if os.path.exists(self.stats_socket):
+            os.unlink(self.stats_socket)
+        out = open(self.log_path, "a")
+        # -db: stay in the foreground, our child; this process is in the front namespace.
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.config_path], stdout=out,
+                                     stderr=subprocess.STDOUT)
+        out.close()
+        self.wait_all_up()
+
+    def stat(self):
+        return haproxy_stat(self.stats_socket)
+
+    def wait_all_up(self, timeout=20):
+        def check():
+            if self.proc.poll() is not None:
+                raise TestFailure(f"haproxy exited with {self.proc.returncode}")
+            try:
+                servers = self.stat()
+            except OSError:
+                return None
+            return servers if len(servers) == HOSTS and all(s["status"] == "UP" for s in servers.values()) \
+                else None
+        return wait_for(check, timeout, "HAProxy to have every host UP")
+
+    def status_of(self, server):
+        return self.stat()[server]["status"]
+
+    def wait_status(self, server, predicate, timeout, what):
+        return wait_for(lambda: predicate(self.status_of(server)), timeout, f"HAProxy: {server} {what}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+# --- load --------------------------------------------------------------------------------------
+
+class Wrk:
+    """wrk through HAProxy (or at an address), bounded by -d; stop() ends it early (SIGINT: wrk
+    prints its summary) and parses the result."""
+
+    def __init__(self, label, url, duration, connections, close=False):
+        self.label = label
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency"]
+        if close:
+            cmd += ["-H", "Connection: close"]
+        cmd.append(url)
+        self.cmd = cmd
+        self.duration = duration
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.result = None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.wait()
+
+    def wait(self):
+        if self.result:
+            return self.result
+        out, _ = self.proc.communicate(timeout=self.duration + 15)
+        self.result = parse_wrk(out, self.label)
+        return self.result
+
+
+def parse_wrk(out, label):
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if not m:
+        raise TestFailure(f"wrk ({label}) printed no summary:\n{out}")
+    seconds = float(m.group(2)) * {"ms": 0.001, "s": 1, "m": 60}.get(m.group(3), 1)
+    r = {"label": label, "requests": int(m.group(1)), "seconds": seconds, "non2xx": 0,
+         "connect": 0, "read": 0, "write": 0, "timeout": 0, "output": out}
+    s = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if s:
+        r.update(connect=int(s.group(1)), read=int(s.group(2)), write=int(s.group(3)), timeout=int(s.group(4)))
+    n = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if n:
+        r["non2xx"] = int(n.group(1))
+    r["failed"] = r["non2xx"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+    return r
+
+
+def describe(r):
+    return (f"{r['label']}: {r['requests']} requests in {r['seconds']:.1f} s, {r['failed']} failed "
+            f"(non-2xx {r['non2xx']}, socket errors connect {r['connect']} read {r['read']} "
+            f"write {r['write']} timeout {r['timeout']})")
+
+
+FRONT_URL = f"http://127.0.0.1:{FRONT_PORT}/"
+
+
+def start_loads(cap_seconds):
+    """The two loads of every scenario: new connections and keep-alive, through HAProxy."""
+    return [Wrk("new connections", FRONT_URL, cap_seconds, 8, close=True),
+            Wrk("keep-alive", FRONT_URL, cap_seconds, 8, close=False)]
+
+
+def stop_loads(loads):
+    return [w.stop() for w in loads]
+
+
+def wait_traffic(haproxy, servers, minimum, timeout, what):
+    """Until each of `servers` has `minimum` more sessions in HAProxy than now."""
+    start = {name: int(s["stot"]) for name, s in haproxy.stat().items()}
+    return wait_for(lambda: all(int(haproxy.stat()[n]["stot"]) - start[n] >= minimum for n in servers),
+                    timeout, what)
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+def scenario_drain(hosts, haproxy, summary):
+    log("\n== a. drain one whole host under load and bring it back")
+    host = hosts[0]
+    loads = start_loads(40)
+    wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    t0 = time.monotonic()
+    host.lbctl("drain", "--all", "--wait", "--timeout", "2")
+    drained_s = time.monotonic() - t0
+    haproxy_state = haproxy.status_of(host.name)
+    log(f"{host.name}: lbctl drain --all --wait returned after {drained_s:.1f} s; "
+        f"HAProxy says {haproxy_state}; workers {host.states()}")
+    if haproxy_state == "UP":
+        raise TestFailure(f"{host.name} is drained but HAProxy still has it UP")
+    before = int(haproxy.stat()[host.name]["stot"])
+    t1 = time.monotonic()
+    host.lbctl("undrain", "--all")
+    host.wait_active()
+    haproxy.wait_status(host.name, lambda s: s == "UP", 15, "UP again")
+    back_s = time.monotonic() - t1
+    wait_traffic(haproxy, [host.name], 200, 15, f"traffic to {host.name} again")
+    results = stop_loads(loads)
+    after = int(haproxy.stat()[host.name]["stot"])
+    for r in results:
+        log(describe(r))
+    log(f"{host.name}: UP in HAProxy {back_s:.1f} s after lbctl undrain --all; "
+        f"{after - before} requests to it since")
+    for r in results:
+        if r["failed"] and STRICT:
+            raise TestFailure(f"drain: {r['label']}: {r['failed']} requests failed\n{r['output']}")
+        summary.append(f"a. drain+undrain of {host.name}, {r['label']}: {r['requests']} requests, "
+                       f"{r['failed']} failed")
+    summary.append(f"a. lbctl drain --all --wait --timeout 2: {drained_s:.1f} s; back UP in HAProxy "
+                   f"{back_s:.1f} s after undrain")
+
+
+def rollout_cmd(build, haproxy, hosts, *extra):
+    lbctl = f"{os.path.join(build, 'lbctl')} --control {os.path.dirname(hosts[0].control)}/{{host}}.sock"
+    wait_cmd = f"{sys.executable} {os.path.abspath(__file__)} --server-up {haproxy.stats_socket} {{host}}"
+    return [ROLLOUT, "--lbctl", lbctl, "--drain-timeout", "2", "--ready-timeout", "30",
+            "--wait-cmd", wait_cmd, *extra, *[h.name for h in hosts]]
+
+
+def scenario_rollout(build, hosts, haproxy, summary):
+    log("\n== b. tools/rollout across the three hosts under load")
+    pids_before = {h.name: h.worker_pids() for h in hosts}
+    loads = start_loads(90)
+    wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    t0 = time.monotonic()
+    rollout = run(rollout_cmd(build, haproxy, hosts), check=False, timeout=120)
+    rollout_s = time.monotonic() - t0
+    log(rollout.stdout + rollout.stderr)
+    if rollout.returncode != 0:
+        stop_loads(loads)
+        raise TestFailure(f"tools/rollout exited with {rollout.returncode}")
+    wait_traffic(haproxy, [h.name for h in hosts], 100, 15, "traffic to every host after the rollout")
+    results = stop_loads(loads)
+    for r in results:
+        log(describe(r))
+    for h in hosts:
+        after = h.worker_pids()
+        if after & pids_before[h.name] or len(after) != 2:
+            raise TestFailure(f"{h.name}: workers {sorted(pids_before[h.name])} before the rollout, "
+                              f"{sorted(after)} after: not all new")
+    for r in results:
+        if r["failed"] and STRICT:
+            raise TestFailure(f"rollout: {r['label']}: {r['failed']} requests failed\n{r['output']}")
+        summary.append(f"b. rollout of 3 hosts ({rollout_s:.1f} s), {r['label']}: {r['requests']} requests, "
+                       f"{r['failed']} failed")
+    log(f"every worker is new; the rollout took {rollout_s:.1f} s")
+
+    log("\n== b'. a rollout (--upgrade) whose change fails on host2")
+    pids_before = {h.name: h.worker_pids() for h in hosts}
+    lbd_before = {h.name: h.lbd_pid() for h in hosts}
+    loads = start_loads(90)
+    wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    fail_on = hosts[1].name
+    rollout = run(rollout_cmd(build, haproxy, hosts, "--upgrade", "--run", f"test {{host}} != {fail_on}"),
+                  check=False, timeout=120)
+    log(rollout.stdout + rollout.stderr)
+    if rollout.returncode == 0:
+        stop_loads(loads)
+        raise TestFailure("a rollout whose --run fails on host2 exited 0")
+    if f"at host {fail_on}" not in rollout.stderr or "step 'run'" not in rollout.stderr:
+        stop_loads(loads)
+        raise TestFailure(f"the failed rollout does not name host {fail_on} and step 'run': {rollout.stderr}")
+    h1, h2, h3 = hosts
+    # Host 1 was done: a new lbd (upgrade) and new workers. Host 2: drained, out of HAProxy.
+    # Host 3: untouched.
+    if h1.lbd_pid() == lbd_before[h1.name] or h1.worker_pids() & pids_before[h1.name]:
+        stop_loads(loads)
+        raise TestFailure(f"{h1.name} was not upgraded by the rollout")
+    h2_states = h2.states()
+    h2_haproxy = haproxy.status_of(h2.name)
+    if any(s == "active" for s in h2_states) or h2.worker_pids() or h2_haproxy == "UP":
+        stop_loads(loads)
+        raise TestFailure(f"{h2.name} should be left drained: workers {h2_states}, HAProxy {h2_haproxy}")
+    if h3.worker_pids() != pids_before[h3.name] or h3.lbd_pid() != lbd_before[h3.name]:
+        stop_loads(loads)
+        raise TestFailure(f"{h3.name} was touched by a rollout that stopped at {h2.name}")
+    wait_traffic(haproxy, [h1.name, h3.name], 100, 15, "traffic to host1 and host3")
+    results = stop_loads(loads)
+    for r in results:
+        log(describe(r))
+    for r in results:
+        if r["failed"] and STRICT:
+            raise TestFailure(f"failed rollout: {r['label']}: {r['failed']} requests failed\n{r['output']}")
+        summary.append(f"b. rollout stopped at {h2.name} (exit {rollout.returncode}), {r['label']}: "
+                       f"{r['requests']} requests, {r['failed']} failed")
+    log(f"{h2.name} left drained (workers {h2_states}, HAProxy {h2_haproxy}); {h3.name} untouched")
+    # Back to three hosts for what follows.
+    h2.lbctl("undrain", "--all")
+    h2.wait_active()
+    haproxy.wait_status(h2.name, lambda s: s == "UP", 15, "UP again")
+
+
+def shares(haproxy, hosts, seconds):
+    """Each host's share of the new connections (sessions in HAProxy) made during a bounded
+    new-connection load through HAProxy."""
+    before = {n: int(s["stot"]) for n, s in haproxy.stat().items()}
+    w = Wrk("shares", FRONT_URL, seconds, 4, close=True)
+    r = w.wait()
+    after = {n: int(s["stot"]) for n, s in haproxy.stat().items()}
+    delta = {h.name: after[h.name] - before[h.name] for h in hosts}
+    total = sum(delta.values()) or 1
+    return {n: d / total for n, d in delta.items()}, r
+
+
+def fmt_shares(s):
+    return ", ".join(f"{n} {v:.0%}" for n, v in s.items())
+
+
+def scenario_busy(hosts, haproxy, summary):
+    log("\n== c. host1 made busy by load straight at it: agent weight and share of new connections")
+    h1 = hosts[0]
+    weights = lambda: {n: s["weight"] for n, s in haproxy.stat().items()}
+    base_shares, r = shares(haproxy, hosts, 3)
+    base_agent = h1.agent_says()
+    log(f"idle: {h1.name}'s agent says '{base_agent}'; HAProxy weights {weights()}; "
+        f"shares {fmt_shares(base_shares)} of {r['requests']}")
+    busy = Wrk("busy", f"http://{h1.addr}:{SERVICE_PORT}/work?us=2000", 20, 16)
+    try:
+        # The agent measures CPU over the last second and HAProxy asks every agent-inter.
+        wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) <= 60, 10,
+                 f"HAProxy's weight for {h1.name} to fall to 60 or less")
+        busy_agent = h1.agent_says()
+        busy_weights = weights()
+        busy_shares, r = shares(haproxy, hosts, 3)
+        log(f"busy: {h1.name}'s agent says '{busy_agent}'; HAProxy weights {busy_weights}; "
+            f"shares {fmt_shares(busy_shares)} of {r['requests']}")
+    finally:
+        busy_result = busy.stop()
+    log(describe(busy_result))
+    wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) >= 90, 10,
+             f"HAProxy's weight for {h1.name} to come back to 90 or more")
+    after_agent = h1.agent_says()
+    after_shares, r = shares(haproxy, hosts, 3)
+    log(f"after: {h1.name}'s agent says '{after_agent}'; HAProxy weights {weights()}; "
+        f"shares {fmt_shares(after_shares)} of {r['requests']}")
+    if not busy_shares[h1.name] < 0.75 * base_shares[h1.name]:
+        raise TestFailure(f"{h1.name}'s share did not fall while busy: {base_shares[h1.name]:.0%} idle, "
+                          f"{busy_shares[h1.name]:.0%} busy")
+    if not after_shares[h1.name] > 0.75 * base_shares[h1.name]:
+        raise TestFailure(f"{h1.name}'s share did not come back: {base_shares[h1.name]:.0%} idle, "
+                          f"{after_shares[h1.name]:.0%} after")
+    summary.append(f"c. {h1.name} agent: idle '{base_agent}', busy '{busy_agent}', after '{after_agent}'")
+    summary.append(f"c. share of new connections: idle {fmt_shares(base_shares)}; "
+                   f"{h1.name} busy {fmt_shares(busy_shares)}; after {fmt_shares(after_shares)}")
+
+
+def scenario_kill(hosts, haproxy, variant, summary):
+    log(f"\n== d. kill -9 of host2's lbd and workers under load ({variant})")
+    h2 = hosts[1]
+    loads = start_loads(30)
+    wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    t0 = time.monotonic()
+    killed = h2.kill9()
+    wait_for(lambda: haproxy.status_of(h2.name).startswith(("DOWN", "MAINT")), 10,
+             f"HAProxy to take {h2.name} out")
+    detected_s = time.monotonic() - t0
+    status = haproxy.stat()[h2.name]
+    results = stop_loads(loads)
+    failed = sum(r["failed"] for r in results)
+    for r in results:
+        log(describe(r))
+    log(f"killed {killed}; HAProxy had {h2.name} {status['status']} ({status['check_status']}) "
+        f"{detected_s:.2f} s later; {failed} requests failed")
+    if detected_s > CHECK_DETECTION_S:
+        raise TestFailure(f"HAProxy took {detected_s:.2f} s to take a dead host out (at most "
+                          f"{CHECK_DETECTION_S} s expected)")
+    # Once HAProxy has the host out, nothing fails any more.
+    after = [w.wait() for w in start_loads_bounded(2)]
+    for r in after:
+        log("after it was out: " + describe(r))
+        if r["failed"] and STRICT:
+            raise TestFailure(f"requests still fail after HAProxy took {h2.name} out: {describe(r)}")
+    summary.append(f"d. kill -9 of {h2.name} ({variant}): {failed} failed "
+                   f"({', '.join(str(r['failed']) + ' ' + r['label'] for r in results)}); "
+                   f"out of HAProxy after {detected_s:.2f} s; 0 failed after that")
+    # Host 2 back for the next variant: a new lbd with the same arguments.
+    h2.start()
+    haproxy.wait_status(h2.name, lambda s: s == "UP", 15, "UP again")
+    return failed
+
+
+def start_loads_bounded(seconds):
+    return [Wrk("new connections", FRONT_URL, seconds, 8, close=True),
+            Wrk("keep-alive", FRONT_URL, seconds, 8, close=False)]
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def server_up_main(argv):
+    """tools/rollout's --wait-cmd in this test: exit 0 when HAProxy has the server UP."""
+    try:
+        status = haproxy_stat(argv[0])[argv[1]]["status"]
+    except (OSError, KeyError):
+        sys.exit(1)
+    sys.exit(0 if status == "UP" else 1)
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "--server-up":
+        server_up_main(sys.argv[2:])
+    build = os.path.realpath(sys.argv[1])
+    if os.geteuid() != 0:
+        print("SKIPPED: needs root (network namespaces, lbd's BPF steering)")
+        sys.exit(77)
+    for tool in ("haproxy", "wrk", "nsenter", "ip"):
+        if not shutil.which(tool):
+            print(f"SKIPPED: {tool} is not installed")
+            sys.exit(77)
+    lbd_help = run([os.path.join(build, "lbd"), "--help"], check=False).stdout
+    agent = "--agent" in lbd_help
+    global STRICT
+    STRICT = agent
+    if not agent:
+        log("NOTE: this lbd has no --agent: running with /readyz checks only, and without scenario c")
+
+    started = time.monotonic()
+    summary = []
+    topology = Topology()
+    tmp = tempfile.mkdtemp(prefix="lbd-haproxy-")
+    os.chmod(tmp, 0o755)
+    hosts = []
+    haproxy = HAProxy(tmp)
+    ok = False
+    try:
+        topology.create()
+        hosts = [Host(i, topology.hosts[i - 1], build, tmp, agent) for i in range(1, HOSTS + 1)]
+        for h in hosts:
+            h.start()
+        haproxy.start("shipped", haproxy_config(haproxy.stats_socket, agent_check=agent))
+        log(f"3 hosts up, HAProxy has them all UP ({time.monotonic() - started:.1f} s)")
+
+        scenario_drain(hosts, haproxy, summary)
+        scenario_rollout(build, hosts, haproxy, summary)
+        if agent:
+            scenario_busy(hosts, haproxy, summary)
+        failed = {}
+        failed["as shipped"] = scenario_kill(hosts, haproxy, "config as shipped", summary)
+        if agent:
+            haproxy.stop()
+            haproxy.start("no-agent", haproxy_config(haproxy.stats_socket, agent_check=False))
+            failed["no agent-check"] = scenario_kill(hosts, haproxy, "no agent-check", summary)
+        haproxy.stop()
+        haproxy.start("no-observe", haproxy_config(haproxy.stats_socket, agent_check=agent, observe=False))
+        failed["no observe"] = scenario_kill(hosts, haproxy, "no observe layer4", summary)
+        ok = True
+    except TestFailure as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+    finally:
+        for h in hosts:
+            h.stop_begin()
+        for h in hosts:
+            h.stop_end()
+        haproxy.stop()
+        topology.destroy()
+        if not ok:
+            for h in hosts:
+                print(f"--- {h.name}'s log (last lines)\n{h.log_tail()}", file=sys.stderr)
+            print(f"--- haproxy's output (last lines)\n{tail(haproxy.log_path)}", file=sys.stderr)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"(logs and configs kept in {tmp})", file=sys.stderr)
+    elapsed = time.monotonic() - started
+    log("\n== summary")
+    for line in summary:
+        log(line)
+    log(f"total {elapsed:.0f} s")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
