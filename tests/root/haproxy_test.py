@@ -310,7 +310,7 @@ def substitute(text, pattern, replacement, count=1):
     return new
 
 
-def haproxy_config(stats_socket, agent_check=True, observe=True):
+def haproxy_config(stats_socket, agent_check=True, observe=True, retries=False):
     """examples/haproxy/haproxy.cfg with this test's addresses, ports and intervals, and with the
     overrides named here; nothing else changes."""
     with open(CONFIG_TEMPLATE) as f:
@@ -320,8 +320,9 @@ def haproxy_config(stats_socket, agent_check=True, observe=True):
     text = substitute(text, r"^(\s*)bind :80$", rf"\1bind 127.0.0.1:{FRONT_PORT}")
     # No retry and no redispatch: what the test shows must hold with a balancer that never retries
     # (the shipped config retries, for crashes).
-    text = substitute(text, r"^(\s*)retries \d+$", r"\1retries 0")
-    text = substitute(text, r"^(\s*)option redispatch.*$", r"\1no option redispatch")
+    if not retries:
+        text = substitute(text, r"^(\s*)retries \d+$", r"\1retries 0")
+        text = substitute(text, r"^(\s*)option redispatch.*$", r"\1no option redispatch")
     # The default-server line: ports and intervals.
     text = substitute(text, r"(default-server .*)check port \d+", rf"\1check port {ADMIN_PORT}")
     text = substitute(text, r"(default-server .*) inter \S+", rf"\1 inter {INTER}")
@@ -677,8 +678,11 @@ def scenario_kill(hosts, haproxy, variant, summary):
     failed = sum(r["failed"] for r in results)
     for r in results:
         log(describe(r))
+    counters = haproxy.stat()[h2.name]
     log(f"killed {killed}; HAProxy had {h2.name} {status['status']} ({status['check_status']}) "
-        f"{detected_s:.2f} s later; {failed} requests failed")
+        f"{detected_s:.2f} s later; {failed} requests failed; HAProxy's counters for {h2.name}: "
+        f"connection errors {counters['econ']}, response errors {counters['eresp']}, "
+        f"retries {counters['wretr']}, redispatches {counters['wredis']}")
     if detected_s > CHECK_DETECTION_S:
         raise TestFailure(f"HAProxy took {detected_s:.2f} s to take a dead host out (at most "
                           f"{CHECK_DETECTION_S} s expected)")
@@ -704,13 +708,26 @@ def start_loads_bounded(seconds):
 
 # --- main ----------------------------------------------------------------------------------------
 
+# examples/haproxy/README.md's --wait-cmd for tools/rollout reads `show stat` with this awk
+# program (socat stdio SOCKET | awk -F, ...): the test runs the same program on the same answer.
+SERVER_UP_AWK = '$1=="lbd" && $2=="{host}" && $18=="UP" {up=1} END {exit !up}'
+
+
 def server_up_main(argv):
     """tools/rollout's --wait-cmd in this test: exit 0 when HAProxy has the server UP."""
+    stats_socket, host = argv
     try:
-        status = haproxy_stat(argv[0])[argv[1]]["status"]
-    except (OSError, KeyError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(stats_socket)
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
         sys.exit(1)
-    sys.exit(0 if status == "UP" else 1)
+    awk = subprocess.run(["awk", "-F,", SERVER_UP_AWK.replace("{host}", host)], input=data)
+    sys.exit(awk.returncode)
 
 
 def main():
@@ -751,15 +768,17 @@ def main():
         scenario_rollout(build, hosts, haproxy, summary)
         if agent:
             scenario_busy(hosts, haproxy, summary)
-        failed = {}
-        failed["as shipped"] = scenario_kill(hosts, haproxy, "config as shipped", summary)
+        # d: kill -9 with the config as shipped (but retries 0), then one change at a time.
+        variants = [("retries 0", {})]
         if agent:
-            haproxy.stop()
-            haproxy.start("no-agent", haproxy_config(haproxy.stats_socket, agent_check=False))
-            failed["no agent-check"] = scenario_kill(hosts, haproxy, "no agent-check", summary)
-        haproxy.stop()
-        haproxy.start("no-observe", haproxy_config(haproxy.stats_socket, agent_check=agent, observe=False))
-        failed["no observe"] = scenario_kill(hosts, haproxy, "no observe layer4", summary)
+            variants.append(("retries 0, no agent-check", {"agent_check": False}))
+        variants += [("retries 0, no observe layer4", {"observe": False}),
+                     ("as shipped: retries 2, option redispatch 1", {"retries": True})]
+        for i, (variant, overrides) in enumerate(variants):
+            if i:
+                haproxy.stop()
+                haproxy.start(f"d{i}", haproxy_config(haproxy.stats_socket, **{"agent_check": agent, **overrides}))
+            scenario_kill(hosts, haproxy, variant, summary)
         ok = True
     except TestFailure as e:
         print(f"FAIL: {e}", file=sys.stderr)
