@@ -6,11 +6,14 @@
 
 #include <dirent.h>
 
+#include <atomic>
 #include <cstdio>
+#include <thread>
 #include <regex>
 #include <set>
 #include <tuple>
 
+#include "support/agent.h"
 #include "support/control_test.h"
 #include "support/exec_test.h"
 #include "support/notify_socket.h"
@@ -247,6 +250,39 @@ TEST_F(Upgrade, AnAdminConnectionTheOldLbdHeldIsAnsweredByTheNewOne) {
   HttpResult ready = partial.read_response(after(10s));
   EXPECT_EQ(ready.status(), 200) << "the old lbd's connection ended without an answer: " << ready.describe();
   EXPECT_EQ(ready.response.body, "ready\n") << ready.describe();
+}
+
+// HAProxy's agent checks go on through upgrades: the listener passes to the successor, so no check
+// is refused or goes unanswered (HAProxy would count it against the host), and each says "up".
+TEST_F(Upgrade, TheAgentAnswersEveryCheckThroughUpgradesOnTheSamePort) {
+  copy_executable(LBD_BINARY_PATH, binary());
+  ASSERT_NO_FATAL_FAILURE(start_controlled(
+      lbd_flags("bpf", 2, {"--shutdown-timeout", "5", "--agent", "127.0.0.1:0", "--drain-grace", "0"}), binary()));
+  auto line = lbd().wait_for_log(R"(\[lbd\] agent: answering HAProxy agent checks on (.+)$)", after(1s));
+  ASSERT_TRUE(line) << lbd().log();
+  const net::Address agent = net::Address::parse(line->groups[1]);
+
+  std::atomic<bool> done{false};
+  std::atomic<int> checks{0};
+  std::vector<std::string> bad;
+  std::thread checker([&] {
+    while (!done) {
+      const std::string answer = ask_agent(agent);
+      if (weight_of(answer) < 1 && bad.size() < 5) bad.push_back(answer);
+      checks++;
+    }
+  });
+  for (int i = 1; i <= 3; i++) {
+    const int before = checks;
+    CommandResult r = lbctl({"upgrade"});
+    ASSERT_TRUE(r.exited(0)) << "upgrade " << i << ": " << r.describe();
+    EXPECT_TRUE(eventually(after(5s), [&] { return checks > before + 20; }, 5ms));
+  }
+  done = true;
+  checker.join();
+  EXPECT_TRUE(bad.empty()) << checks << " checks; unanswered or not up: " << ::testing::PrintToString(bad);
+  EXPECT_EQ(lbd().count_log("agent: answering HAProxy agent checks on " + agent.to_string()), 4u)
+      << "each successor answers on the same address";
 }
 
 // systemd follows the new lbd: MAINPID= from it (the unit lbd writes has NotifyAccess=all for

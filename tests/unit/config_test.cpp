@@ -241,6 +241,40 @@ admin = "127.0.0.1:0"
             "");
 }
 
+TEST(ConfigFile, AgentAndDrainGraceBecomeFlagsAndTheAgentPortIsClaimed) {
+  FileConfig file = parse_config(R"(
+[lbd]
+drain_grace = 0
+[[app]]
+name = "web"
+command = "w"
+listen = "0.0.0.0:8080"
+agent = "0.0.0.0:9181"
+drain_grace = 15
+[[app]]
+name = "api"
+command = "a"
+listen = "0.0.0.0:3000"
+)", "lbd.toml");
+  Argv web = lbd_run_arguments(file.apps[0], file);
+  auto agent = std::find(web.begin(), web.end(), "--agent");
+  ASSERT_NE(agent, web.end());
+  EXPECT_EQ(*(agent + 1), "0.0.0.0:9181");
+  auto web_grace = std::find(web.begin(), web.end(), "--drain-grace");
+  ASSERT_NE(web_grace, web.end());
+  EXPECT_EQ(*(web_grace + 1), "15") << "the app's own value wins over [lbd]'s";
+  Argv api = lbd_run_arguments(file.apps[1], file);
+  auto grace = std::find(api.begin(), api.end(), "--drain-grace");
+  ASSERT_NE(grace, api.end()) << "[lbd]'s drain_grace = 0 is passed on: it turns the grace off";
+  EXPECT_EQ(*(grace + 1), "0");
+
+  EXPECT_NE(error_of("[[app]]\nname = \"w\"\ncommand = \"w\"\nlisten = \"0.0.0.0:8080\"\nagent = \"0.0.0.0:8080\"\n")
+                .find("key 'agent': port 8080 is already used by this app's listen"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[app]]\nname = \"w\"\ncommand = \"w\"\nlisten = \"1\"\ndrain_grace = -1\n").find("drain_grace"),
+            std::string::npos);
+}
+
 TEST(ConfigFile, TheShippedExampleLoads) {
   FileConfig file = load_config_file(LBD_EXAMPLE_CONFIG);
   ASSERT_EQ(file.apps.size(), 2u);

@@ -11,6 +11,7 @@
 #include "metrics/exposition.h"
 #include "metrics/worker_stats.h"
 #include "supervisor/admin_server.h"
+#include "supervisor/agent_server.h"
 #include "worker/http.h"
 
 namespace lbd {
@@ -221,6 +222,37 @@ TEST(AdminResponseBytes, SayConnectionCloseAndTheLengthAndOmitTheBodyForHead) {
   EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;
 
   EXPECT_EQ(admin_error_response(431).body, "431 Request Header Fields Too Large\n");
+}
+
+}  // namespace
+}  // namespace lbd
+
+namespace lbd {
+namespace {
+
+// --- HAProxy's agent-check (supervisor/agent_server.h) --------------------------------------------
+
+TEST(AgentWeight, IsTheHostsFreeShareOverEverySlot) {
+  EXPECT_EQ(agent_weight_percent({}), 0u);
+  EXPECT_EQ(agent_weight_percent({{.active = true}, {.active = true}}), 100u);
+  EXPECT_EQ(agent_weight_percent({{.active = true, .cpu_busy = 0.5}, {.active = true}}), 75u);
+  // A drained or stalled or full slot is capacity the host does not have.
+  EXPECT_EQ(agent_weight_percent({{.active = true}, {.active = false}}), 50u);
+  EXPECT_EQ(agent_weight_percent({{.active = true}, {.active = true, .stalled = true}}), 50u);
+  EXPECT_EQ(agent_weight_percent({{.active = true}, {.active = true, .full = true}}), 50u);
+  // Busy beyond one CPU (a program with threads) counts as fully busy, not less than nothing.
+  EXPECT_EQ(agent_weight_percent({{.active = true, .cpu_busy = 1.7}, {.active = true}}), 50u);
+  // Every active worker busy: 1%, never 0, which HAProxy would read as "drain".
+  EXPECT_EQ(agent_weight_percent({{.active = true, .cpu_busy = 1.0}, {.active = true, .stalled = true}}), 1u);
+  EXPECT_EQ(agent_weight_percent({{.active = false}, {.active = false}}), 0u);
+}
+
+TEST(AgentAnswer, SaysUpReadyDrainOrMaintInHAProxysWords) {
+  EXPECT_EQ(agent_answer("", true, 73), "up ready 73%\n");
+  EXPECT_EQ(agent_answer("", true, 0), "up ready 1%\n");
+  EXPECT_EQ(agent_answer("lbd is stopping", true, 73), "drain\n");
+  EXPECT_EQ(agent_answer("every worker is drained", false, 0), "maint\n");
+  EXPECT_EQ(agent_answer("", false, 0), "maint\n") << "nothing serves yet";
 }
 
 }  // namespace

@@ -231,6 +231,20 @@ TEST(CommandLine, ReadsEveryFlag) {
   EXPECT_EQ(parse({"--admin", "[::1]:9180"}).admin->to_string(), "[::1]:9180");
 }
 
+// Behind a balancer: --agent, and --drain-grace, whose default is 10 s with an agent to tell and
+// none without; 0 turns it off even then.
+TEST(CommandLine, AgentAndDrainGrace) {
+  SupervisorOptions plain = parse({});
+  EXPECT_FALSE(plain.agent.has_value());
+  EXPECT_EQ(plain.drain_grace, std::chrono::milliseconds(0));
+  SupervisorOptions agent = parse({"--agent", "0.0.0.0:9181"});
+  ASSERT_TRUE(agent.agent.has_value());
+  EXPECT_EQ(agent.agent->to_string(), "0.0.0.0:9181");
+  EXPECT_EQ(agent.drain_grace, std::chrono::seconds(10));
+  EXPECT_EQ(parse({"--agent", "0.0.0.0:9181", "--drain-grace", "0"}).drain_grace, std::chrono::milliseconds(0));
+  EXPECT_EQ(parse({"--drain-grace", "2.5"}).drain_grace, std::chrono::milliseconds(2500));
+}
+
 TEST(CommandLine, AcceptsEveryPolicyAndMode) {
   EXPECT_EQ(parse({"--policy", "rr"}).steering.policy, Policy::kRoundRobin);
   EXPECT_EQ(parse({"--policy", "least"}).steering.policy, Policy::kLeast);
@@ -279,6 +293,8 @@ TEST(CommandLine, RejectsBadValuesWithAOneLineMessage) {
       {"unknown log level", {"--log-level", "loud"}, {"--log-level", "loud"}},
       {"bad listen address", {"--listen", "nowhere:80"}, {"nowhere:80"}},
       {"bad admin address", {"--admin", "127.0.0.1:http"}, {"--admin", "127.0.0.1:http"}},
+      {"bad agent address", {"--agent", "haproxy"}, {"--agent", "haproxy"}},
+      {"negative drain grace", {"--drain-grace", "-3"}, {"--drain-grace"}},
       {"bad cpu list", {"--cpus", "3-1"}, {"--cpus", "3-1"}},
       {"idle timeout zero", {"--idle-timeout", "0"}, {"--idle-timeout"}},
       {"stale-after below the heartbeat period", {"--stale-after", "5"}, {"--stale-after"}},

@@ -517,6 +517,150 @@ TEST_F(SlotManagerTest, AStopAnswersTheOperationInProgressAndASecondStopKillsAtO
   EXPECT_TRUE(contains(fx_.take(), "kill 1"));
 }
 
+// --- leaving a balancer (drain_grace) ---------------------------------------------------------
+
+SlotManagerConfig config_with_grace(uint32_t workers) {
+  SlotManagerConfig config = config_for(workers);
+  config.drain_grace = 10s;
+  config.drain_quiet = 1s;
+  return config;
+}
+
+Request drain_all_request(bool wait) {
+  Request r;
+  r.verb = Verb::kDrain;
+  r.all = true;
+  r.wait = wait;
+  return r;
+}
+
+TEST_F(SlotManagerTest, DrainAllWithAGraceIsNotReadyAtOnceButDrainsOnlyOnceTheToldBalancerGoesQuiet) {
+  start_serving(2, config_with_grace(2));
+  manager_->drain(5, drain_all_request(false), T0 + 1s);
+  auto lines = fx_.take();
+  ASSERT_EQ(lines.size(), 1u) << ::testing::PrintToString(lines);
+  EXPECT_EQ(lines[0].rfind("progress 5: not ready from now", 0), 0u) << lines[0];
+  EXPECT_TRUE(manager_->leaving());
+  EXPECT_FALSE(manager_->not_ready_because().empty()) << "/readyz and the agent say so from the first moment";
+  EXPECT_TRUE(manager_->has_active_slot()) << "the workers still serve";
+  EXPECT_EQ(fx_.states[0], SlotState::kActive);
+  EXPECT_EQ(fx_.states[1], SlotState::kActive);
+
+  // Connections keep coming, and no balancer has asked yet: nothing happens.
+  manager_->on_traffic(T0 + 3s);
+  manager_->tick(T0 + 5s);
+  EXPECT_TRUE(fx_.take().empty());
+  // The balancer is told; what it chose just before still arrives; then it is quiet for 1 s.
+  manager_->on_balancer_told(T0 + 5s);
+  manager_->on_traffic(T0 + 5500ms);
+  EXPECT_EQ(manager_->next_deadline(), T0 + 6500ms);
+  manager_->tick(T0 + 6499ms);
+  EXPECT_TRUE(fx_.take().empty());
+  manager_->tick(T0 + 6500ms);
+  lines = fx_.take();
+  EXPECT_FALSE(manager_->leaving());
+  EXPECT_EQ(lines.front(), "progress 5: balancers stopped sending; draining the workers");
+  EXPECT_LT(position(lines, "state 0 draining"), position(lines, "retire 1 drain 10000ms"));
+  EXPECT_LT(position(lines, "state 1 draining"), position(lines, "retire 2 drain 10000ms"));
+  EXPECT_EQ(lines.back(), R"(ok 5 {"drained":[0,1]})");
+}
+
+TEST_F(SlotManagerTest, DrainAllWaitsTheWholeGraceWhenNoBalancerAsksOrConnectionsNeverStop) {
+  start_serving(1, config_with_grace(1));
+  LogCapture log;
+  manager_->drain(5, drain_all_request(true), T0 + 1s);
+  fx_.take();
+  manager_->tick(T0 + 10999ms);
+  EXPECT_TRUE(fx_.take().empty()) << "nobody was told: only time ends the grace";
+  manager_->tick(T0 + 11s);
+  auto lines = fx_.take();
+  EXPECT_TRUE(contains(lines, "retire 1 drain 10000ms"));
+  EXPECT_TRUE(log.has("the grace passed and no balancer asked"));
+  EXPECT_EQ(lines.back(), "progress 5: draining 1 worker(s)") << "--wait goes on until the workers exit";
+  manager_->on_exit(1, "exited with status 0", T0 + 12s);
+  EXPECT_EQ(fx_.take().back(), R"(ok 5 {"seconds":1.0,"slots":1,"verb":"drain"})");
+
+  // Told, but connections keep arriving: the grace still ends at its bound.
+  start_serving(1, config_with_grace(1));
+  manager_->drain(6, drain_all_request(false), T0 + 20s);
+  manager_->on_balancer_told(T0 + 21s);
+  for (auto t = T0 + 21s; t < T0 + 30s; t += 500ms) {
+    manager_->on_traffic(t);
+    manager_->tick(t);
+  }
+  EXPECT_TRUE(manager_->leaving());
+  manager_->tick(T0 + 30s);
+  EXPECT_FALSE(manager_->leaving());
+  EXPECT_TRUE(log.has("the grace passed with connections still arriving"));
+}
+
+TEST_F(SlotManagerTest, WhileTheBalancerIsToldOtherVerbsAreBusyAndUndrainCallsTheDrainOff) {
+  start_serving(2, config_with_grace(2));
+  manager_->drain(5, drain_all_request(false), T0 + 1s);
+  fx_.take();
+  manager_->reload(6, 1, std::nullopt, T0 + 2s);
+  manager_->drain(7, drain_request(0, false), T0 + 2s);
+  auto lines = fx_.take();
+  EXPECT_TRUE(contains(lines, "error 6: busy: a drain --all is in progress (balancers are told first)"));
+  EXPECT_TRUE(contains(lines, "error 7: busy: a drain --all is in progress (balancers are told first)"));
+
+  Request undrain;
+  undrain.verb = Verb::kUndrain;
+  undrain.all = true;
+  manager_->undrain(8, undrain, T0 + 3s);
+  lines = fx_.take();
+  EXPECT_EQ(lines.front(), "error 5: called off by undrain");
+  EXPECT_TRUE(starting_with(lines, "retire").empty()) << ::testing::PrintToString(lines);
+  EXPECT_EQ(lines.back().rfind("ok 8 ", 0), 0u) << lines.back();
+  EXPECT_FALSE(manager_->leaving());
+  EXPECT_TRUE(manager_->not_ready_because().empty()) << "ready again";
+}
+
+TEST_F(SlotManagerTest, AGracefulStopWithAGraceKeepsServingUntilQuietThenRetiresAndItsDeadlineCountsFromThere) {
+  start_serving(2, config_with_grace(2));
+  manager_->stop(true, T0 + 1s);
+  EXPECT_EQ(fx_.take(), (std::vector<std::string>{"stopping gracefully"})) << "no worker is told anything yet";
+  EXPECT_EQ(manager_->not_ready_because(), "lbd is stopping");
+  EXPECT_EQ(fx_.states[0], SlotState::kActive);
+  // A worker that crashes now is not restarted: lbd is stopping.
+  manager_->on_exit(1, "was killed by signal 11 (SIGSEGV)", T0 + 1500ms);
+  EXPECT_FALSE(manager_->slots()[0].restart_at);
+  fx_.take();
+  manager_->on_balancer_told(T0 + 2s);
+  manager_->tick(T0 + 3s);
+  auto lines = fx_.take();
+  EXPECT_TRUE(contains(lines, "retire 2 stop 10000ms"));
+  EXPECT_TRUE(contains(lines, "state 1 draining"));
+  // The shutdown timeout runs from the end of the grace.
+  manager_->tick(T0 + 12999ms);
+  EXPECT_TRUE(fx_.take().empty());
+  manager_->tick(T0 + 13s);
+  EXPECT_TRUE(contains(fx_.take(), "kill 2"));
+}
+
+TEST_F(SlotManagerTest, AStopDuringADrainsGraceAnswersTheDrainAndASecondStopEndsItAtOnce) {
+  start_serving(1, config_with_grace(1));
+  manager_->drain(5, drain_all_request(true), T0 + 1s);
+  fx_.take();
+  manager_->stop(true, T0 + 2s);
+  auto lines = fx_.take();
+  EXPECT_TRUE(contains(lines, "error 5: lbd is stopping"));
+  EXPECT_TRUE(starting_with(lines, "retire").empty()) << "the stop goes on with the same grace";
+  EXPECT_EQ(manager_->next_deadline(), T0 + 11s) << "the grace began with the drain, not the stop";
+  manager_->stop(false, T0 + 3s);
+  EXPECT_TRUE(contains(fx_.take(), "kill 1"));
+  EXPECT_FALSE(manager_->leaving());
+}
+
+TEST_F(SlotManagerTest, WithNothingServingThereIsNoGraceToGive) {
+  start_serving(1, config_with_grace(1));
+  manager_->drain(5, drain_request(0, false), T0 + 1s);  // one slot: no grace, the host stays in
+  EXPECT_TRUE(contains(fx_.take(), "retire 1 drain 10000ms"));
+  manager_->drain(6, drain_all_request(false), T0 + 2s);
+  EXPECT_EQ(fx_.take(), (std::vector<std::string>{R"(ok 6 {"drained":[]})"}));
+  EXPECT_FALSE(manager_->leaving());
+}
+
 // --- handing over -----------------------------------------------------------------------------
 
 TEST_F(SlotManagerTest, SavedStateRestoresToTheSameStateAndCarriesOnCounting) {

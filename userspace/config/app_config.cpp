@@ -224,7 +224,7 @@ std::string format_seconds(double seconds) {
 }
 
 // Seconds as an integer or a float, in (0, 86400] like every seconds flag.
-double read_seconds(const Where& where, const toml::node& value, const std::string& key) {
+double read_seconds(const Where& where, const toml::node& value, const std::string& key, bool zero_allowed = false) {
   double seconds = 0;
   if (const auto* i = value.as_integer()) {
     seconds = static_cast<double>(i->get());
@@ -233,9 +233,11 @@ double read_seconds(const Where& where, const toml::node& value, const std::stri
   } else {
     where.wrong_type(value, key, "a number of seconds");
   }
+  if (zero_allowed && seconds == 0) return 0;
   if (!(seconds > 0 && seconds <= kMaxSeconds)) {  // also catches nan
     where.bad_value(value, key,
-                    "must be more than 0 and at most 86400 seconds, not " + format_seconds(seconds));
+                    std::string(zero_allowed ? "must be 0 to 86400" : "must be more than 0 and at most 86400") +
+                        " seconds, not " + format_seconds(seconds));
   }
   return seconds;
 }
@@ -316,7 +318,8 @@ bool is_env_name(std::string_view name) {
 // Keys that [lbd] may set as defaults for every app and an app may set for itself.
 const std::vector<std::string> kSharedKeys = {
     "workers", "cpus", "pin", "policy", "mode", "env", "max_memory", "kill_timeout", "ready_delay",
-    "ready_timeout", "wait_ready", "max_restarts", "restart_window", "log_level", "user", "allow_root"};
+    "ready_timeout", "wait_ready", "max_restarts", "restart_window", "log_level", "user", "allow_root",
+    "drain_grace"};
 
 
 void read_env(const Where& where, const toml::node& value, AppConfig& into) {
@@ -384,6 +387,8 @@ bool read_shared_key(const Where& where, const std::string& key, const toml::nod
     into.ready_delay_s = read_seconds(where, value, key);
   } else if (key == "ready_timeout") {
     into.ready_timeout_s = read_seconds(where, value, key);
+  } else if (key == "drain_grace") {
+    into.drain_grace_s = read_seconds(where, value, key, /*zero_allowed=*/true);
   } else if (key == "wait_ready") {
     into.wait_ready = read_bool(where, value, key);
   } else if (key == "pin") {
@@ -500,6 +505,7 @@ const std::vector<std::string>& app_keys() {
     std::vector<std::string> k = {"name", "command", "listen", "cwd"};
     k.insert(k.end(), kSharedKeys.begin(), kSharedKeys.end());
     k.push_back("admin");
+    k.push_back("agent");
     k.push_back("log");
     return k;
   }();
@@ -553,6 +559,9 @@ AppConfig read_app(const std::string& path, const toml::table& table, size_t ind
     } else if (key == "admin") {
       std::string text = read_string(where, *entry, key, "an address such as \"127.0.0.1:9180\"");
       app.admin = canonical_address(where, *entry, key, text);
+    } else if (key == "agent") {
+      std::string text = read_string(where, *entry, key, "an address such as \"0.0.0.0:9181\"");
+      app.agent = canonical_address(where, *entry, key, text);
     } else if (key == "log") {
       read_log(where, *entry, app, true, base_dir);
     } else if (!read_shared_key(where, key, *entry, app)) {
@@ -578,7 +587,7 @@ AppConfig read_app(const std::string& path, const toml::table& table, size_t ind
 void check_ports(const std::string& path, const toml::table& root, const FileConfig& file) {
   struct Owner {
     size_t app;
-    bool admin;
+    std::string key;  // listen, admin or agent
     int line;
   };
   std::map<uint16_t, Owner> owners;
@@ -587,16 +596,15 @@ void check_ports(const std::string& path, const toml::table& root, const FileCon
     const AppConfig& app = file.apps[i];
     Where where{path, "app " + in_quotes(app.name)};
     const auto& table = *apps->get(i)->as_table();
-    auto claim = [&](const std::string& text, bool admin, const std::string& key,
-                     const toml::node& node) {
+    auto claim = [&](const std::string& text, const std::string& key, const toml::node& node) {
       auto address = parse_address(text);  // checked when the app was read
       if (!address || address->port() == 0) return;
       const uint16_t port = address->port();
-      auto [it, inserted] = owners.emplace(port, Owner{i, admin, Where::line_of(node)});
+      auto [it, inserted] = owners.emplace(port, Owner{i, key, Where::line_of(node)});
       if (inserted) return;
       const Owner& other = it->second;
-      if (other.app == i && other.admin == admin) return;  // the same group on IPv4 and IPv6
-      std::string whose = other.app == i ? "this app's " + std::string(other.admin ? "admin" : "listen")
+      if (other.app == i && other.key == key) return;  // the same group on IPv4 and IPv6
+      std::string whose = other.app == i ? "this app's " + other.key
                                          : "app " + in_quotes(file.apps[other.app].name);
       where.bad_value(node, key, "port " + std::to_string(port) + " is already used by " + whose +
                                      " (line " + std::to_string(other.line) +
@@ -605,11 +613,12 @@ void check_ports(const std::string& path, const toml::table& root, const FileCon
     const toml::node* listen = table.get("listen");
     if (const auto* array = listen->as_array()) {
       size_t k = 0;
-      for (const toml::node& element : *array) claim(app.listen[k++], false, "listen", element);
+      for (const toml::node& element : *array) claim(app.listen[k++], "listen", element);
     } else {
-      claim(app.listen[0], false, "listen", *listen);
+      claim(app.listen[0], "listen", *listen);
     }
-    if (!app.admin.empty()) claim(app.admin, true, "admin", *table.get("admin"));
+    if (!app.admin.empty()) claim(app.admin, "admin", *table.get("admin"));
+    if (!app.agent.empty()) claim(app.agent, "agent", *table.get("agent"));
   }
 }
 
@@ -752,6 +761,8 @@ std::vector<std::string> lbd_run_arguments(const AppConfig& app, const FileConfi
   if (app.allow_root.value_or(false)) argv.push_back("--allow-root");
   flag("--control", control_socket_path(app, file));
   if (!app.admin.empty()) flag("--admin", app.admin);
+  if (!app.agent.empty()) flag("--agent", app.agent);
+  if (app.drain_grace_s) flag("--drain-grace", format_seconds(*app.drain_grace_s));
   argv.push_back("--");
   argv.push_back(app.command);
   argv.insert(argv.end(), app.args.begin(), app.args.end());

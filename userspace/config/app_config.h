@@ -50,6 +50,8 @@ struct AppConfig {
   std::optional<uint64_t> log_max_bytes;
   std::optional<unsigned> log_files;
   std::string admin;                 // canonical ADDR:PORT of the admin HTTP endpoint
+  std::string agent;                 // canonical ADDR:PORT of the HAProxy agent-check (--agent)
+  std::optional<double> drain_grace_s;  // --drain-grace; 0 allowed (drain at once)
   std::string user;                  // USER[:GROUP] its processes run as (--user)
   std::optional<bool> allow_root;    // true: --allow-root
   int line = 0;                      // where the app's table starts, for messages

@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <cmath>
+#include <limits>
 #include <iostream>
 #include <algorithm>
 #include <cctype>
@@ -57,6 +59,8 @@ struct ServingFlags {
   std::string log_level = "info";
   std::string control_path;
   std::string admin_text;
+  std::string agent_text;
+  double drain_grace_s = std::numeric_limits<double>::quiet_NaN();  // not given: 0, or kDrainGraceWithAgent with --agent
   std::string max_memory_text;
   std::string user;
 };
@@ -115,6 +119,13 @@ void add_serving_flags(CLI::App& app, ServingFlags& f, const std::string& worker
   app.add_option("--admin", f.admin_text,
                  "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR:PORT, e.g. "
                  "127.0.0.1:9180 (default: off; port 0 picks a free port, logged)");
+  app.add_option("--agent", f.agent_text,
+                 "Answer HAProxy's agent-check on ADDR:PORT: 'up ready N%' with a weight from the workers' "
+                 "load, 'drain' once a drain --all or a graceful stop begins, 'maint' while no worker serves "
+                 "(default: off; port 0 picks a free port, logged)");
+  app.add_option("--drain-grace", f.drain_grace_s,
+                 "On drain --all and a graceful stop, first say not ready (agent, /readyz) and keep serving "
+                 "until balancers stop sending, at most this long (s; default 0, or 10 with --agent)");
 }
 
 unsigned parse_count(const std::string& text, const char* flag) {
@@ -192,6 +203,12 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
     options.control_path_given = true;
   }
   if (!f.admin_text.empty()) options.admin = flag_value(parse_address(f.admin_text), "--admin");
+  if (!f.agent_text.empty()) options.agent = flag_value(parse_address(f.agent_text), "--agent");
+  if (std::isnan(f.drain_grace_s)) {
+    if (options.agent) options.drain_grace = kDrainGraceWithAgent;
+  } else if (f.drain_grace_s != 0) {  // 0: drain at once, even with --agent
+    options.drain_grace = seconds_to_ms(f.drain_grace_s, "--drain-grace");
+  }
   options.user = f.user;
   return options;
 }

@@ -34,6 +34,10 @@ struct ProgramOptions {
   unsigned log_files = 5;                // ...keeping this many old files
 };
 
+// --drain-grace when --agent is given and it is not: a balancer is there to be told, and draining
+// before its next check would fail the connections it sends meanwhile.
+inline constexpr std::chrono::milliseconds kDrainGraceWithAgent{10'000};
+
 struct SupervisorOptions {
   // The arguments lbd was started with (after the program name): a successor started by
   // `lbctl upgrade` gets the same, and a record left by an lbd started with others is not taken
@@ -63,6 +67,11 @@ struct SupervisorOptions {
   bool control_path_given = false;  // --control was set: failing to create it is an error
   // --admin: where to serve /metrics, /healthz and /readyz over HTTP; none by default.
   std::optional<net::Address> admin;
+  // --agent: where to answer HAProxy's agent-check (supervisor/agent_server.h); none by default.
+  std::optional<net::Address> agent;
+  // --drain-grace: on drain --all and a graceful stop, how long the workers may keep serving while
+  // lbd tells balancers it is leaving (slot_manager.h, SlotManagerConfig::drain_grace).
+  std::chrono::milliseconds drain_grace{0};
   // Who the workers (or the program's processes) run as (docs/ARCHITECTURE.md, "Privileges"):
   // --user as given, `lbd run --allow-root`, and what settle_run_as() made of them.
   std::string user;

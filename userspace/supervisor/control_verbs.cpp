@@ -213,7 +213,11 @@ control::StatusReport Supervisor::status() {
   lbd.uptime_s = std::chrono::duration<double>(now - started_at_).count();
   lbd.reloads = slots_->reloads();
   lbd.reload_failures = slots_->reload_failures();
-  if (auto op = slots_->operation()) lbd.operation = control::verb_name(*op);
+  if (auto op = slots_->operation()) {
+    lbd.operation = control::verb_name(*op);
+  } else if (slots_->leaving()) {  // telling balancers first (--drain-grace)
+    lbd.operation = slots_->stopping() ? "stop" : "drain";
+  }
   if (shared_.steering) lbd.fallbacks = shared_.steering->fallbacks();
   if (is_program()) {
     lbd.command = options_.program->command;

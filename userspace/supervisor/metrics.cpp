@@ -167,14 +167,21 @@ std::string Supervisor::metrics_text() {
 }
 
 void Supervisor::sample_usage(Clock::time_point now) {
-  if (!admin_ || now < next_usage_sample_) return;
+  if ((!admin_ && !agent_) || now < next_usage_sample_) return;
   next_usage_sample_ = now + std::chrono::seconds(1);
+  const double elapsed = std::chrono::duration<double>(now - last_usage_sample_).count();
+  last_usage_sample_ = now;
+  std::map<ProcessId, UsageSample> before = std::move(usage_samples_);
   usage_samples_.clear();
   for (const auto* p : slots_->processes()) {
     Child* c = child(p->id);
     auto usage = read_process_usage(p->pid);
     if (!c || !usage) continue;
-    usage_samples_[p->id] = {usage->cpu_seconds, c->tree_rss().value_or(usage->rss_bytes)};
+    UsageSample& sample = usage_samples_[p->id];
+    sample = {usage->cpu_seconds, c->tree_rss().value_or(usage->rss_bytes)};
+    if (auto previous = before.find(p->id); previous != before.end() && elapsed > 0) {
+      sample.cpu_busy = std::max(0.0, usage->cpu_seconds - previous->second.cpu_seconds) / elapsed;
+    }
   }
 }
 

@@ -22,6 +22,8 @@ enum class Source : uint32_t {
   kControlClient,    // one lbctl connection; index = client id
   kAdmin,            // the admin HTTP listener (--admin)
   kAdminClient,      // one admin HTTP connection; index = client id
+  kAgent,            // the HAProxy agent-check listener (--agent)
+  kAgentClient,      // one agent-check connection, answered, until it closes; index = its id
   kNotify,           // exec mode: a program's NOTIFY_SOCKET; index = process id
   kOutput,           // exec mode: a program's stdout (index = process id * 2) or stderr (+1)
 };

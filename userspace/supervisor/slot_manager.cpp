@@ -108,7 +108,7 @@ Result<void> SlotManager::start_replacement(SlotRecord& slot, std::chrono::milli
 // chooses only ACTIVE slots.
 void SlotManager::update_state(SlotRecord& slot) {
   SlotState state = SlotState::kEmpty;
-  if (!slot.wanted || stopping_) {
+  if (!slot.wanted || (stopping_ && !leaving_)) {
     state = slot.has_process() ? SlotState::kDraining : SlotState::kEmpty;
   } else if (slot.serving && slot.serving->role == ProcessRole::kServing) {
     state = SlotState::kActive;
@@ -155,16 +155,42 @@ void SlotManager::stop(bool graceful, Clock::time_point now) {
     if (op_->client) effects_->finish_error(*op_->client, "lbd is stopping");
     op_.reset();
   }
+  if (leaving_ && !leaving_->for_stop && leaving_->client) {
+    effects_->finish_error(*leaving_->client, "lbd is stopping");
+  }
   stopping_ = true;
-  stop_deadline_ = now + (graceful ? config_.shutdown_timeout : std::chrono::milliseconds(0));
   for (auto& slot : slots_) {
     slot.restart_at.reset();
     if (slot.replacement) kill_now(*slot.replacement);
-    if (!graceful) {
+  }
+  if (!graceful) {
+    leaving_.reset();
+    stop_deadline_ = now;
+    for (auto& slot : slots_) {
       if (slot.serving) kill_now(*slot.serving);
       for (auto& p : slot.retiring) kill_now(p);
-      continue;
+      update_state(slot);
     }
+    return;
+  }
+  // A drain --all telling the balancers already: the stop goes on with the same grace.
+  if (leaving_) {
+    leaving_->for_stop = true;
+    leaving_->client.reset();
+  } else if (begin_leaving(/*for_stop=*/true, std::nullopt, {}, now)) {
+    spdlog::info("stopping: the workers keep serving while balancers are told (at most {:.1f} s)",
+                 config_.drain_grace.count() / 1000.0);
+  }
+  if (leaving_) {
+    stop_deadline_ = leaving_->ends_by + config_.shutdown_timeout;
+    return;
+  }
+  retire_all_for_stop(now);
+}
+
+void SlotManager::retire_all_for_stop(Clock::time_point now) {
+  stop_deadline_ = now + config_.shutdown_timeout;
+  for (auto& slot : slots_) {
     // Those already draining close their idle connections now, too.
     for (auto& p : slot.retiring) effects_->hurry(p.id, config_.shutdown_timeout);
     if (slot.serving) {
@@ -173,6 +199,60 @@ void SlotManager::stop(bool graceful, Clock::time_point now) {
       retire(slot, std::move(serving), DrainMode::kStop, config_.shutdown_timeout, now);
     }
     update_state(slot);
+  }
+}
+
+// --- leaving a balancer -----------------------------------------------------------------------
+
+bool SlotManager::has_active_slot() const {
+  return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s.active(); });
+}
+
+bool SlotManager::begin_leaving(bool for_stop, std::optional<ClientId> client, const control::Request& request,
+                                Clock::time_point now) {
+  if (config_.drain_grace.count() <= 0 || !has_active_slot()) return false;
+  leaving_ = Leaving{.for_stop = for_stop,
+                     .client = client,
+                     .request = request,
+                     .started_at = now,
+                     .ends_by = now + config_.drain_grace,
+                     .last_traffic = now};
+  return true;
+}
+
+Clock::time_point SlotManager::leaving_ends(const Leaving& leaving) const {
+  // Nobody told yet: whoever sends may not know, so only time ends it. Told: the connections the
+  // balancer chose just before it learnt arrive within moments, so a quiet spell after both the
+  // telling and the last arrival means it has stopped.
+  if (!leaving.told_at) return leaving.ends_by;
+  return std::min(leaving.ends_by, std::max(*leaving.told_at, leaving.last_traffic) + config_.drain_quiet);
+}
+
+void SlotManager::on_balancer_told(Clock::time_point now) {
+  if (!leaving_ || leaving_->told_at) return;
+  leaving_->told_at = now;
+  spdlog::info("{}: a balancer has been told lbd is not ready ({:.1f} s in); waiting for its new connections to stop",
+               leaving_->for_stop ? "stop" : "drain", seconds_between(leaving_->started_at, now));
+}
+
+void SlotManager::on_traffic(Clock::time_point now) {
+  if (leaving_) leaving_->last_traffic = std::max(leaving_->last_traffic, now);
+}
+
+void SlotManager::finish_leaving(Clock::time_point now) {
+  Leaving leaving = std::move(*leaving_);
+  leaving_.reset();
+  const std::string why = now >= leaving.ends_by
+                              ? (leaving.told_at ? "the grace passed with connections still arriving"
+                                                 : "the grace passed and no balancer asked")
+                              : "balancers stopped sending";
+  spdlog::info("{}: {} after {:.1f} s; the workers drain now", leaving.for_stop ? "stop" : "drain", why,
+               seconds_between(leaving.started_at, now));
+  if (leaving.for_stop) {
+    retire_all_for_stop(now);
+  } else if (leaving.client) {
+    effects_->progress(*leaving.client, why + "; draining the workers");
+    drain_now(*leaving.client, leaving.request, now);
   }
 }
 
@@ -191,6 +271,7 @@ std::optional<control::Verb> SlotManager::operation() const {
 
 std::string SlotManager::not_ready_because() const {
   if (stopping_) return "lbd is stopping";
+  if (leaving_) return "draining (balancers are told first; the workers still serve)";
   if (std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s.active(); })) return {};
   const bool all_drained =
       !slots_.empty() && std::none_of(slots_.begin(), slots_.end(), [](const auto& s) { return s.wanted; });
@@ -409,6 +490,7 @@ void SlotManager::on_memory_sample(ProcessId id, uint64_t rss, Clock::time_point
 // --- time -------------------------------------------------------------------------------------
 
 void SlotManager::tick(Clock::time_point now) {
+  if (leaving_ && now >= leaving_ends(*leaving_)) finish_leaving(now);
   for (auto& slot : slots_) {
     if (slot.restart_at && *slot.restart_at <= now && !stopping_) {
       slot.restart_at.reset();
@@ -468,12 +550,17 @@ std::optional<Clock::time_point> SlotManager::next_deadline() const {
     for (const auto& p : slot.retiring) consider(p.kill_at);
   }
   if (stopping_) consider(stop_deadline_);
+  if (leaving_) consider(leaving_ends(*leaving_));
   return next;
 }
 
 // --- operations -------------------------------------------------------------------------------
 
 bool SlotManager::busy(ClientId client) {
+  if (leaving_) {
+    effects_->finish_error(client, "busy: a drain --all is in progress (balancers are told first)");
+    return true;
+  }
   if (!op_) return false;
   effects_->finish_error(client, std::string("busy: a ") + control::verb_name(op_->verb) + " is in progress");
   return true;
@@ -500,7 +587,21 @@ void SlotManager::begin_operation(Verb verb, std::optional<ClientId> client, Clo
 }
 
 void SlotManager::drain(ClientId client, const control::Request& request, Clock::time_point now) {
+  if (leaving_ && busy(client)) return;
   if (request.wait && busy(client)) return;
+  // The whole host leaves: the balancer in front is told before a worker stops serving.
+  if (request.all && !op_ && begin_leaving(/*for_stop=*/false, client, request, now)) {
+    const std::string message = fmt::format(
+        "not ready from now; the workers serve until balancers stop sending (at most {:.1f} s)",
+        config_.drain_grace.count() / 1000.0);
+    spdlog::info("drain: {}", message);
+    effects_->progress(client, message);
+    return;
+  }
+  drain_now(client, request, now);
+}
+
+void SlotManager::drain_now(ClientId client, const control::Request& request, Clock::time_point now) {
   std::vector<uint32_t> targets;
   if (request.all) {
     for (const auto& slot : slots_) {
@@ -525,6 +626,12 @@ void SlotManager::drain(ClientId client, const control::Request& request, Clock:
 }
 
 void SlotManager::undrain(ClientId client, const control::Request& request, Clock::time_point now) {
+  // Changed their mind while the balancers were being told: lbd is ready again, nothing drained.
+  if (leaving_ && !leaving_->for_stop) {
+    spdlog::info("undrain: the drain --all waiting for balancers is called off; ready again");
+    if (leaving_->client) effects_->finish_error(*leaving_->client, "called off by undrain");
+    leaving_.reset();
+  }
   if (busy(client)) return;
   std::vector<uint32_t> targets;
   if (request.all) {
@@ -555,11 +662,11 @@ void SlotManager::undrain(ClientId client, const control::Request& request, Cloc
 
 void SlotManager::reload(std::optional<ClientId> client, uint32_t parallel,
                          std::optional<std::chrono::milliseconds> timeout, Clock::time_point now) {
-  if (op_) {
+  if (op_ || leaving_) {
     if (client) {
       busy(*client);
     } else {
-      spdlog::warn("SIGHUP: a {} is in progress; not reloading", control::verb_name(op_->verb));
+      spdlog::warn("SIGHUP: a {} is in progress; not reloading", op_ ? control::verb_name(op_->verb) : "drain --all");
     }
     return;
   }

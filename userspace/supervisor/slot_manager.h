@@ -65,6 +65,13 @@ struct SlotManagerConfig {
   uint64_t max_memory = 0;  // bytes; 0: no limit
   // What a reload runs, for its first progress line: the lbd binary, or the program.
   std::string reload_source;
+  // Leaving a balancer (docs/ARCHITECTURE.md, "Behind a balancer"): on `drain --all` and a
+  // graceful stop, how long the workers keep serving while lbd reports itself not ready, so that
+  // the balancer in front stops sending before anything closes. 0: drain at once.
+  std::chrono::milliseconds drain_grace{0};
+  // The grace ends early once a balancer has been told (an agent check or a /readyz probe answered
+  // "not ready") and then no new connection arrived for this long.
+  std::chrono::milliseconds drain_quiet{1'000};
 };
 
 // What the manager asks of the world. The supervisor's shell carries these out; tests record
@@ -163,6 +170,14 @@ class SlotManager {
   // --max-memory: the serving process's resident memory (its whole tree, for a program).
   void on_memory_sample(ProcessId id, uint64_t rss_bytes, Clock::time_point now);
 
+  // --- leaving a balancer (SlotManagerConfig::drain_grace)
+  // True while lbd says it is not ready but its workers still serve, waiting for the balancer.
+  bool leaving() const { return leaving_.has_value(); }
+  // A balancer was just answered "not ready" (the shell calls this for every such answer).
+  void on_balancer_told(Clock::time_point now);
+  // New connections (or requests) arrived since the shell last looked.
+  void on_traffic(Clock::time_point now);
+
   // --- time: restarts, start and drain deadlines, the stop deadline
   void tick(Clock::time_point now);
   std::optional<Clock::time_point> next_deadline() const;
@@ -191,6 +206,8 @@ class SlotManager {
   std::string no_such_slot(uint32_t index) const;
   // Why /readyz says 503, or empty when some worker is active.
   std::string not_ready_because() const;
+  // Some slot's worker is serving and steered to.
+  bool has_active_slot() const;
   uint64_t reloads() const { return reloads_; }
   uint64_t reload_failures() const { return reload_failures_; }
   uint64_t memory_replacements() const { return memory_replacements_; }
@@ -249,6 +266,27 @@ class SlotManager {
   void operation_slot_failed(uint32_t slot, const std::string& why);
   void finish_operation(Clock::time_point now);
 
+  // Leaving a balancer: what waits for the grace to end (a drain --all or a stop), and what the
+  // balancer has been seen to do since it began.
+  struct Leaving {
+    bool for_stop = false;            // a graceful stop; else a drain --all
+    std::optional<ClientId> client;   // the drain's client
+    control::Request request;         // the drain request (its timeout and --wait)
+    Clock::time_point started_at;
+    Clock::time_point ends_by;        // the grace's end at the latest
+    std::optional<Clock::time_point> told_at;  // a balancer was first answered "not ready"
+    Clock::time_point last_traffic;   // a new connection last arrived
+  };
+  // Starts the grace; false when there is none to give (no grace configured, nothing serving).
+  bool begin_leaving(bool for_stop, std::optional<ClientId> client, const control::Request& request,
+                     Clock::time_point now);
+  // When the grace ends, given what was seen; tick() acts on it.
+  Clock::time_point leaving_ends(const Leaving& leaving) const;
+  void finish_leaving(Clock::time_point now);
+  // drain as asked, at once (after the grace, for --all).
+  void drain_now(ClientId client, const control::Request& request, Clock::time_point now);
+  void retire_all_for_stop(Clock::time_point now);
+
   SlotRecord* slot_at(uint32_t index);
   // The process and where it sits: serving, replacement, or retiring[i].
   struct Place {
@@ -263,6 +301,7 @@ class SlotManager {
   std::vector<uint64_t> total_restarts_;
   ProcessId next_process_id_ = 1;
   std::optional<Operation> op_;
+  std::optional<Leaving> leaving_;
   bool stopping_ = false;
   bool announced_ready_ = false;
   Clock::time_point stop_deadline_;

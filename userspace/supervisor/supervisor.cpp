@@ -58,6 +58,7 @@ SlotManagerConfig Supervisor::manager_config() const {
   config.shutdown_timeout = options_.shutdown_timeout;
   if (options_.program) config.kill_grace = std::chrono::milliseconds(0);
   config.ready_timeout = options_.program ? options_.program->ready_timeout : kWorkerReadyTimeout;
+  config.drain_grace = options_.drain_grace;
   config.max_memory = options_.max_memory;
   config.reload_source = options_.program ? options_.program->command[0] : shared_.binary;
   return config;
@@ -123,6 +124,12 @@ int Supervisor::run() {
           break;
         case Source::kAdminClient:
           if (admin_) admin_->on_client_event(e.index, e.events);
+          break;
+        case Source::kAgent:
+          if (agent_) agent_->on_listener_ready();
+          break;
+        case Source::kAgentClient:
+          if (agent_) agent_->on_client_event(e.index);
           break;
       }
       // Upgraded: the successor is in charge of everything now, the rest of this batch included.
@@ -220,7 +227,7 @@ Result<void> Supervisor::open_control(UniqueFd adopted) {
 
 Result<void> Supervisor::open_admin(UniqueFd adopted) {
   if (!options_.admin) return {};
-  AdminEndpoints endpoints{.not_ready_because = [this] { return slots_->not_ready_because(); },
+  AdminEndpoints endpoints{.not_ready_because = [this] { return readiness_for_balancer(); },
                            .metrics = [this] { return metrics_text(); }};
   auto admin = adopted ? AdminServer::adopt(std::move(adopted), *shared_.poller, std::move(endpoints))
                        : AdminServer::open(*options_.admin, *shared_.poller, std::move(endpoints));
@@ -234,6 +241,70 @@ Result<void> Supervisor::open_admin(UniqueFd adopted) {
                  admin_->address().to_string());
   }
   return {};
+}
+
+Result<void> Supervisor::open_agent(UniqueFd adopted) {
+  if (!options_.agent) return {};
+  auto answer = [this] { return agent_line(); };
+  auto agent = adopted ? AgentServer::adopt(std::move(adopted), *shared_.poller, answer)
+                       : AgentServer::open(*options_.agent, *shared_.poller, answer);
+  if (!agent) return agent.error();
+  agent_.emplace(std::move(*agent));
+  // Tests and scripts read the port from this line when --agent asked for port 0.
+  spdlog::info("agent: answering HAProxy agent checks on {}", agent_->address().to_string());
+  return {};
+}
+
+std::string Supervisor::readiness_for_balancer() {
+  std::string why = slots_->not_ready_because();
+  if (!why.empty()) slots_->on_balancer_told(Clock::now());
+  return why;
+}
+
+std::string Supervisor::agent_line() {
+  const auto now_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+  const auto stale_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options_.steering.stale_after).count());
+  std::vector<SlotLoad> loads;
+  for (const auto& slot : slots_->slots()) {
+    if (slot.removing) continue;
+    SlotLoad load{.active = slot.active()};
+    if (load.active) {
+      const lbd_slot& entry = shared_.table().slot(slot.index);
+      const uint64_t beat = load_field(entry.heartbeat_ns);
+      load.stalled = beat != 0 && now_ns > beat && now_ns - beat > stale_ns;
+      load.full = load_field(entry.full) != 0;
+      if (auto usage = usage_samples_.find(slot.serving->id); usage != usage_samples_.end()) {
+        load.cpu_busy = usage->second.cpu_busy;
+      }
+    }
+    loads.push_back(load);
+  }
+  const std::string line =
+      agent_answer(readiness_for_balancer(), slots_->has_active_slot(), agent_weight_percent(loads));
+  spdlog::debug("agent: {}", line.substr(0, line.size() - 1));
+  return line;
+}
+
+void Supervisor::watch_traffic_while_leaving(Clock::time_point now) {
+  if (!slots_->leaving()) {
+    next_traffic_look_ = Clock::time_point::max();
+    return;
+  }
+  if (now < next_traffic_look_ && next_traffic_look_ != Clock::time_point::max()) return;
+  const bool first = next_traffic_look_ == Clock::time_point::max();
+  next_traffic_look_ = now + std::chrono::milliseconds(100);
+  // Every count a new connection moves: the program's choices (--mode bpf), and what lbd's own
+  // workers accept and answer (any mode). A program in --mode reuseport moves none of them: only
+  // the grace's bound ends its wait.
+  uint64_t count = 0;
+  for (const auto& slot : slots_->slots()) {
+    const lbd_slot& entry = shared_.table().slot(slot.index);
+    count += load_field(entry.steered) + load_field(entry.accepted) + load_field(entry.requests);
+  }
+  if (!first && count != last_traffic_count_) slots_->on_traffic(now);
+  last_traffic_count_ = count;
 }
 
 // Exec mode: the app's log, and the thread that samples the programs' process trees.
@@ -270,6 +341,7 @@ Result<void> Supervisor::start_fresh() {
   }
   LBD_TRY(open_control(UniqueFd()));
   LBD_TRY(open_admin(UniqueFd()));
+  LBD_TRY(open_agent(UniqueFd()));
   LBD_TRY(set_up_exec_mode());
 
   if (options_.mode == Mode::kBpf) {
@@ -383,9 +455,12 @@ void Supervisor::run_timers(Clock::time_point now) {
     if (auto error = shared_.logs->take_error()) spdlog::warn("log: {}", error->message());
   }
   if (admin_) admin_->expire(now);
+  if (agent_) agent_->expire(now);
   sample_usage(now);
+  watch_traffic_while_leaving(now);
   if (control_) control_->resume_accepting(now);
   if (admin_) admin_->resume_accepting(now);
+  if (agent_) agent_->resume_accepting(now);
 }
 
 int Supervisor::poll_timeout_ms() const {
@@ -398,8 +473,13 @@ int Supervisor::poll_timeout_ms() const {
   if (admin_) {
     if (auto deadline = admin_->next_deadline()) next = std::min(next, *deadline);
     if (auto paused = admin_->accepting_paused_until()) next = std::min(next, *paused);
-    next = std::min(next, next_usage_sample_);
   }
+  if (agent_) {
+    if (auto deadline = agent_->next_deadline()) next = std::min(next, *deadline);
+    if (auto paused = agent_->accepting_paused_until()) next = std::min(next, *paused);
+  }
+  if (admin_ || agent_) next = std::min(next, next_usage_sample_);
+  if (slots_->leaving()) next = std::min(next, next_traffic_look_);
   if (control_) {
     if (auto paused = control_->accepting_paused_until()) next = std::min(next, *paused);
   }

@@ -30,6 +30,7 @@
 #include "control/status.h"
 #include "metrics/worker_stats.h"
 #include "supervisor/admin_server.h"
+#include "supervisor/agent_server.h"
 #include "supervisor/child.h"
 #include "supervisor/control_server.h"
 #include "config/options.h"
@@ -69,6 +70,13 @@ class Supervisor final : private SlotEffects {
   Result<void> start_fresh();
   Result<void> open_control(UniqueFd adopted);
   Result<void> open_admin(UniqueFd adopted);
+  Result<void> open_agent(UniqueFd adopted);
+  // What /readyz and the agent say; an answer of "not ready" tells the slot manager a balancer
+  // knows (leaving a balancer, slot_manager.h).
+  std::string readiness_for_balancer();
+  std::string agent_line();
+  // While lbd is leaving its balancer: whether new connections still arrive (every 100 ms).
+  void watch_traffic_while_leaving(Clock::time_point now);
   Result<void> set_up_exec_mode();
   SlotManagerConfig manager_config() const;
   Result<void> open_shared_listeners();
@@ -146,10 +154,12 @@ class Supervisor final : private SlotEffects {
   struct UsageSample {
     double cpu_seconds = 0;
     uint64_t rss_bytes = 0;
+    double cpu_busy = 0;  // CPU use since the sample before, as a fraction of one CPU (the agent's weight)
   };
   void sample_usage(Clock::time_point now);
   std::map<ProcessId, UsageSample> usage_samples_;
   Clock::time_point next_usage_sample_;
+  Clock::time_point last_usage_sample_;
 
   SupervisorOptions options_;
   SharedResources shared_;  // after options_, which it refers to
@@ -167,6 +177,9 @@ class Supervisor final : private SlotEffects {
   UniqueFd signal_fd_;
   std::optional<ControlServer> control_;
   std::optional<AdminServer> admin_;
+  std::optional<AgentServer> agent_;
+  uint64_t last_traffic_count_ = 0;     // the slot table's arrival counters, summed (leaving)
+  Clock::time_point next_traffic_look_ = Clock::time_point::max();
   Clock::time_point started_at_;
   bool notified_stopping_ = false;
 

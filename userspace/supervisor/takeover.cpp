@@ -122,6 +122,8 @@ json Supervisor::record() const {
           {"admin", to_json(fd_ref(admin_ ? admin_->listener_fd() : -1, -1))},
           {"admin_address", admin_ ? admin_->address().to_string() : ""},
           {"admin_clients", upgrading_ && admin_ ? held_admin_clients_to_json(*admin_) : json::array()},
+          {"agent", to_json(fd_ref(agent_ ? agent_->listener_fd() : -1, -1))},
+          {"agent_address", agent_ ? agent_->address().to_string() : ""},
           {"slot_table", to_json(fd_ref(shared_.plain_table ? shared_.plain_table->fd() : -1, -1))},
           {"notify_dir", shared_.notify_dir ? shared_.notify_dir->path() : ""},
           {"shared_listeners", std::move(shared_listeners)},
@@ -246,7 +248,7 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
   // The control socket and the admin endpoint: a predecessor handing over passes its listeners
   // (no gap for lbctl and the monitoring); after a death they are opened again, the admin
   // endpoint where it was (--admin may have asked for port 0), else where --admin says.
-  UniqueFd control, admin;
+  UniqueFd control, admin, agent;
   if (upgrading) {
     if (!options_.control_path.empty()) {
       auto fd = taker.take(fd_ref_from_json(record.value("control", json())), -1);
@@ -257,6 +259,11 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
       auto fd = taker.take(fd_ref_from_json(record.value("admin", json())), -1);
       if (!fd) return fd.error().wrap("take over the admin endpoint");
       admin = std::move(*fd);
+    }
+    if (options_.agent && !record.value("agent_address", "").empty()) {
+      auto fd = taker.take(fd_ref_from_json(record.value("agent", json())), -1);
+      if (!fd) return fd.error().wrap("take over the agent-check listener");
+      agent = std::move(*fd);
     }
   }
   LBD_TRY(open_control(std::move(control)));
@@ -289,6 +296,13 @@ Result<void> Supervisor::take_over_recorded(const json& record, const FdTaker& t
       if (!adopted) spdlog::warn("admin: a connection of the lbd before could not be taken over: {}", adopted.error().message());
     }
   }
+  // The agent likewise: HAProxy knows it by its address, so after a death it comes back there.
+  if (!upgrading && options_.agent && !record.value("agent_address", "").empty()) {
+    const auto configured = options_.agent;
+    if (auto address = parse_address(record.value("agent_address", ""))) options_.agent = *address;
+    if (!open_agent(UniqueFd())) options_.agent = configured;
+  }
+  if (!agent_) LBD_TRY(open_agent(std::move(agent)));
   LBD_TRY(set_up_exec_mode());
   // The programs' NOTIFY_SOCKETs are in the predecessor's directory: it becomes this lbd's, and
   // goes when this lbd stops (otherwise every takeover would leave one behind in /run/lbd).
