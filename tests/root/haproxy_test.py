@@ -4,7 +4,8 @@ HAProxy configured from examples/haproxy/haproxy.cfg (the file itself, with this
 addresses, shorter intervals and `retries 0`), loaded by wrk through HAProxy:
 
   a. one whole host drained (lbctl drain --all --wait) and brought back under load: no request
-     fails, with a balancer that never retries, and the host gets traffic again;
+     fails, with a balancer that never retries, and the host gets traffic again; then the same
+     drain with --drain-grace 0, its failed requests reported (what the grace is for);
   b. tools/rollout across the three hosts under load: no request fails and every worker is new;
      a rollout whose change fails on host 2 stops there (exit 1), host 2 drained, host 3 untouched;
   c. host 1 made busy by load sent straight to it: its agent weight drops and HAProxy sends it a
@@ -18,7 +19,8 @@ Topology (all made here, removed in `finally`; nothing in the root network names
   lbdh<pid>-N   host N (1..3): lbd on 0.0.0.0:8080, admin 0.0.0.0:9180, agent 0.0.0.0:9181,
                 reached from the front over a veth pair, 10.213.N.1 (front) <-> 10.213.N.2 (host)
 
-Usage: haproxy_test.py BUILD_DIR     (exit 77 = skipped: not root, or haproxy or wrk missing)
+Usage: haproxy_test.py BUILD_DIR [a|b|c|d]...   (exit 77 = skipped: not root, or haproxy or wrk
+                                                missing; naming scenarios runs only those)
        haproxy_test.py --server-up STATS_SOCKET SERVER   (exit 0 when HAProxy has SERVER UP;
                                                         tools/rollout's --wait-cmd here)
 """
@@ -57,11 +59,15 @@ SLOWSTART = "2s"
 CHECK_DETECTION_S = 0.5 + 2 * 0.25 + 1.5
 
 CLONE_NEWNET = 0x40000000
-STRICT = True  # TEMPORARY: False while lbd has no --agent
 
 
 class TestFailure(Exception):
     pass
+
+
+def fail(message):
+    print(f"FAIL: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def log(message):
@@ -165,7 +171,7 @@ def _zombie(pid):
 
 
 class Host:
-    def __init__(self, index, netns, build, tmp, agent):
+    def __init__(self, index, netns, build, tmp):
         self.index = index
         self.name = f"host{index}"
         self.netns = netns
@@ -173,7 +179,6 @@ class Host:
         self.build = build
         self.control = os.path.join(tmp, f"{self.name}.sock")
         self.log_path = os.path.join(tmp, f"{self.name}.log")
-        self.agent = agent
         self.proc = None
         self.starts = 0
 
@@ -181,12 +186,11 @@ class Host:
         return run([os.path.join(self.build, "lbctl"), "--control", self.control, *args], check=check,
                    timeout=timeout)
 
-    def start(self):
+    def start(self, extra=()):
         cmd = ["nsenter", f"--net=/run/netns/{self.netns}", os.path.join(self.build, "lbd"),
                "--workers", "2", "--demo-routes", "--listen", f"0.0.0.0:{SERVICE_PORT}",
-               "--admin", f"0.0.0.0:{ADMIN_PORT}", "--control", self.control]
-        if self.agent:
-            cmd += ["--agent", f"0.0.0.0:{AGENT_PORT}"]
+               "--admin", f"0.0.0.0:{ADMIN_PORT}", "--agent", f"0.0.0.0:{AGENT_PORT}",
+               "--control", self.control, *extra]
         self.starts += 1
         out = open(self.log_path, "a")
         out.write(f"--- start {self.starts}: {' '.join(cmd)}\n")
@@ -287,6 +291,19 @@ class Host:
                 pass
         record = self.control[:-len(".sock")] + ".state"
         shutil.rmtree(steering_pin_dir(record), ignore_errors=True)
+
+    def restart(self, extra):
+        self.stop_begin()
+        self.stop_end()
+        self.start(extra)
+
+    def log_size(self):
+        return os.path.getsize(self.log_path)
+
+    def log_since(self, offset, pattern):
+        with open(self.log_path) as f:
+            f.seek(offset)
+            return [line.rstrip() for line in f if re.search(pattern, line)]
 
     def log_tail(self, lines=15):
         return tail(self.log_path, lines)
@@ -499,12 +516,15 @@ def scenario_drain(hosts, haproxy, summary):
     host = hosts[0]
     loads = start_loads(40)
     wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    mark = host.log_size()
     t0 = time.monotonic()
     host.lbctl("drain", "--all", "--wait", "--timeout", "2")
     drained_s = time.monotonic() - t0
     haproxy_state = haproxy.status_of(host.name)
     log(f"{host.name}: lbctl drain --all --wait returned after {drained_s:.1f} s; "
-        f"HAProxy says {haproxy_state}; workers {host.states()}")
+        f"HAProxy says {haproxy_state}; workers {host.states()}; lbd said:")
+    for line in host.log_since(mark, r"\[lbd\] drain:|\[worker \d\] drained"):
+        log("  " + line)
     if haproxy_state == "UP":
         raise TestFailure(f"{host.name} is drained but HAProxy still has it UP")
     before = int(haproxy.stat()[host.name]["stot"])
@@ -513,20 +533,55 @@ def scenario_drain(hosts, haproxy, summary):
     host.wait_active()
     haproxy.wait_status(host.name, lambda s: s == "UP", 15, "UP again")
     back_s = time.monotonic() - t1
+    first_weight = haproxy.stat()[host.name]["weight"]
+    # Its weight climbs back (slowstart, when HAProxy had it DOWN or MAINT) to the others'.
+    full = lambda: (lambda st: int(st[host.name]["weight"]) >=
+                    0.9 * min(int(st[h.name]["weight"]) for h in hosts[1:]))(haproxy.stat())
+    wait_for(full, 15, f"{host.name}'s weight to come back")
+    full_s = time.monotonic() - t1
     wait_traffic(haproxy, [host.name], 200, 15, f"traffic to {host.name} again")
     results = stop_loads(loads)
     after = int(haproxy.stat()[host.name]["stot"])
     for r in results:
         log(describe(r))
-    log(f"{host.name}: UP in HAProxy {back_s:.1f} s after lbctl undrain --all; "
-        f"{after - before} requests to it since")
+    log(f"{host.name}: UP in HAProxy {back_s:.1f} s after lbctl undrain --all (weight {first_weight}), "
+        f"its full weight after {full_s:.1f} s; {after - before} requests to it since")
     for r in results:
-        if r["failed"] and STRICT:
+        if r["failed"]:
             raise TestFailure(f"drain: {r['label']}: {r['failed']} requests failed\n{r['output']}")
         summary.append(f"a. drain+undrain of {host.name}, {r['label']}: {r['requests']} requests, "
                        f"{r['failed']} failed")
     summary.append(f"a. lbctl drain --all --wait --timeout 2: {drained_s:.1f} s; back UP in HAProxy "
-                   f"{back_s:.1f} s after undrain")
+                   f"{back_s:.1f} s after undrain, full weight after {full_s:.1f} s")
+
+
+def scenario_drain_without_grace(hosts, haproxy, summary):
+    """The same drain with --drain-grace 0: lbd drains at once, before HAProxy has asked. Reported,
+    not asserted: it shows what the grace is for."""
+    log("\n== a'. the same with --drain-grace 0 (reported)")
+    host = hosts[2]
+    host.restart(["--drain-grace", "0"])
+    haproxy.wait_status(host.name, lambda s: s == "UP", 15, "UP")
+    loads = start_loads(30)
+    wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
+    mark = host.log_size()
+    t0 = time.monotonic()
+    host.lbctl("drain", "--all", "--wait", "--timeout", "2")
+    drained_s = time.monotonic() - t0
+    haproxy.wait_status(host.name, lambda s: s != "UP", 15, "out")
+    out_s = time.monotonic() - t0
+    wait_traffic(haproxy, [h.name for h in hosts if h is not host], 1000, 15, "traffic to the other hosts")
+    results = stop_loads(loads)
+    log(f"{host.name}: lbctl drain --all --wait returned after {drained_s:.1f} s; HAProxy had it "
+        f"{haproxy.status_of(host.name)} after {out_s:.1f} s; lbd said:")
+    for line in host.log_since(mark, r"\[lbd\] drain:|\[worker \d\] drain"):
+        log("  " + line)
+    for r in results:
+        log(describe(r))
+    summary.append(f"a'. drain of {host.name} with --drain-grace 0: "
+                   + ", ".join(f"{r['failed']} of {r['requests']} {r['label']} failed" for r in results))
+    host.restart([])
+    haproxy.wait_status(host.name, lambda s: s == "UP", 15, "UP")
 
 
 def rollout_cmd(build, haproxy, hosts, *extra):
@@ -536,13 +591,19 @@ def rollout_cmd(build, haproxy, hosts, *extra):
             "--wait-cmd", wait_cmd, *extra, *[h.name for h in hosts]]
 
 
+def rollout_env():
+    # tools/rollout runs python3 to read lbctl status --json: this interpreter, not a slower one
+    # earlier in PATH (a pyenv shim took 0.5 s to start, 1.5 s under the test's load).
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ.get("PATH", "")}
+
+
 def scenario_rollout(build, hosts, haproxy, summary):
     log("\n== b. tools/rollout across the three hosts under load")
     pids_before = {h.name: h.worker_pids() for h in hosts}
     loads = start_loads(90)
     wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
     t0 = time.monotonic()
-    rollout = run(rollout_cmd(build, haproxy, hosts), check=False, timeout=120)
+    rollout = run(rollout_cmd(build, haproxy, hosts), check=False, timeout=120, env=rollout_env())
     rollout_s = time.monotonic() - t0
     log(rollout.stdout + rollout.stderr)
     if rollout.returncode != 0:
@@ -558,7 +619,7 @@ def scenario_rollout(build, hosts, haproxy, summary):
             raise TestFailure(f"{h.name}: workers {sorted(pids_before[h.name])} before the rollout, "
                               f"{sorted(after)} after: not all new")
     for r in results:
-        if r["failed"] and STRICT:
+        if r["failed"]:
             raise TestFailure(f"rollout: {r['label']}: {r['failed']} requests failed\n{r['output']}")
         summary.append(f"b. rollout of 3 hosts ({rollout_s:.1f} s), {r['label']}: {r['requests']} requests, "
                        f"{r['failed']} failed")
@@ -571,7 +632,7 @@ def scenario_rollout(build, hosts, haproxy, summary):
     wait_traffic(haproxy, [h.name for h in hosts], 200, 15, "traffic to every host")
     fail_on = hosts[1].name
     rollout = run(rollout_cmd(build, haproxy, hosts, "--upgrade", "--run", f"test {{host}} != {fail_on}"),
-                  check=False, timeout=120)
+                  check=False, timeout=120, env=rollout_env())
     log(rollout.stdout + rollout.stderr)
     if rollout.returncode == 0:
         stop_loads(loads)
@@ -598,7 +659,7 @@ def scenario_rollout(build, hosts, haproxy, summary):
     for r in results:
         log(describe(r))
     for r in results:
-        if r["failed"] and STRICT:
+        if r["failed"]:
             raise TestFailure(f"failed rollout: {r['label']}: {r['failed']} requests failed\n{r['output']}")
         summary.append(f"b. rollout stopped at {h2.name} (exit {rollout.returncode}), {r['label']}: "
                        f"{r['requests']} requests, {r['failed']} failed")
@@ -629,15 +690,21 @@ def scenario_busy(hosts, haproxy, summary):
     log("\n== c. host1 made busy by load straight at it: agent weight and share of new connections")
     h1 = hosts[0]
     weights = lambda: {n: s["weight"] for n, s in haproxy.stat().items()}
+    # A host back from a drain climbs to its weight over slowstart: the baseline waits for it.
+    even = lambda: (lambda w: min(w) >= 0.9 * max(w))([int(v) for v in weights().values()])
+    wait_for(even, 15, "HAProxy's weights to be even")
     base_shares, r = shares(haproxy, hosts, 3)
     base_agent = h1.agent_says()
     log(f"idle: {h1.name}'s agent says '{base_agent}'; HAProxy weights {weights()}; "
         f"shares {fmt_shares(base_shares)} of {r['requests']}")
+    base_weight = int(haproxy.stat()[h1.name]["weight"])
+    # Relative thresholds: how much CPU the busy host's workers get, hence how far its weight
+    # falls, depends on what else this 2-CPU machine runs.
     busy = Wrk("busy", f"http://{h1.addr}:{SERVICE_PORT}/work?us=2000", 20, 16)
     try:
         # The agent measures CPU over the last second and HAProxy asks every agent-inter.
-        wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) <= 60, 10,
-                 f"HAProxy's weight for {h1.name} to fall to 60 or less")
+        wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) <= 0.7 * base_weight, 10,
+                 f"HAProxy's weight for {h1.name} to fall from {base_weight} to 70% of it")
         busy_agent = h1.agent_says()
         busy_weights = weights()
         busy_shares, r = shares(haproxy, hosts, 3)
@@ -646,16 +713,16 @@ def scenario_busy(hosts, haproxy, summary):
     finally:
         busy_result = busy.stop()
     log(describe(busy_result))
-    wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) >= 90, 10,
-             f"HAProxy's weight for {h1.name} to come back to 90 or more")
+    wait_for(lambda: int(haproxy.stat()[h1.name]["weight"]) >= 0.9 * base_weight, 10,
+             f"HAProxy's weight for {h1.name} to come back to 90% of {base_weight}")
     after_agent = h1.agent_says()
     after_shares, r = shares(haproxy, hosts, 3)
     log(f"after: {h1.name}'s agent says '{after_agent}'; HAProxy weights {weights()}; "
         f"shares {fmt_shares(after_shares)} of {r['requests']}")
-    if not busy_shares[h1.name] < 0.75 * base_shares[h1.name]:
+    if not busy_shares[h1.name] < 0.8 * base_shares[h1.name]:
         raise TestFailure(f"{h1.name}'s share did not fall while busy: {base_shares[h1.name]:.0%} idle, "
                           f"{busy_shares[h1.name]:.0%} busy")
-    if not after_shares[h1.name] > 0.75 * base_shares[h1.name]:
+    if not after_shares[h1.name] > 0.8 * base_shares[h1.name]:
         raise TestFailure(f"{h1.name}'s share did not come back: {base_shares[h1.name]:.0%} idle, "
                           f"{after_shares[h1.name]:.0%} after")
     summary.append(f"c. {h1.name} agent: idle '{base_agent}', busy '{busy_agent}', after '{after_agent}'")
@@ -690,7 +757,7 @@ def scenario_kill(hosts, haproxy, variant, summary):
     after = [w.wait() for w in start_loads_bounded(2)]
     for r in after:
         log("after it was out: " + describe(r))
-        if r["failed"] and STRICT:
+        if r["failed"]:
             raise TestFailure(f"requests still fail after HAProxy took {h2.name} out: {describe(r)}")
     summary.append(f"d. kill -9 of {h2.name} ({variant}): {failed} failed "
                    f"({', '.join(str(r['failed']) + ' ' + r['label'] for r in results)}); "
@@ -734,6 +801,7 @@ def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "--server-up":
         server_up_main(sys.argv[2:])
     build = os.path.realpath(sys.argv[1])
+    only = sys.argv[2:] or ["a", "b", "c", "d"]  # a subset, to look at one scenario
     if os.geteuid() != 0:
         print("SKIPPED: needs root (network namespaces, lbd's BPF steering)")
         sys.exit(77)
@@ -741,12 +809,8 @@ def main():
         if not shutil.which(tool):
             print(f"SKIPPED: {tool} is not installed")
             sys.exit(77)
-    lbd_help = run([os.path.join(build, "lbd"), "--help"], check=False).stdout
-    agent = "--agent" in lbd_help
-    global STRICT
-    STRICT = agent
-    if not agent:
-        log("NOTE: this lbd has no --agent: running with /readyz checks only, and without scenario c")
+    if "--agent" not in run([os.path.join(build, "lbd"), "--help"], check=False).stdout:
+        fail(f"{build}/lbd has no --agent")
 
     started = time.monotonic()
     summary = []
@@ -758,26 +822,27 @@ def main():
     ok = False
     try:
         topology.create()
-        hosts = [Host(i, topology.hosts[i - 1], build, tmp, agent) for i in range(1, HOSTS + 1)]
+        hosts = [Host(i, topology.hosts[i - 1], build, tmp) for i in range(1, HOSTS + 1)]
         for h in hosts:
             h.start()
-        haproxy.start("shipped", haproxy_config(haproxy.stats_socket, agent_check=agent))
+        haproxy.start("shipped", haproxy_config(haproxy.stats_socket))
         log(f"3 hosts up, HAProxy has them all UP ({time.monotonic() - started:.1f} s)")
 
-        scenario_drain(hosts, haproxy, summary)
-        scenario_rollout(build, hosts, haproxy, summary)
-        if agent:
+        if "a" in only:
+            scenario_drain(hosts, haproxy, summary)
+            scenario_drain_without_grace(hosts, haproxy, summary)
+        if "b" in only:
+            scenario_rollout(build, hosts, haproxy, summary)
+        if "c" in only:
             scenario_busy(hosts, haproxy, summary)
         # d: kill -9 with the config as shipped (but retries 0), then one change at a time.
-        variants = [("retries 0", {})]
-        if agent:
-            variants.append(("retries 0, no agent-check", {"agent_check": False}))
-        variants += [("retries 0, no observe layer4", {"observe": False}),
-                     ("as shipped: retries 2, option redispatch 1", {"retries": True})]
-        for i, (variant, overrides) in enumerate(variants):
+        variants = [("retries 0", {}), ("retries 0, no agent-check", {"agent_check": False}),
+                    ("retries 0, no observe layer4", {"observe": False}),
+                    ("as shipped: retries 2, option redispatch 1", {"retries": True})]
+        for i, (variant, overrides) in enumerate(variants if "d" in only else []):
             if i:
                 haproxy.stop()
-                haproxy.start(f"d{i}", haproxy_config(haproxy.stats_socket, **{"agent_check": agent, **overrides}))
+                haproxy.start(f"d{i}", haproxy_config(haproxy.stats_socket, **overrides))
             scenario_kill(hosts, haproxy, variant, summary)
         ok = True
     except TestFailure as e:
