@@ -19,6 +19,7 @@ packages=(
   googletest libgtest-dev libbenchmark-dev
   wrk curl procps iproute2
   python3                # bench/compare and its smoke test
+  python3-yaml           # the Kubernetes example's test reads its manifests
   prometheus             # promtool and a real Prometheus for the /metrics tests
   tmux                   # a real terminal for lbctl top's test
   gunicorn               # a real third-party server run by `lbd run` (exec_test)

@@ -87,7 +87,9 @@ int print_startup_unit(const ParsedCommandLine& parsed) {
     unit.exec_reload = systemd_word(lbctl_path) + " reload" + (options.app == "lbd" ? "" : " " + systemd_word(options.app));
     unit.runs_program = options.program.has_value();
     if (options.program) unit.writable.push_back(options.program->log_dir);
-    unit.stop_timeout_s = static_cast<int>(options.shutdown_timeout.count() / 1000) + 20;
+    // A stop may first keep serving for --drain-grace while balancers are told, then drain.
+    unit.stop_timeout_s =
+        static_cast<int>((options.drain_grace.count() + options.shutdown_timeout.count()) / 1000) + 20;
   } else {
     unit.app = "lbd";
     unit.exec_reload = "/bin/kill -HUP $MAINPID";  // `lbd start` reloads every app on HUP

@@ -3,6 +3,8 @@
 // docs/ARCHITECTURE.md, section 11.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
 #include <thread>
 
 #include "support/lbd_test.h"
@@ -38,6 +40,31 @@ TEST_F(Pressure, ANewConnectionThatSendsNothingIsClosedAtTheHeaderTimeoutWithout
   // A connection that has had its answer is between requests: the idle timeout applies to it.
   EXPECT_TRUE(served.nothing_received());
   EXPECT_TRUE(served.request(http_get("/"), after(2s)).ok());
+}
+
+// A worker that did not run (SIGSTOP here; a VM that froze, a machine out of CPU) must not count
+// its own pause against its clients: a request that arrived meanwhile is answered when it runs
+// again, not closed because --header-timeout passed while nobody could read it.
+TEST_F(Pressure, ARequestThatArrivedWhileTheWorkerWasPausedIsAnsweredNotTimedOut) {
+  ASSERT_NO_FATAL_FAILURE(start_with({"--header-timeout", "1"}));
+  HttpConnection waiting = connect();
+  HttpConnection silent = connect();
+  // The worker accepts its queue in order: once a later connection is answered, it holds both.
+  HttpConnection later = connect();
+  ASSERT_TRUE(later.request(http_get("/"), after(2s)).ok());
+  const pid_t worker = lbd().worker_pid(0);
+  ASSERT_TRUE(stop_process(worker, after(2s)));
+  ASSERT_EQ(waiting.send(http_get("/"), after(1s)), Outcome::kOk);
+  // Past the header timeout, while the worker cannot run: the pause is what this test is about.
+  const Deadline paused_until = after(1500ms);
+  eventually(paused_until + 1s, [&] { return Clock::now() >= paused_until; }, 50ms);
+  ASSERT_EQ(kill(worker, SIGCONT), 0);
+  HttpResult r = waiting.read_response(after(3s));
+  ASSERT_TRUE(r.ok()) << "closed for the worker's own pause: " << r.describe();
+  EXPECT_EQ(r.response.status, 200);
+  // A connection that really sent nothing is still closed, a moment after the worker runs again.
+  EXPECT_EQ(silent.wait_for_close(after(3s)), PeerEnd::kClosed);
+  EXPECT_TRUE(lbd().wait_for_log("the loop did not run for [0-9]+ ms", after(1s))) << lbd().log();
 }
 
 TEST_F(Pressure, ABodySlowerThanTheMinimumRateGets408AndAFastOneIsServed) {

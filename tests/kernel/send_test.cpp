@@ -87,6 +87,12 @@ TEST_F(Send, TextThatIsNotOneLineAndSlotsWithoutAWorkerAreRefusedWithOneClearLin
   CommandResult unquoted = lbctl({"send", "0", "hello", "world"});
   EXPECT_TRUE(unquoted.exited(2)) << unquoted.describe();
   EXPECT_NE(unquoted.err.find("quote TEXT if it has spaces"), std::string::npos) << unquoted.describe();
+  // With --all the first of two words could be an app's name: lbctl says which it took it for.
+  CommandResult unquoted_all = lbctl({"send", "--all", "flush", "caches"});
+  EXPECT_TRUE(unquoted_all.exited(1)) << unquoted_all.describe();
+  EXPECT_NE(unquoted_all.err.find("if 'flush' is part of the text, quote it: lbctl send --all 'flush caches'"),
+            std::string::npos)
+      << unquoted_all.describe();
   // 4095 bytes is one line of 4096 with its newline: it goes.
   CommandResult longest = lbctl({"send", "0", std::string(4095, 'y')});
   EXPECT_TRUE(longest.exited(0)) << longest.describe();

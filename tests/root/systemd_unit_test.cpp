@@ -66,9 +66,19 @@ TEST_F(SystemdUnit, StartupPrintsAUnitSystemdAccepts) {
   ASSERT_TRUE(app.exited(0)) << app.describe();
   EXPECT_NE(app.out.find(" reload web\n"), std::string::npos) << app.out;
   EXPECT_NE(app.out.find(" -- /bin/sh -c \"echo 100%% $$HOME\"\n"), std::string::npos) << app.out;
+  // Its programs run as nobody: counting their connections reads their /proc/PID/fd, which only
+  // CAP_DAC_READ_SEARCH lets root do; lbd's own workers need no such look.
+  EXPECT_NE(app.out.find(" CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n"), std::string::npos) << app.out;
+  EXPECT_EQ(r.out.find("CAP_DAC_READ_SEARCH"), std::string::npos) << r.out;
   write_file(dir_.path("lbd-web.service"), app.out);
   verified = verify_unit(dir_.path("lbd-web.service"));
   EXPECT_TRUE(verified.exited(0)) << verified.describe();
+
+  // systemd waits for a stop as long as lbd may take: the grace for balancers, then the drain.
+  EXPECT_NE(r.out.find("TimeoutStopSec=30\n"), std::string::npos) << r.out;
+  CommandResult behind = startup({"--agent", "0.0.0.0:9181", "--drain-grace", "15", "--shutdown-timeout", "5"});
+  ASSERT_TRUE(behind.exited(0)) << behind.describe();
+  EXPECT_NE(behind.out.find("TimeoutStopSec=40\n"), std::string::npos) << behind.out;
 
   CommandResult bad = startup({"--workers", "zero"});
   EXPECT_TRUE(bad.exited(2)) << bad.describe();

@@ -12,6 +12,7 @@
 
 #include "support/control_test.h"
 #include "support/admin.h"
+#include "support/agent.h"
 #include "support/exec_test.h"
 #include "supervisor/state_record.h"
 
@@ -168,6 +169,30 @@ TEST_F(Takeover, MetricsDrainScaleAndPolicyWorkOnAdoptedWorkersAndAStopCleansUp)
   EXPECT_EQ(successor->process.wait_exit(after(10s)), ExitStatus::exited(0));
   EXPECT_FALSE(std::filesystem::exists(record));
   EXPECT_FALSE(std::filesystem::exists(steering_pin_dir(record)));
+}
+
+// HAProxy knows the agent by its address: after a crash the next lbd answers there again (port 0
+// asked for a free one, so "there" is the port the dead lbd had), with the adopted workers' weight.
+TEST_F(Takeover, TheAgentAnswersAgainWhereItWas) {
+  std::vector<std::string> with_agent = args();
+  with_agent.insert(with_agent.end(), {"--agent", "127.0.0.1:0", "--drain-grace", "0"});
+  ASSERT_NO_FATAL_FAILURE(start(with_agent));
+  auto line = lbd().wait_for_log(R"(\[lbd\] agent: answering HAProxy agent checks on (.+)$)", after(1s));
+  ASSERT_TRUE(line);
+  const net::Address agent = net::Address::parse(line->groups[1]);
+  ASSERT_GE(weight_of(ask_agent(agent)), 1);
+
+  const pid_t first = lbd().pid();
+  lbd().signal(SIGKILL);
+  EXPECT_EQ(lbd().wait_exit(after(5s)), ExitStatus::signaled(SIGKILL));
+  auto successor = std::make_unique<Successor>(with_agent);
+  ASSERT_TRUE(successor->process.wait_for_log("took over 2 processes from lbd pid " + std::to_string(first), after(60s)))
+      << successor->process.log();
+  EXPECT_TRUE(successor->process.wait_for_log("agent: answering HAProxy agent checks on " + agent.to_string() + "$",
+                                              after(1s)))
+      << successor->process.log();
+  ASSERT_TRUE(successor->process.wait_ready(after(30s)));
+  EXPECT_GE(weight_of(ask_agent(agent)), 1) << "the adopted workers serve: up";
 }
 
 // lbd's own workers after a crash: the next lbd sends them messages too. A worker an lbd from

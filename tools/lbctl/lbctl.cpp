@@ -247,6 +247,11 @@ int main(int argc, char** argv) {
   std::string path;
   if (controls) {
     auto found = lbd::ctl::control_socket_for(explicit_path, split->app, control_dir);
+    if (!found && chosen && chosen->verb == Verb::kSend && !split->app.empty()) {
+      // `lbctl send --all flush caches`: the first word was taken for an app's name.
+      fail(found.error().message() + "; if '" + split->app + "' is part of the text, quote it: lbctl send " +
+           (request.all ? "--all" : split->value) + " '" + split->app + " " + request.text + "'");
+    }
     if (!found) fail(found.error().message());
     path = *found;
   }

@@ -62,9 +62,10 @@ LimitNOFILE=1048576
 # verifier refuses it without, CAP_NET_ADMIN), ports below 1024, starting its workers and programs
 # as --user with no capabilities (CAP_SETUID, CAP_SETGID, CAP_SETPCAP), giving their group the log
 # and notify sockets (CAP_CHOWN), and signalling, inspecting and taking over processes of that user
-# (CAP_KILL, CAP_SYS_PTRACE). Its workers and programs keep none of them (tests/root/
+# (CAP_KILL, CAP_SYS_PTRACE))" + (o.runs_program ? std::string("; reading a program's /proc/PID/fd, to count its connections\n# (CAP_DAC_READ_SEARCH)") : std::string()) + R"(. Its workers and programs keep none of them (tests/root/
 # systemd_unit_test.cpp runs lbd with exactly these, through a reload, an upgrade and a takeover).
-CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN CAP_KILL CAP_SYS_PTRACE
+CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_CHOWN CAP_KILL CAP_SYS_PTRACE)" +
+       (o.runs_program ? " CAP_DAC_READ_SEARCH" : "") + R"(
 AmbientCapabilities=
 NoNewPrivileges=yes
 # )" + (o.runs_program ? std::string("A program may write where it lives: /usr, /boot and /etc alone are read-only.")

@@ -20,7 +20,7 @@ struct UnitOptions {
   std::string working_directory;      // where relative paths in the arguments start
   std::vector<std::string> writable;  // more paths lbd writes (its log directory, ...)
   bool runs_program = false;          // `lbd run`: the program may write where it lives
-  int stop_timeout_s = 30;            // TimeoutStopSec: lbd's --shutdown-timeout and then some
+  int stop_timeout_s = 30;            // TimeoutStopSec: lbd's --drain-grace and --shutdown-timeout, and then some
 };
 
 // The unit's name: lbd.service, or lbd-APP.service for an app.

@@ -20,6 +20,11 @@ struct ListenerOptions {
 // (accepted sockets inherit it, so no per-connection setsockopt), IPV6_V6ONLY for IPv6 so that
 // "[::]:P" and "0.0.0.0:P" are two separate groups. Always close-on-exec.
 Result<UniqueFd> listen_tcp(const Address& address, const ListenerOptions& options);
+// A listener of the supervisor's own (the admin endpoint, the agent): non-blocking, on a port of
+// its own that nobody may share.
+inline Result<UniqueFd> listen_exclusive(const Address& address, int backlog) {
+  return listen_tcp(address, {.backlog = backlog, .reuseport = false, .nonblocking = true});
+}
 
 // The address a socket is bound to (the real port after binding port 0).
 Result<Address> local_address(int fd);

@@ -86,11 +86,7 @@ std::string serialize_admin_response(const AdminResponse& response, bool head) {
 
 Result<AdminServer> AdminServer::open(const net::Address& address, Poller& poller,
                                       AdminEndpoints endpoints) {
-  net::ListenerOptions options;
-  options.backlog = kBacklog;
-  options.reuseport = false;  // its own port: nobody may share it
-  options.nonblocking = true;
-  auto fd = net::listen_tcp(address, options);
+  auto fd = net::listen_exclusive(address, kBacklog);
   if (!fd) return fd.error().wrap("admin endpoint");
   auto bound = net::local_address(fd->get());
   if (!bound) return bound.error().wrap("admin endpoint");

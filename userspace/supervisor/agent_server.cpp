@@ -42,11 +42,7 @@ std::string agent_answer(const std::string& not_ready_because, bool any_active, 
 }
 
 Result<AgentServer> AgentServer::open(const net::Address& address, Poller& poller, Answer answer) {
-  net::ListenerOptions options;
-  options.backlog = kBacklog;
-  options.reuseport = false;  // its own port: nobody may share it
-  options.nonblocking = true;
-  auto fd = net::listen_tcp(address, options);
+  auto fd = net::listen_exclusive(address, kBacklog);
   if (!fd) return fd.error().wrap("agent");
   return adopt(std::move(*fd), poller, std::move(answer));
 }

@@ -33,6 +33,11 @@ constexpr std::chrono::milliseconds kLookInterval{10};
 // rarely for the others.
 constexpr std::chrono::milliseconds kTreeSampleInterval{250};
 constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
+// While nothing happens (no connection open in the last sample, none steered for this long) the
+// trees are sampled this often: each sample reads every /proc/PID/stat on the machine and dumps
+// the kernel's TCP table, most of an idle supervisor's CPU. A connection steered to a program
+// brings the interval back at once (lbctl status and /metrics sample on demand anyway).
+constexpr std::chrono::milliseconds kTreeSampleIntervalIdle{5000};
 // How long lbd's own worker may take from exec to ready, when no reload says otherwise.
 constexpr std::chrono::milliseconds kWorkerReadyTimeout{30'000};
 
@@ -519,9 +524,12 @@ void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sa
         spdlog::debug("{}", sample.error);
       }
     }
+    trees_hold_connections_ = false;
     for (auto& [id, c] : children_) {
       auto tree = sample.trees.find(c->pid());
-      if (tree != sample.trees.end()) c->apply_tree(tree->second);  // else: started after the sample was asked for
+      if (tree == sample.trees.end()) continue;  // started after the sample was asked for
+      c->apply_tree(tree->second);
+      if (tree->second.open.value_or(0) > 0) trees_hold_connections_ = true;
     }
   };
   if (auto sample = tree_sampler_->newest()) apply(*sample);
@@ -532,8 +540,14 @@ void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sa
     return;
   }
   if (now < next_tree_sample_) return;
+  uint64_t steered = 0;
+  for (const auto& slot : slots_->slots()) steered += load_field(shared_.table().slot(slot.index).steered);
+  if (steered != steered_seen_ || trees_hold_connections_) trees_busy_until_ = now + kTreeSampleIntervalIdle;
+  steered_seen_ = steered;
   const bool by_load = shared_.steering && shared_.steering->policy() == Policy::kLeast;
-  const auto interval = by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering;
+  auto interval = by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering;
+  // --max-memory reads the trees' memory every second: it keeps the interval.
+  if (now >= trees_busy_until_ && !options_.max_memory) interval = kTreeSampleIntervalIdle;
   next_tree_sample_ = now + kLookInterval;  // the roots change as processes come and go
   tree_sampler_->watch(std::move(roots), interval);
 }

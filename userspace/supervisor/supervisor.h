@@ -170,6 +170,10 @@ class Supervisor final : private SlotEffects {
   std::unique_ptr<TreeSampler> tree_sampler_;  // exec mode: process trees, sampled on a thread
   Clock::time_point next_look_;
   Clock::time_point next_tree_sample_;
+  // Exec mode's sampling slows down while nothing happens (kTreeSampleIntervalIdle).
+  uint64_t steered_seen_ = 0;
+  bool trees_hold_connections_ = false;
+  Clock::time_point trees_busy_until_;
   Clock::time_point next_memory_sample_;
   Clock::time_point next_log_check_;
   Clock::time_point next_control_sweep_;

@@ -490,6 +490,8 @@ std::string Supervisor::why_no_upgrade() const {
   }
   if (slots_->stopping()) return "lbd is stopping";
   if (auto op = slots_->operation()) return std::string("busy: a ") + control::verb_name(*op) + " is in progress";
+  // The grace is no part of the record: a successor would be ready again at once.
+  if (slots_->leaving()) return "busy: a drain --all is in progress (balancers are told first)";
   for (const ProcessRecord* p : slots_->processes()) {
     if (p->role == ProcessRole::kStarting) {
       return "busy: worker " + std::to_string(p->slot) + " (pid " + std::to_string(p->pid) + ") is starting";

@@ -36,6 +36,10 @@ constexpr size_t kMaxPendingOutput = 256 * 1024;
 // The loop wakes at least this often, to stamp the heartbeat when idle.
 constexpr int64_t kTickNs = 10'000'000;
 constexpr int64_t kHousekeepingNs = 100'000'000;
+// A loop that did not turn for this long was paused (SIGSTOP, a VM that froze, a machine out of
+// CPU): what arrived meanwhile is only now being completed, so deadlines wait one more
+// housekeeping period instead of closing a connection whose request is already here.
+constexpr uint64_t kPausedNs = 1'000'000'000;
 // The connection table under pressure: at 90% full the worker starts closing idle connections
 // (a batch at a time, so the scan of the table is not repeated for every accept) and accepts one
 // connection at a time, so that the kernel never accepts a connection it has no slot for (a
@@ -265,6 +269,13 @@ Result<void> Worker::run() {
     io_uring_cq_advance(ring_.get(), seen);
 
     refresh_clock();
+    if (now_ns_ - last_turn_ns_ >= kPausedNs && last_turn_ns_ != 0) {
+      spdlog::warn("the loop did not run for {} ms (stopped, or the machine paused); deadlines wait for what arrived "
+                   "meanwhile",
+                   (now_ns_ - last_turn_ns_) / 1'000'000);
+      next_housekeeping_ns_ = now_ns_ + kHousekeepingNs;
+    }
+    last_turn_ns_ = now_ns_;
     if (now_ns_ >= next_housekeeping_ns_) housekeeping();
     publish();
     if (draining_ && live_.empty() && handover_queue_.empty()) break;

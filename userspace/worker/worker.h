@@ -189,6 +189,7 @@ class Worker {
   uint64_t drain_deadline_ns_ = 0;
   uint64_t now_ns_ = 0;
   uint64_t next_housekeeping_ns_ = 0;
+  uint64_t last_turn_ns_ = 0;  // when the loop last turned: a long gap means it was paused
   uint64_t last_reconcile_ns_ = 0;
   int64_t previous_excess_ = 0;
 
