@@ -518,12 +518,11 @@ def scenario_drain(hosts, haproxy, summary):
     mark = host.log_size()
     t0 = time.monotonic()
     # While the drain runs: the idle connections HAProxy keeps to the host once it has it out.
-    # HAProxy 2.6 keeps them open through DRAIN, DOWN and MAINT and sends nothing on them, so
-    # lbd's workers wait for their drain timeout (--timeout 2) to close them: that, not the
-    # requests, is what a drain behind HAProxy waits for.
+    # HAProxy 2.6 keeps them open through DRAIN, DOWN and MAINT and sends nothing on them; lbd's
+    # workers close them as soon as the grace has ended quiet, so the drain does not wait for its
+    # timeout (lbd's --shutdown-timeout, 10 s) on their account.
     drain = subprocess.Popen([os.path.join(host.build, "lbctl"), "--control", host.control, "drain", "--all",
-                              "--wait", "--timeout", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+                              "--wait"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     held = 0
     while drain.poll() is None and time.monotonic() - t0 < 30:
         st = haproxy.stat()[host.name]
@@ -534,6 +533,9 @@ def scenario_drain(hosts, haproxy, summary):
     if drain.returncode != 0:
         raise TestFailure(f"lbctl drain --all --wait exited with {drain.returncode}: {err}")
     drained_s = time.monotonic() - t0
+    if drained_s >= 8:
+        raise TestFailure(f"lbctl drain --all --wait took {drained_s:.1f} s: the workers waited for "
+                          f"HAProxy's idle connections until their timeout")
     haproxy_state = haproxy.status_of(host.name)
     log(f"{host.name}: lbctl drain --all --wait returned after {drained_s:.1f} s; "
         f"HAProxy says {haproxy_state}, and kept up to {held} idle connections to it while it was out; "
@@ -566,7 +568,7 @@ def scenario_drain(hosts, haproxy, summary):
             raise TestFailure(f"drain: {r['label']}: {r['failed']} requests failed\n{r['output']}")
         summary.append(f"a. drain+undrain of {host.name}, {r['label']}: {r['requests']} requests, "
                        f"{r['failed']} failed")
-    summary.append(f"a. lbctl drain --all --wait --timeout 2: {drained_s:.1f} s (HAProxy kept {held} idle "
+    summary.append(f"a. lbctl drain --all --wait: {drained_s:.1f} s (HAProxy kept {held} idle "
                    f"connections to the host while it had it out); back UP in HAProxy "
                    f"{back_s:.1f} s after undrain, full weight after {full_s:.1f} s")
 
@@ -603,7 +605,7 @@ def scenario_drain_without_grace(hosts, haproxy, summary):
 def rollout_cmd(build, haproxy, hosts, *extra):
     lbctl = f"{os.path.join(build, 'lbctl')} --control {os.path.dirname(hosts[0].control)}/{{host}}.sock"
     wait_cmd = f"{sys.executable} {os.path.abspath(__file__)} --server-up {haproxy.stats_socket} {{host}}"
-    return [ROLLOUT, "--lbctl", lbctl, "--drain-timeout", "2", "--ready-timeout", "30",
+    return [ROLLOUT, "--lbctl", lbctl, "--ready-timeout", "30",
             "--wait-cmd", wait_cmd, *extra, *[h.name for h in hosts]]
 
 
