@@ -206,8 +206,10 @@ SupervisorOptions serving_options(const ServingFlags& f, const char* workers_fla
   if (!f.agent_text.empty()) options.agent = flag_value(parse_address(f.agent_text), "--agent");
   if (std::isnan(f.drain_grace_s)) {
     if (options.agent) options.drain_grace = kDrainGraceWithAgent;
-  } else if (f.drain_grace_s != 0) {  // 0: drain at once, even with --agent
-    options.drain_grace = seconds_to_ms(f.drain_grace_s, "--drain-grace");
+  } else if (!(f.drain_grace_s >= 0 && f.drain_grace_s <= 86400)) {
+    throw ConfigError("--drain-grace: expected seconds, 0 to 86400 (0: drain at once)");
+  } else {
+    options.drain_grace = std::chrono::milliseconds(static_cast<int64_t>(f.drain_grace_s * 1000));
   }
   options.user = f.user;
   return options;
