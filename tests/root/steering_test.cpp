@@ -486,7 +486,9 @@ class StickySteeringTest : public SteeringTest {
       const int one = 1;
       // IPv6 binds only to an address configured on an interface; the route makes the whole
       // prefix local, the option lets a socket take any address of it.
-      if (family_ == AF_INET6) ASSERT_EQ(setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one)), 0);
+      if (family_ == AF_INET6) {
+        ASSERT_EQ(setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one)), 0);
+      }
       const sockaddr_storage source = client_address(i);
       const socklen_t length = family_ == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
       ASSERT_EQ(bind(fd.get(), reinterpret_cast<const sockaddr*>(&source), length), 0) << strerror(errno);
