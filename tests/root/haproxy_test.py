@@ -87,6 +87,14 @@ def wait_for(condition, timeout, what, interval=0.05):
         time.sleep(interval)
 
 
+def read_until_closed(sock):
+    """Everything the peer sends until it closes (an agent's line, HAProxy's stats)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def run(cmd, check=True, timeout=30, **kw):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and result.returncode != 0:
@@ -241,13 +249,7 @@ class Host:
     def agent_says(self):
         """One agent check, as HAProxy makes it: connect, read a line, the agent closes."""
         with socket.create_connection((self.addr, AGENT_PORT), timeout=2) as s:
-            data = b""
-            while True:
-                chunk = s.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode().strip()
+            return read_until_closed(s).decode().strip()
 
     def kill9(self):
         """lbd and its workers, all at once (SIGKILL to each pid, lbd first)."""
@@ -363,12 +365,7 @@ def haproxy_stat(stats_socket):
         s.settimeout(5)
         s.connect(stats_socket)
         s.sendall(b"show stat\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(s)
     lines = data.decode().splitlines()
     header = lines[0].lstrip("# ").split(",")
     servers = {}
