@@ -1,11 +1,18 @@
 // HTTP/1.1 as a client sees it through a real lbd: one worker (--mode reuseport, no root), real
 // sockets on loopback. Each test is one thing a client relies on.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <fstream>
 #include <sys/socket.h>
 #include <thread>
 #include <netinet/tcp.h>
+#include <sys/time.h>
 
+#include <cstring>
+
+#include "common/unique_fd.h"
+#include "support/control_test.h"
 #include "support/lbd_test.h"
 #include "supervisor/process_stats.h"
 
@@ -270,6 +277,80 @@ TEST_F(HttpIdleTimeout, IdleKeepAliveConnectionIsClosedByTheServer) {
   HttpResult r = busy.request(http_get("/"), after(2s));
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.response.status, 200);
+}
+
+// A last answer goes out with its connection's close linked behind it (worker.cpp,
+// submit_send): the close waits for every byte. A client that asks for a large answer with
+// `Connection: close` and never reads it must still lose the connection at the idle timeout,
+// not hold it (and a slot of its worker's table) for as long as it likes.
+class HttpUnreadLastAnswer : public ControlTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(start_controlled(lbd_flags("reuseport", 1, {"--idle-timeout", "0.5"})));
+  }
+  int64_t open_connections() {
+    nlohmann::json s = status();
+    return s.contains("workers") ? s["workers"][0].value("connections", int64_t{-1}) : -1;
+  }
+  // The kernel's state of the server's end of a loopback IPv4 connection, from /proc/net/tcp
+  // (1 ESTABLISHED, 4 FIN_WAIT1, ...); 0 once the socket is gone.
+  static int server_end_state(uint16_t server_port, uint16_t client_port) {
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line);  // the header
+    char local[16], remote[16];
+    const std::string want_local = fmt::format(":{:04X}", server_port), want_remote = fmt::format(":{:04X}", client_port);
+    while (std::getline(table, line)) {
+      unsigned state = 0;
+      if (std::sscanf(line.c_str(), " %*d: %15s %15s %x", local, remote, &state) != 3) continue;
+      if (std::string_view(local).ends_with(want_local) && std::string_view(remote).ends_with(want_remote)) {
+        return static_cast<int>(state);
+      }
+    }
+    return 0;
+  }
+};
+
+TEST_F(HttpUnreadLastAnswer, IsCutOffAtTheIdleTimeout) {
+  // A client with 536-byte segments and a 4 KiB receive buffer: the server's socket sizes its
+  // send buffer by the segment size (tens of KiB, not the megabyte loopback's 64 KiB segments
+  // get), so a 1 MiB answer (the echo of the largest body a request may have) cannot all go into
+  // the kernel: the send waits on the client.
+  UniqueFd client(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(client.valid());
+  const int segment = 536, small = 4096;
+  const timeval send_timeout{.tv_sec = 10, .tv_usec = 0};
+  ASSERT_EQ(setsockopt(client.get(), IPPROTO_TCP, TCP_MAXSEG, &segment, sizeof(segment)), 0);
+  ASSERT_EQ(setsockopt(client.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(setsockopt(client.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout)), 0);
+  ASSERT_EQ(connect(client.get(), address().sockaddr_ptr(), address().length()), 0) << strerror(errno);
+  const std::string body(1u << 20, 'x');
+  const std::string request = "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (size_t sent = 0; sent < request.size();) {
+    const ssize_t n = send(client.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    ASSERT_GT(n, 0) << "sending the request: " << strerror(errno);
+    sent += static_cast<size_t>(n);
+  }
+  ASSERT_TRUE(eventually(after(5s), [&] { return open_connections() == 1; }))
+      << "the worker never held the connection";
+  const auto answered = Clock::now();
+  sockaddr_in self{};
+  socklen_t self_length = sizeof(self);
+  ASSERT_EQ(getsockname(client.get(), reinterpret_cast<sockaddr*>(&self), &self_length), 0);
+  const uint16_t client_port = ntohs(self.sin_port);
+  const uint16_t server_port = ntohs(reinterpret_cast<const sockaddr_in*>(address().sockaddr_ptr())->sin_port);
+  // Closed by the worker with the answer's start still queued: the kernel's end leaves
+  // ESTABLISHED (for FIN_WAIT1, the FIN behind the queued bytes) at the close.
+  constexpr int kEstablished = 1;
+  ASSERT_EQ(server_end_state(server_port, client_port), kEstablished);
+  ASSERT_TRUE(eventually(after(5s), [&] { return server_end_state(server_port, client_port) != kEstablished; }))
+      << "the worker still holds a connection whose client has not read for 5 s (--idle-timeout 0.5)\n"
+      << lbd().log();
+  EXPECT_LT(Clock::now() - answered, 3s);
+  // The worker is not stuck on it: the next client is served.
+  HttpResult served = fetch(address(), http_get("/"), after(2s));
+  EXPECT_TRUE(served.ok()) << served.describe();
 }
 
 class HttpHeaderTimeout : public Http {

@@ -557,9 +557,18 @@ void Worker::arm_accept(uint32_t listener, bool multishot) {
   accept_cancelled_[listener] = false;
 }
 
+// A fresh connection is read once at a time; from its first answer on, by a multishot recv. Most
+// new connections carry one request and close after the answer (`Connection: close`), and a
+// recv still armed then has to be cancelled, and its cancellation waited for, before the close:
+// one more request and two more completions per connection. A one-shot recv is over by the time
+// the answer is sent, so the close goes at once. A keep-alive connection pays one extra arming.
 void Worker::arm_recv(Connection& c) {
   io_uring_sqe* sqe = ring_.next_sqe();
-  io_uring_prep_recv_multishot(sqe, static_cast<int>(c.index), nullptr, 0, 0);
+  if (c.fresh) {
+    io_uring_prep_recv(sqe, static_cast<int>(c.index), nullptr, 0, 0);
+  } else {
+    io_uring_prep_recv_multishot(sqe, static_cast<int>(c.index), nullptr, 0, 0);
+  }
   sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
   sqe->buf_group = buffers_->group();
   io_uring_sqe_set_data64(sqe, pack_user_data(Op::kRecv, c.index, c.generation));
@@ -602,7 +611,7 @@ void Worker::dispatch(const io_uring_cqe* cqe) {
       if (Connection* c = lookup(ud)) on_timer(*c, cqe->res);
       return;
     case Op::kClose:
-      if (Connection* c = lookup(ud)) on_close(*c);
+      if (Connection* c = lookup(ud)) on_close(*c, cqe->res);
       return;
     case Op::kSignal:
       on_signal(cqe->res);
@@ -812,10 +821,10 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
       begin_close(*c);  // reset by the peer, or another socket error
     }
   }
-  // The recv ended (our cancel, -ENOBUFS when every buffer was in use this turn, or the kernel
-  // ending a multishot): decide again whether this connection is read. Whatever raced the end,
-  // this runs after it.
-  if (!c->recv_armed && !c->closing && res != 0) {
+  // The recv ended (a one-shot one, our cancel, -ENOBUFS when every buffer was in use this turn,
+  // or the kernel ending a multishot): decide again whether this connection is read. Whatever
+  // raced the end, this runs after it. Not after the last answer: nothing more is read then.
+  if (!c->recv_armed && !c->closing && res != 0 && !c->close_after_send) {
     if (c->handing_over) {
       finish_handover(*c);
     } else if (!c->output_blocked && !c->peer_closed) {
@@ -954,13 +963,30 @@ void Worker::flush(Connection& c) {
   submit_send(c);
 }
 
+// The last answer of a connection that closes after it (`Connection: close`, most new
+// connections) goes with its close linked behind it: one submission, no turn of the loop between
+// the send's completion and the close. MSG_WAITALL makes a short send the kernel's to finish, so
+// the close runs only once every byte is out; if the send fails (or falls short: a signal), the
+// link breaks, the close completes with -ECANCELED, and on_close() closes on its own. Nothing
+// else may hold the socket then: no recv armed (a fresh connection's one-shot recv is over), no
+// timer. The connection is not `closing` until the send completes, so its deadlines still apply
+// to a client that does not read the answer: begin_close() cancels the send, and the linked
+// close with it.
 void Worker::submit_send(Connection& c) {
+  const bool close_behind = c.close_after_send && !c.linger_after_send && !c.recv_armed && !c.timer_armed &&
+                            !c.close_submitted && c.out_pending.empty();
   io_uring_sqe* sqe = ring_.next_sqe();
   io_uring_prep_send(sqe, static_cast<int>(c.index), c.out_sending.data() + c.out_sent,
-                     c.out_sending.size() - c.out_sent, MSG_NOSIGNAL);
-  sqe->flags |= IOSQE_FIXED_FILE;
+                     c.out_sending.size() - c.out_sent, MSG_NOSIGNAL | (close_behind ? MSG_WAITALL : 0));
+  sqe->flags |= IOSQE_FIXED_FILE | (close_behind ? IOSQE_IO_LINK : 0);
   io_uring_sqe_set_data64(sqe, pack_user_data(Op::kSend, c.index, c.generation));
   c.send_inflight = true;
+  if (close_behind) {
+    sqe = ring_.next_sqe();
+    io_uring_prep_close_direct(sqe, c.index);
+    io_uring_sqe_set_data64(sqe, pack_user_data(Op::kClose, c.index, c.generation));
+    c.close_submitted = true;
+  }
 }
 
 void Worker::on_send(Connection& c, int result) {
@@ -1073,7 +1099,16 @@ void Worker::maybe_finish_close(Connection& c) {
   c.close_submitted = true;
 }
 
-void Worker::on_close(Connection& c) { release(c); }
+void Worker::on_close(Connection& c, int result) {
+  if (result == -ECANCELED) {
+    // A close linked behind a send that did not complete (submit_send): the socket is still in
+    // its slot. It closes once nothing else holds it.
+    c.close_submitted = false;
+    maybe_finish_close(c);
+    return;
+  }
+  release(c);
+}
 
 void Worker::release(Connection& c) {
   if (c.waiting && inflight_ > 0) --inflight_;

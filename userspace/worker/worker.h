@@ -85,7 +85,7 @@ class Worker {
   void on_recv(const UserData& ud, const io_uring_cqe* cqe);
   void on_send(Connection& c, int result);
   void on_timer(Connection& c, int result);
-  void on_close(Connection& c);
+  void on_close(Connection& c, int result);
   void on_signal(int result);
   void on_status(int result);
   void on_inbox_ready(uint32_t inbox, int result);
