@@ -30,6 +30,7 @@ class ClientRing {
   const std::string& mode() const { return mode_; }
 
   // A submission entry, flushing the queue to the kernel first if it is full. Never null.
+  // Not for the second and later entries of a linked chain: see reserve().
   io_uring_sqe* next_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
     while (!sqe) {
@@ -37,6 +38,15 @@ class ClientRing {
       sqe = io_uring_get_sqe(ring_.get());
     }
     return sqe;
+  }
+
+  // Makes room for `n` entries (at most the queue's size) that must reach the kernel in the same
+  // io_uring_enter: a chain of IOSQE_IO_LINK entries. The kernel ends a link at the end of each
+  // submission: a chain flushed half-way is two chains, its head is punted to an io-wq thread
+  // and the tail runs at once, unordered with it (a recv on a slot whose socket does not exist
+  // yet, EBADF, or is not connected yet, ENOTCONN; a send, EPIPE).
+  void reserve(unsigned n) {
+    while (io_uring_sq_space_left(ring_.get()) < n) io_uring_submit(ring_.get());
   }
 
  private:

@@ -23,6 +23,12 @@ enum class Op : uint8_t {
 };
 constexpr uint32_t kGenerationMask = 0xFFFFFF;
 
+// Entries one slot can queue in a turn of the loop: cancel + close of the old connection, then
+// the chain of the new one.
+constexpr unsigned kMaxEntriesPerSlot = 6;
+// The chain that opens a connection: socket, connect, send, recv.
+constexpr unsigned kConnectChainEntries = 4;
+
 constexpr uint64_t pack(Op op, uint32_t index, uint32_t generation) {
   return static_cast<uint64_t>(op) << 56 | static_cast<uint64_t>(generation & kGenerationMask) << 32 | index;
 }
@@ -52,10 +58,12 @@ SharedRun::SharedRun(const Options& opts) : options(opts) {
 
 Result<std::unique_ptr<Engine>> Engine::create(SharedRun& run, const ThreadShare& share) {
   const uint32_t slots = share.connections + share.held;
-  // A new connection takes up to 6 entries (cancel, close, socket, connect, send, recv); the
-  // queue is flushed early when full, so this only sets how often that happens.
+  // A slot queues at most kMaxEntriesPerSlot entries per turn of the loop (cancel, close, then
+  // socket, connect, send, recv), so with room for all of them a turn needs no early flush (an
+  // extra system call each). Past 4096 entries the queue is flushed early when full: it never
+  // splits a linked chain (ClientRing::reserve), so that costs system calls, not correctness.
   unsigned entries = 64;
-  while (entries < 4096 && entries < slots * 4) entries *= 2;
+  while (entries < 4096 && entries < slots * kMaxEntriesPerSlot) entries *= 2;
   auto ring = ClientRing::create(entries, slots);
   if (!ring) return ring.error().wrap("thread " + std::to_string(share.index));
   return std::unique_ptr<Engine>(new Engine(run, share, std::move(*ring), slots));
@@ -377,6 +385,8 @@ void Engine::open_connection(uint32_t index) {
   slot.has_socket = true;
   const Target& target = options_.target;
 
+  // The whole chain in one submission, or it is no chain (see ClientRing::reserve).
+  ring_.reserve(kConnectChainEntries);
   io_uring_sqe* sqe = ring_.next_sqe();
   io_uring_prep_socket_direct(sqe, target.family(), SOCK_STREAM, 0, index, 0);
   sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
