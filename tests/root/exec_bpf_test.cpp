@@ -314,6 +314,55 @@ TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
   EXPECT_TRUE(eventually(after(10s), [&] { return fetch(address(), http_get("/", true), after(2s)).worker() == 1; }, 1ms));
 }
 
+// While nothing happens the supervisor looks at the programs less often (half of
+// --stale-after), and it knows at once when one is stopped by a signal (the kernel tells the
+// parent): from the first connection after a SIGSTOP, `least` sends nothing to it
+// (docs/ARCHITECTURE.md, section 5).
+TEST_F(ExecBpf, LeastSkipsAProgramStoppedWhileIdleFromTheFirstConnection) {
+  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "least", "-i", "2", "--wait-ready"},
+                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  const auto pids = serving_pids();
+  ASSERT_EQ(pids.size(), 2u);
+  std::set<int> seen;
+  ASSERT_TRUE(eventually(after(10s), [&] {
+    seen.insert(fetch(address(), http_get("/", true), after(2s)).worker());
+    return seen.count(0) && seen.count(1);
+  }, 1ms));
+  // Idle: a look has counted everything steered so far as taken, and nothing moves.
+  ASSERT_TRUE(eventually(after(5s), [&] {
+    const json s = status();
+    for (unsigned slot : {0u, 1u}) {
+      const json row = rows_of(s, slot).at(0);
+      if (row.value("accepted", uint64_t{0}) != row.value("steered", uint64_t{1})) return false;
+    }
+    return true;
+  }, 10ms));
+
+  const size_t from_line = lbd().log_lines();
+  ASSERT_TRUE(stop_process(pids.at(1), after(5s)));
+  const auto stopped_at = Clock::now();
+  const auto noticed = lbd().wait_for_log("worker 1: pid " + std::to_string(pids.at(1)) + " stopped", after(5s),
+                                          from_line);
+  const auto took = Clock::now() - stopped_at;
+  ASSERT_TRUE(noticed) << lbd().log();
+  std::cout << "a program stopped while idle: seen stopped in " << std::chrono::duration<double>(took).count()
+            << " s\n";
+  EXPECT_LT(took, 100ms) << "the supervisor took " << std::chrono::duration<double>(took).count()
+                         << " s to see the stop";
+  unsigned answered_by_0 = 0;
+  for (int i = 0; i < 20; i++) {
+    HttpResult r = fetch(address(), http_get("/", true), after(300ms));
+    if (r.ok() && r.worker() == 0) answered_by_0++;
+  }
+  const json s = status();
+  kill(pids.at(1), SIGCONT);
+  EXPECT_EQ(answered_by_0, 20u) << s.dump(2);
+
+  // Continued, it is chosen again.
+  EXPECT_TRUE(lbd().wait_for_log("worker 1: pid " + std::to_string(pids.at(1)) + " continued", after(5s), from_line));
+  EXPECT_TRUE(eventually(after(10s), [&] { return fetch(address(), http_get("/", true), after(2s)).worker() == 1; }, 1ms));
+}
+
 TEST_F(ExecBpf, DrainingAStoppedProgramMovesItsQueueToTheOthersAtOnce) {
   ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "rr", "-i", "2", "--wait-ready",
                                          "--kill-timeout", "30"},

@@ -73,5 +73,34 @@ TEST(ProgramLoad, AcceptedNeverGoesBackwards) {
   EXPECT_EQ(load.look(130, 0).accepted, 130u);
 }
 
+TEST(ProgramLoad, QuietMeansNothingSteeredSinceTheLastLookAndNothingQueued) {
+  ProgramLoadEstimate load(10, 0);
+  EXPECT_TRUE(load.look(10, 0).quiet);
+  EXPECT_FALSE(load.look(11, 0).quiet) << "a connection steered since the last look (maybe in its handshake)";
+  EXPECT_FALSE(load.look(11, 1).quiet) << "it waits in the queue";
+  EXPECT_FALSE(load.look(11, 1).quiet) << "still waiting: the look that would stop its heartbeat must come soon";
+  const auto look = load.look(11, 0);
+  EXPECT_TRUE(look.quiet);
+  EXPECT_EQ(look.accepted, 11u) << "a quiet look has counted everything steered";
+}
+
+TEST(ProgramLoad, LooksComeEvery10MsWhileAnythingMoves) {
+  EXPECT_EQ(look_interval(false, std::chrono::milliseconds(50)), std::chrono::milliseconds(10));
+  EXPECT_EQ(look_interval(false, std::chrono::milliseconds(1000)), std::chrono::milliseconds(10));
+}
+
+TEST(ProgramLoad, QuietLooksComeAtHalfTheStallBound) {
+  using std::chrono::milliseconds;
+  // Half of --stale-after: a live program's stamp is never older than that at the next look.
+  EXPECT_EQ(look_interval(true, milliseconds(50)), milliseconds(25));
+  EXPECT_EQ(look_interval(true, milliseconds(20)), milliseconds(10)) << "the shortest --stale-after";
+  EXPECT_EQ(look_interval(true, milliseconds(1000)), milliseconds(100)) << "bounded, for the load's sake";
+  for (int bound = 20; bound <= 5000; bound++) {
+    const auto interval = look_interval(true, milliseconds(bound));
+    EXPECT_LE(interval * 2, milliseconds(bound)) << bound;
+    EXPECT_GE(interval, milliseconds(10)) << bound;
+  }
+}
+
 }  // namespace
 }  // namespace lbd

@@ -107,10 +107,14 @@ class Child {
   virtual void on_exit() = 0;
   // After it is reaped, with how it ended.
   virtual void after_reap(const std::string& /*ended*/) {}
-  // Exec mode looks at each program every 10 ms (its probe, queue and load).
+  // Exec mode looks at each program every 10 ms, less often while all are quiet (its probe,
+  // queue and load; supervisor/program_load.h).
   virtual ChildNews look(Clock::time_point /*now*/) { return ChildNews::kNothing; }
-  // When it needs look() next, if at a time of its own (--ready-delay).
-  virtual std::optional<Clock::time_point> next_look() const { return std::nullopt; }
+  // Whether the last look found nothing moving: serving, nothing steered to it since the look
+  // before, nothing in its queue.
+  virtual bool quiet() const { return false; }
+  // It was stopped (SIGSTOP, SIGTSTP...) or continued (SIGCONT), as the kernel tells its parent.
+  virtual void stop_changed(bool /*stopped*/) {}
   // Exec mode: what the tree sampler found under it.
   virtual void apply_tree(const TreeSampler::Tree& /*tree*/) {}
 

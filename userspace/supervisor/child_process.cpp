@@ -64,6 +64,19 @@ void ChildProcess::kill_and_reap(bool group) {
   reaped_ = true;
 }
 
+std::optional<bool> ChildProcess::stop_change() {
+  if (reaped_ || adopted_ || !pidfd_) return std::nullopt;
+  siginfo_t info{};
+  // No WEXITED: an exit stays for reap(), which the pidfd calls for.
+  if (waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WSTOPPED | WCONTINUED | WNOHANG) != 0 ||
+      info.si_pid == 0) {
+    return std::nullopt;
+  }
+  if (info.si_code == CLD_STOPPED) return true;
+  if (info.si_code == CLD_CONTINUED) return false;
+  return std::nullopt;
+}
+
 std::optional<ChildProcess::Exit> ChildProcess::reap() {
   if (reaped_) return std::nullopt;
   if (adopted_) {

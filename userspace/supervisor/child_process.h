@@ -54,6 +54,10 @@ class ChildProcess {
   // still runs.
   std::optional<Exit> reap();
 
+  // Whether our child was stopped (true) or continued (false) since the last call: the kernel
+  // tells a parent both, with SIGCHLD. None if neither, or if it is not our child (adopted).
+  std::optional<bool> stop_change();
+
  private:
   ChildProcess(pid_t pid, UniqueFd pidfd, bool adopted) : pid_(pid), pidfd_(std::move(pidfd)), adopted_(adopted) {}
 

@@ -17,10 +17,13 @@
 //   accepts; or --ready-delay after it started, if given (the default in --mode reuseport, 1 s,
 //   where a listener cannot be probed alone). A program that never accepts is never ready: a
 //   reload to a broken build fails at --ready-timeout and leaves the old one serving;
-// - load: every 10 ms, its listener's accept queue (TCP_INFO) says how much of what was steered
-//   to it it has taken, and a queue that does not move means it is stalled (no heartbeat), so
-//   policy `least` stops choosing it; its open connections are counted from the kernel every
-//   250 ms under `least`, every second otherwise, on a thread of their own (tree_sampler.h);
+// - load: every 10 ms (while nothing is steered and no queue waits, every half --stale-after,
+//   25 ms by default: program_load.h), its listener's accept queue (TCP_INFO) says how much of
+//   what was steered to it it has taken, and a queue that does not move means it is stalled (no
+//   heartbeat), so policy `least` stops choosing it; a program stopped by a signal stops beating
+//   at once (the kernel tells its parent); its open connections are counted from the kernel
+//   every 250 ms under `least`, every second otherwise, on a thread of their own
+//   (tree_sampler.h);
 // - drain: out of steering, SIGTERM; when the program closes its listener (or exits) the kernel
 //   migrates what is still queued; if its queue stops moving (stopped, stuck) lbd shuts the
 //   listener down so the queue moves at once; SIGKILL to its process group after --kill-timeout;
@@ -54,6 +57,9 @@ namespace lbd {
 
 namespace {
 
+// The heartbeat of a stopped program: long ago, stale under any --stale-after (0 would read as
+// "has not beaten yet" to the agent's weight).
+constexpr uint64_t kStoppedHeartbeatNs = 1;
 // A program whose listener cannot be probed counts as ready this long after it started.
 constexpr std::chrono::milliseconds kProbeFallbackDelay{1000};
 // Probes that end in nothing (refused, reset, steered elsewhere) before lbd stops probing.
@@ -171,6 +177,24 @@ class ProgramChild final : public Child {
       publish_load();
     }
     return news;
+  }
+
+  bool quiet() const override { return serving_ && !retiring_ && !killed_ && quiet_; }
+
+  // Stopped, it cannot accept: `least` skips it from now on, not after a connection has waited
+  // in its queue for --stale-after (docs/ARCHITECTURE.md, section 5). Continued, the next look
+  // that sees it make progress stamps its heartbeat again. Only while it serves: a retiring
+  // program's slot entry may be its successor's.
+  void stop_changed(bool stopped) override {
+    if (stopped_ == stopped) return;
+    stopped_ = stopped;
+    if (!serving_ || retiring_) return;
+    if (!stopped) {
+      spdlog::info("worker {}: pid {} continued", slot_, pid());
+      return;
+    }
+    spdlog::info("worker {}: pid {} stopped: it counts as stalled until it continues", slot_, pid());
+    store_field(shared_.table().slot(slot_).heartbeat_ns, kStoppedHeartbeatNs);
   }
 
   void apply_tree(const TreeSampler::Tree& tree) override {
@@ -316,8 +340,8 @@ class ProgramChild final : public Child {
   // What lbd's worker publishes about itself, the supervisor publishes for a program: `accepted`
   // is what was steered to it minus what still waits in its queue (program_load.h), and its
   // heartbeat moves only while it makes progress (an empty queue, or one it is taking from). A
-  // program that stops accepting (SIGSTOP, a long computation, a deadlock) stops beating, and
-  // after --stale-after policy `least` no longer chooses it.
+  // program that stops accepting (a long computation, a deadlock) stops beating, and after
+  // --stale-after policy `least` no longer chooses it; one stopped by a signal never beats.
   void publish_load() {
     uint64_t queued = 0;
     for (const auto& fd : listeners_) {
@@ -327,7 +351,9 @@ class ProgramChild final : public Child {
     const uint64_t steered = load_field(entry.steered);
     if (!load_) load_.emplace(steered, queued);
     const auto look = load_->look(steered, queued);
-    lbd::publish_load(entry, {.heartbeat_ns = look.progress ? monotonic_ns() : load_field(entry.heartbeat_ns),
+    quiet_ = look.quiet;
+    const bool beats = look.progress && !stopped_;
+    lbd::publish_load(entry, {.heartbeat_ns = beats ? monotonic_ns() : load_field(entry.heartbeat_ns),
                               .accepted = look.accepted,
                               .open = open_connections_,
                               .inflight = 0,
@@ -385,6 +411,8 @@ class ProgramChild final : public Child {
   uint32_t open_connections_ = 0;               // from the kernel, sampled (process_tree.h)
   uint64_t tree_rss_ = 0;                       // its whole process tree's resident memory
   bool serving_ = false;
+  bool quiet_ = false;    // the last look saw nothing steered to it and nothing queued
+  bool stopped_ = false;  // stopped by a signal (SIGCHLD told us), not yet continued
   bool killed_ = false;  // SIGKILLed: it must never become ready
   int child_output_fds_[2] = {-1, -1};  // where it keeps the read ends of its stdout and stderr
   // The write end of its message pipe (non-blocking), and where the program keeps a copy of it

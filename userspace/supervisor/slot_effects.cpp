@@ -29,6 +29,7 @@ Result<pid_t> Supervisor::spawn(ProcessId id, uint32_t slot, int cpu, bool repla
   }
   const pid_t pid = c->pid();
   children_[id] = std::move(c);
+  if (is_program()) look_soon();  // its probe
   return pid;
 }
 
@@ -47,6 +48,7 @@ void Supervisor::retire(ProcessId id, DrainMode how, std::chrono::milliseconds t
                         std::optional<ProcessId> successor) {
   record_dirty_ = true;
   if (Child* c = child(id)) c->retire(how, timeout, successor ? child(*successor) : nullptr);
+  if (is_program()) look_soon();  // its queue
 }
 
 void Supervisor::hurry(ProcessId id, std::chrono::milliseconds timeout) {

@@ -20,24 +20,25 @@
 #include "supervisor/launch.h"
 #include "supervisor/notify.h"
 #include "supervisor/process_stats.h"
+#include "supervisor/program_load.h"
 #include "worker/channel.h"
 
 namespace lbd {
 
 namespace {
 
-// Exec mode looks at every program this often: its probe, its queue, its load (program_child.cpp).
-constexpr std::chrono::milliseconds kLookInterval{10};
 // Counting a program's connections costs about 5 ms per 1000 held (one readlink per fd,
 // process_tree.h; on the sampler's thread): often enough for `least`, which steers by them,
 // rarely for the others.
 constexpr std::chrono::milliseconds kTreeSampleInterval{250};
 constexpr std::chrono::milliseconds kTreeSampleIntervalNotSteering{1000};
-// While nothing happens (no connection open in the last sample, none steered for this long) the
-// trees are sampled this often: each sample reads every /proc/PID/stat on the machine and dumps
-// the kernel's TCP table, most of an idle supervisor's CPU. A connection steered to a program
-// brings the interval back at once (lbctl status and /metrics sample on demand anyway).
-constexpr std::chrono::milliseconds kTreeSampleIntervalIdle{5000};
+// While nothing happens (no connection open in the last sample, none steered for kTreesBusyFor)
+// the trees are sampled this often: each sample reads every /proc/PID/stat on the machine and
+// dumps the kernel's TCP table (about 6 ms of CPU with 100 processes), and with nothing open or
+// arriving there is nothing for `least` to count. A connection steered to a program brings the
+// interval back at once (lbctl status and /metrics sample on demand anyway).
+constexpr std::chrono::milliseconds kTreeSampleIntervalIdle{30'000};
+constexpr std::chrono::milliseconds kTreesBusyFor{5000};
 // How long lbd's own worker may take from exec to ready, when no reload says otherwise.
 constexpr std::chrono::milliseconds kWorkerReadyTimeout{30'000};
 
@@ -184,10 +185,11 @@ Result<void> Supervisor::set_up() {
   }
 
   // Signals arrive through the loop, never as interruptions. Children's exits come through
-  // their pidfds, not SIGCHLD.
+  // their pidfds; SIGCHLD says that one was stopped or continued (on_signal). Blocked here, before
+  // any thread starts, so that every thread inherits the mask and none takes it instead.
   sigset_t mask;
   sigemptyset(&mask);
-  for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR2}) sigaddset(&mask, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR2, SIGCHLD}) sigaddset(&mask, sig);
   if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::from_errno("block signals");
   signal(SIGPIPE, SIG_IGN);
   signal_fd_.reset(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -494,14 +496,18 @@ int Supervisor::poll_timeout_ms() const {
 }
 
 // Every 10 ms, each program: a starting one's probe or ready delay, a serving one's load, a
-// retiring one's queue (program_child.cpp).
+// retiring one's queue (program_child.cpp). While every program is quiet, half as often as a
+// heartbeat goes stale (program_load.h; docs/ARCHITECTURE.md, section 5).
 void Supervisor::look_at_programs(Clock::time_point now) {
   if (now < next_look_) return;
-  next_look_ = now + kLookInterval;
   std::vector<ProcessId> ready;
+  bool quiet = true;
   for (auto& [id, c] : children_) {
     if (c->look(now) == ChildNews::kReady) ready.push_back(id);
+    quiet = quiet && c->quiet();
   }
+  const auto stall_bound = std::min(options_.steering.stale_after, options_.steering.sticky_stale_after);
+  next_look_ = now + look_interval(quiet, stall_bound);
   // Not inside the loop: readiness changes the slots' processes.
   for (ProcessId id : ready) slots_->on_ready(id, now);
 }
@@ -542,13 +548,14 @@ void Supervisor::sample_program_trees(Clock::time_point now, bool now_even_if_sa
   if (now < next_tree_sample_) return;
   uint64_t steered = 0;
   for (const auto& slot : slots_->slots()) steered += load_field(shared_.table().slot(slot.index).steered);
-  if (steered != steered_seen_ || trees_hold_connections_) trees_busy_until_ = now + kTreeSampleIntervalIdle;
+  if (steered != steered_seen_ || trees_hold_connections_) trees_busy_until_ = now + kTreesBusyFor;
   steered_seen_ = steered;
   const bool by_load = shared_.steering && shared_.steering->policy() == Policy::kLeast;
   auto interval = by_load ? kTreeSampleInterval : kTreeSampleIntervalNotSteering;
   // --max-memory reads the trees' memory every second: it keeps the interval.
   if (now >= trees_busy_until_ && !options_.max_memory) interval = kTreeSampleIntervalIdle;
-  next_tree_sample_ = now + kLookInterval;  // the roots change as processes come and go
+  // The roots change as processes come and go: checked at each look.
+  next_tree_sample_ = std::max(next_look_, now + kLookInterval);
   tree_sampler_->watch(std::move(roots), interval);
 }
 
@@ -589,6 +596,9 @@ void Supervisor::on_signal() {
         spdlog::info("SIGUSR2: upgrading to the lbd binary on disk");
         upgrade(std::nullopt, manager_config().ready_timeout);
         break;
+      case SIGCHLD:
+        notice_stops();
+        break;
       case SIGHUP:
         if (slots_->stopping()) break;
         if (!slots_->operation()) spdlog::info("SIGHUP: rolling reload");
@@ -597,6 +607,20 @@ void Supervisor::on_signal() {
         break;
     }
   }
+}
+
+// A child was stopped or continued (or exited: its pidfd says so, and reaps it). SIGCHLD does
+// not say which child, and several may have changed before it was read: each is asked.
+void Supervisor::notice_stops() {
+  for (auto& [id, c] : children_) {
+    if (auto stopped = c->process().stop_change()) c->stop_changed(*stopped);
+  }
+}
+
+// The next look comes within 10 ms: a program starts or retires, and the looks follow it.
+void Supervisor::look_soon() {
+  next_look_ = std::min(next_look_, Clock::now() + kLookInterval);
+  next_tree_sample_ = std::min(next_tree_sample_, next_look_);
 }
 
 // --- --mode handoff ---------------------------------------------------------------------------

@@ -94,6 +94,8 @@ class Supervisor final : private SlotEffects {
   Child* child(ProcessId id);
   bool is_program() const { return options_.program.has_value(); }
   void look_at_programs(Clock::time_point now);
+  void look_soon();
+  void notice_stops();
   void sample_program_trees(Clock::time_point now, bool now_even_if_sampled_lately = false);
   void sample_memory(Clock::time_point now);
 
