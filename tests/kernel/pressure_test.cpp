@@ -118,6 +118,31 @@ TEST_F(Pressure, BodiesPastTheWorkersBodyMemoryGet503AndTheMemoryComesBack) {
   EXPECT_EQ(again.status(), 200);
 }
 
+// The kernel fills the worker's 1024 receive buffers in turn, so a thousand reads leave all 4 MiB
+// of them resident, however light the traffic. A second after the last read their pages go back
+// (Worker::return_buffer_pages): a quiet worker is as small as one that never served.
+TEST_F(Pressure, AQuietWorkerGivesItsReceiveBuffersBack) {
+  ASSERT_NO_FATAL_FAILURE(start_with({}));
+  if (!lbd().wait_for_log("serving with io_uring \\(single-issuer\\+defer-taskrun\\)", after(0s))) {
+    GTEST_SKIP() << "needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), under which alone the buffers are given back";
+  }
+  const pid_t worker = lbd().worker_pid(0);
+  const size_t idle = process_rss_bytes(worker);
+  HttpConnection c = connect();
+  for (int i = 0; i < 1100; i++) {
+    HttpResult r = c.request(http_get("/"), after(2s));
+    ASSERT_TRUE(r.ok()) << "request " << i << ": " << r.describe();
+  }
+  const size_t busy = process_rss_bytes(worker);
+  ASSERT_GE(busy, idle + 2 * 1024 * 1024) << "the reads did not make the receive buffers resident: nothing to give back";
+  EXPECT_TRUE(eventually(after(5s), [&] { return process_rss_bytes(worker) < idle + 1024 * 1024; }, 50ms))
+      << "idle " << idle / 1024 << " KiB, after 1100 requests " << busy / 1024 << " KiB, now "
+      << process_rss_bytes(worker) / 1024 << " KiB";
+  // The buffers still work: the kernel fills them again.
+  EXPECT_TRUE(c.request(http_get("/"), after(2s)).ok());
+  EXPECT_TRUE(fetch(address(), http_get("/"), after(2s)).ok());
+}
+
 TEST_F(Pressure, NearAFullTableTheOldestIdleConnectionsMakeRoomForNewClients) {
   // 64 slots: shedding starts at 57 open, a batch of 16 at a time.
   ASSERT_NO_FATAL_FAILURE(start_with({"--max-connections", "64"}));

@@ -94,6 +94,11 @@ io_uring_sqe* Ring::next_sqe() {
   return sqe;
 }
 
+void BufferRing::give_back_pages() {
+  // Page-aligned and a whole number of pages (create()): nothing else shares these pages.
+  madvise(buffers_.get(), static_cast<size_t>(count_) * size_, MADV_DONTNEED);
+}
+
 Result<BufferRing> BufferRing::create(Ring& ring, uint16_t group, unsigned count, unsigned size) {
   BufferRing br;
   br.count_ = count;

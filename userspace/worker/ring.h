@@ -43,6 +43,9 @@ class Ring {
   io_uring* get() { return ring_.get(); }
   // Which setup flags were accepted, for the start-up log line.
   const std::string& mode() const { return mode_; }
+  // DEFER_TASKRUN: the kernel completes operations (and fills receive buffers) only inside our
+  // own io_uring_enter, never between two of them.
+  bool completes_only_when_waited() const { return (ring_->flags & IORING_SETUP_DEFER_TASKRUN) != 0; }
   unsigned fixed_files() const { return fixed_files_; }
 
   // A submission entry, flushing the queue to the kernel first if it is full. Never null.
@@ -78,6 +81,11 @@ class BufferRing {
   uint16_t group() const { return group_; }
   const char* data(uint16_t id) const { return buffers_.get() + static_cast<size_t>(id) * size_; }
   void recycle(uint16_t id);
+  // The kernel fills the buffers in turn, so a few thousand reads leave every one of them
+  // resident (4 MiB), however little traffic there is. This gives their pages back; a buffer reads
+  // as zeros until the kernel fills it again. Only when no buffer holds data not yet consumed and
+  // the kernel cannot fill one meanwhile (Worker::return_buffer_pages).
+  void give_back_pages();
 
  private:
   BufferRing() = default;

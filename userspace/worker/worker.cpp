@@ -37,6 +37,8 @@ constexpr size_t kMaxPendingOutput = 256 * 1024;
 // The loop wakes at least this often, to stamp the heartbeat when idle.
 constexpr int64_t kTickNs = 10'000'000;
 constexpr int64_t kHousekeepingNs = 100'000'000;
+// Receive buffers' pages go back to the kernel after this long without a read.
+constexpr uint64_t kBuffersQuietNs = 1'000'000'000;
 // A loop that did not turn for this long was paused (SIGSTOP, a VM that froze, a machine out of
 // CPU): what arrived meanwhile is only now being completed, so deadlines wait one more
 // housekeeping period instead of closing a connection whose request is already here.
@@ -333,6 +335,7 @@ void Worker::housekeeping() {
   // was busy gets no accept to run it when those connections go idle.
   if (live_.size() - closing_ >= shed_at_) shed(shed_batch());
   return_memory();
+  return_buffer_pages();
   if (spec_.reconcile_queue) reconcile_queue();
   if (draining_ && spec_.status_fd >= 0 && live_.size() != reported_open_) {
     // Our slot-table entry may belong to a successor now: say how many we hold this way.
@@ -362,6 +365,19 @@ void Worker::return_memory() {
   malloc_trim(0);
   spdlog::debug("{} connections open of {} built: {} KiB of connection table given back", live_.size(), built,
                 table_bytes / 1024);
+}
+
+// A second after the last read, the receive buffers' pages go back (BufferRing::give_back_pages):
+// a worker a minute after a load run is as small as one that never served
+// (docs/ARCHITECTURE.md, section 11). Safe because every buffer is recycled as soon as its
+// completion is read (on_recv), no completion waits unread, and with DEFER_TASKRUN the kernel
+// fills a buffer only inside our io_uring_enter, which cannot run during the madvise. Under the
+// other modes it may fill one at any return to user space, so their buffers stay resident.
+void Worker::return_buffer_pages() {
+  if (!buffers_ || !buffers_resident_ || now_ns_ - last_read_ns_ < kBuffersQuietNs) return;
+  if (!ring_.completes_only_when_waited() || io_uring_cq_ready(ring_.get()) != 0) return;
+  buffers_->give_back_pages();
+  buffers_resident_ = false;
 }
 
 void Worker::expire_idle_connections() {
@@ -823,6 +839,10 @@ void Worker::on_recv(const UserData& ud, const io_uring_cqe* cqe) {
   }
   if (!(cqe->flags & IORING_CQE_F_MORE)) c->recv_armed = false;
   const int res = cqe->res;
+  if (has_buffer) {
+    last_read_ns_ = now_ns_;
+    buffers_resident_ = true;
+  }
   if (res > 0 && has_buffer) {
     on_data(*c, std::string_view(buffers_->data(buffer_id), static_cast<size_t>(res)));
     buffers_->recycle(buffer_id);

@@ -124,6 +124,7 @@ class Worker {
   void housekeeping();
   void expire_idle_connections();
   void return_memory();
+  void return_buffer_pages();
   void enforce_deadlines(Connection& c);
   // Pressure: how accepts are armed for the table's fill, and room made near the top.
   enum class AcceptPace { kMultishot, kOneAtATime, kPaused };
@@ -191,6 +192,8 @@ class Worker {
   uint64_t next_housekeeping_ns_ = 0;
   uint64_t last_turn_ns_ = 0;  // when the loop last turned: a long gap means it was paused
   uint64_t last_reconcile_ns_ = 0;
+  uint64_t last_read_ns_ = 0;         // a receive buffer was last filled
+  bool buffers_resident_ = false;     // ... and its page not given back since
   int64_t previous_excess_ = 0;
 
   uint64_t accepted_ = 0;
