@@ -55,7 +55,9 @@ struct {
 	__type(value, struct lbd_slot_stats);
 } stats SEC(".maps");
 
-/* A listener's bound address -> its group's row in the sockarray. */
+/* A listener's bound address -> its group's row in the sockarray. The program reads the copy in
+ * config.group_keys below; this map is what a successor lbd adopts (Steering::adopt rebuilds the
+ * copy from it), so it stays, with its layout, for lbds of other builds. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, LBD_MAX_GROUPS);
@@ -77,41 +79,72 @@ struct {
 const volatile __u64 stale_after_ns = 50 * 1000 * 1000;
 const volatile __u64 sticky_stale_after_ns = 1000 * 1000 * 1000;
 
-/* Changed by user space at run time through the skeleton's mmapped .bss. */
-volatile __u32 policy = LBD_POLICY_LEAST;
-volatile __u32 nr_slots;
-/* Shared round-robin ticket; every decision takes the next one. */
-__u32 rr_cursor;
-/* Entries in `probes`, kept by user space: while it is 0 a connection costs no probe lookup. */
-volatile __u32 probes_pending;
+/*
+ * Changed by user space at run time through the skeleton's mmapped .bss. Every decision reads
+ * these: one struct, so they share a cache line in this order (separate variables are laid out as
+ * the compiler likes, and took two lines, and `policy`, with an initializer, a third in .data).
+ */
+volatile struct {
+	/* enum lbd_policy; RR (0) until user space sets it, which it does before the program is
+	 * attached anywhere (Steering::load, Steering::adopt) */
+	__u32 policy;
+	__u32 nr_slots;
+	/* Entries in `probes`, kept by user space: while it is 0 a connection costs no probe
+	 * lookup. */
+	__u32 probes_pending;
+	/* Shared round-robin ticket; every rr and least decision takes the next one. Read-mostly
+	 * fields share its line on purpose: the policy that writes it is the only one running. */
+	__u32 rr_cursor;
+	/* The groups by row: the keys of `groups`, rows 0..nr_groups-1, each written by user space
+	 * before it raises nr_groups. Looked through in order rather than looked up in the hash
+	 * map: with a few groups, comparing keys on the line the decision reads anyway costs a few
+	 * nanoseconds, where hashing the key and reading a bucket and an element (lines nothing
+	 * else on the path touches, so cold) cost about 70 ns (README, "The decision's cost"). */
+	__u32 nr_groups;
+	struct lbd_group_key group_keys[LBD_MAX_GROUPS];
+} config;
 
 static __always_inline struct lbd_slot_stats *stats_for(__u32 slot)
 {
 	return bpf_map_lookup_elem(&stats, &slot);
 }
 
-static __always_inline int group_of(const struct bpf_sock *sk, __u32 *group)
+/* The row of the listener's group, or -1: the first of config.group_keys that names its family,
+ * port and address (the key the lookup in `groups` would find). */
+static __always_inline int group_of(struct sk_reuseport_md *md)
 {
-	struct lbd_group_key key = {};
-	__u32 *row;
+	struct bpf_sock *sk = md->sk;
+	__u32 family, port, a0, a1 = 0, a2 = 0, a3 = 0, n = config.nr_groups, row;
 
-	key.family = sk->family;
-	key.port = sk->src_port;
-	if (key.family == AF_INET) {
-		key.addr[0] = sk->src_ip4;
-	} else if (key.family == AF_INET6) {
-		key.addr[0] = sk->src_ip6[0];
-		key.addr[1] = sk->src_ip6[1];
-		key.addr[2] = sk->src_ip6[2];
-		key.addr[3] = sk->src_ip6[3];
+	if (!sk)
+		return -1;
+	family = sk->family;
+	port = sk->src_port;
+
+	/* Each field is read in its own branch and pinned there (the empty asm): otherwise clang
+	 * merges the two reads of the first address word into one load through a pointer it
+	 * computes from sk, which the verifier refuses (pointer arithmetic on a socket). */
+	if (family == AF_INET) {
+		a0 = sk->src_ip4;
+		asm volatile("" : "+r"(a0));
+	} else if (family == AF_INET6) {
+		a0 = sk->src_ip6[0];
+		a1 = sk->src_ip6[1];
+		a2 = sk->src_ip6[2];
+		a3 = sk->src_ip6[3];
+		asm volatile("" : "+r"(a0));
 	} else {
 		return -1;
 	}
-	row = bpf_map_lookup_elem(&groups, &key);
-	if (!row)
-		return -1;
-	*group = *row;
-	return 0;
+	for (row = 0; row < LBD_MAX_GROUPS && row < n; row++) {
+		const struct lbd_group_key *key = (const struct lbd_group_key *)&config.group_keys[row];
+
+		if (key->port == port && key->family == family && key->addr[0] == a0 &&
+		    key->addr[1] == a1 && key->addr[2] == a2 && key->addr[3] == a3) {
+			return row;
+		}
+	}
+	return -1;
 }
 
 static __always_inline int fall_back(void)
@@ -208,35 +241,44 @@ int lbd_steer(struct sk_reuseport_md *md)
 {
 	struct lbd_pick_args args = {};
 	struct lbd_scan scan;
-	struct bpf_sock *sk = md->sk;
+	struct lbd_walk walk;
 	int migrating = md->migrating_sk != NULL;
-	__u32 group, attempt, first;
+	__u32 attempt;
+	int group = group_of(md);
 
-	if (!sk || group_of(sk, &group) || group >= LBD_MAX_GROUPS)
+	if (group < 0 || group >= LBD_MAX_GROUPS)
 		return fall_back();
 	/* Not counted in the stats: a probe is lbd's own connection, not a client's. */
-	if (!migrating && probes_pending && select_probe_target(md) == 0)
+	if (!migrating && config.probes_pending && select_probe_target(md) == 0)
 		return SK_PASS;
 
-	args.policy = policy;
-	args.nr_slots = nr_slots;
+	args.policy = config.policy;
+	args.nr_slots = config.nr_slots;
 	args.hash = md->hash;
-	args.stale_after_ns = args.policy == LBD_POLICY_STICKY ? sticky_stale_after_ns : stale_after_ns;
-	args.now_ns = bpf_ktime_get_coarse_ns();
+	/* Only the policies that judge liveness read the clock. */
+	if (args.policy == LBD_POLICY_LEAST || args.policy == LBD_POLICY_STICKY) {
+		args.stale_after_ns =
+			args.policy == LBD_POLICY_STICKY ? sticky_stale_after_ns : stale_after_ns;
+		args.now_ns = bpf_ktime_get_coarse_ns();
+	}
 	/* Only the policies that take turns touch the shared cursor: it is a cache line every CPU
 	 * writes. */
 	if (args.policy == LBD_POLICY_RR || args.policy == LBD_POLICY_LEAST)
-		args.cursor = __sync_fetch_and_add(&rr_cursor, 1);
+		args.cursor = __sync_fetch_and_add(&config.rr_cursor, 1);
 	else if (args.policy == LBD_POLICY_STICKY)
 		args.client = client_key(md);
 	lbd_scan_init(&scan, &args);
+	/* bpf_loop(), which the verifier checks one visit of, and turns into a plain loop of direct
+	 * calls (5.19+). A bounded loop in the program itself keeps the scan in registers, but the
+	 * verifier then follows every mask and best rank the loop can produce and passes its
+	 * 1,000,000 instructions (tried, on 6.18). */
 	bpf_loop(scan.args.nr_slots, visit_slot, &scan, 0);
-	first = lbd_scan_first(&scan);
 
+	lbd_walk_start(&scan, &walk);
 	for (attempt = 0; attempt < LBD_SELECT_ATTEMPTS; attempt++) {
 		struct lbd_slot_stats *st;
 		struct lbd_slot *slot_info;
-		__u32 slot = lbd_scan_choice_from(&scan, first, attempt);
+		__u32 slot = walk.slot;
 		__u32 index;
 
 		if (slot >= LBD_MAX_SLOTS)
@@ -259,6 +301,7 @@ int lbd_steer(struct sk_reuseport_md *md)
 		 * ago, or a swap is in progress): offer the connection to the next one. */
 		if (st)
 			st->select_failed++;
+		lbd_walk_next(&walk);
 	}
 	return fall_back();
 }

@@ -1,5 +1,5 @@
 // The steering policy (bpf/steer_policy.h) compiled on the host: the same C the BPF program runs,
-// driven over an array of slots the way the program drives it with bpf_loop(). What it pins down
+// driven over an array of slots the way the program drives it (a visit per slot, then the walk). What it pins down
 // is docs/ARCHITECTURE.md, invariant 2 (a slot that is not ACTIVE is never chosen) and the meaning of each
 // policy: rr is exactly even, least follows load and liveness, hash is the flow hash over the
 // active slots, sticky keeps a client on its slot and moves only the clients of a slot that
@@ -58,14 +58,19 @@ lbd_scan scan(const Table& table, const lbd_pick_args& a) {
   return s;
 }
 
-uint32_t pick(const Table& table, const lbd_pick_args& a) {
-  lbd_scan s = scan(table, a);
-  return lbd_scan_choice(&s, 0);
+// Every choice the program would try, in order, until LBD_NO_SLOT: its walk.
+std::vector<uint32_t> walk(const lbd_scan& s) {
+  lbd_walk w;
+  std::vector<uint32_t> out;
+  for (lbd_walk_start(&s, &w); w.slot != LBD_NO_SLOT; lbd_walk_next(&w)) {
+    out.push_back(w.slot);
+    if (out.size() > LBD_MAX_SLOTS) break;  // a bug; the comparison will say so
+  }
+  return out;
 }
 
-// Every choice the program would try, in order, until LBD_NO_SLOT.
-std::vector<uint32_t> choices(const Table& table, const lbd_pick_args& a) {
-  lbd_scan s = scan(table, a);
+// The same by the rule as written.
+std::vector<uint32_t> rule_choices(const lbd_scan& s) {
   std::vector<uint32_t> out;
   for (uint32_t attempt = 0; attempt <= LBD_MAX_SLOTS; attempt++) {
     uint32_t slot = lbd_scan_choice(&s, attempt);
@@ -73,6 +78,13 @@ std::vector<uint32_t> choices(const Table& table, const lbd_pick_args& a) {
     out.push_back(slot);
   }
   return out;
+}
+
+std::vector<uint32_t> choices(const Table& table, const lbd_pick_args& a) { return walk(scan(table, a)); }
+
+uint32_t pick(const Table& table, const lbd_pick_args& a) {
+  std::vector<uint32_t> c = choices(table, a);
+  return c.empty() ? static_cast<uint32_t>(LBD_NO_SLOT) : c[0];
 }
 
 const uint32_t kAllPolicies[] = {LBD_POLICY_RR, LBD_POLICY_LEAST, LBD_POLICY_HASH, LBD_POLICY_STICKY};
@@ -569,6 +581,37 @@ TEST(SteerPolicySticky, AnIpv4ClientSeenThroughAnIpv6SocketIsTheSameClient) {
   const uint32_t v6_other[4] = {htonl(0x20010db8u), 0, 0, htonl(2u)};
   EXPECT_NE(lbd_client_key_v6(v6), lbd_client_key_v6(v6_other));
   EXPECT_NE(lbd_client_key_v6(v6), lbd_client_key_v4(v4));
+}
+
+TEST(SteerPolicy, TheProgramsWalkMakesTheRulesChoices) {
+  // Random tables: states, full flags, loads, stalls and slot counts, every policy, many tickets.
+  uint64_t x = 0x2545F4914F6CDD1DULL;  // xorshift64
+  auto next = [&x] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  int compared = 0;
+  for (int round = 0; round < 3000; round++) {
+    Table table;
+    const uint32_t nr_slots = 1 + next() % LBD_MAX_SLOTS;
+    const uint64_t states = next(), fulls = next() & next(), stalls = next() & next() & next();
+    for (uint32_t i = 0; i < nr_slots; i++) {
+      const uint32_t state = (states >> (i % 32 * 2)) & 3;
+      lbd_slot& slot = state == LBD_SLOT_ACTIVE && round % 4 ? table.active(i) : table.with_state(i, state);
+      slot.open = next() % (round % 3 ? 4 : 1000);  // many ties, or few
+      slot.full = (fulls >> i) & 1;
+      if ((stalls >> i) & 1) slot.heartbeat_ns = kNow - 2 * kStaleAfter;
+    }
+    for (uint32_t policy : kAllPolicies) {
+      lbd_pick_args a = args_for(policy, nr_slots, static_cast<uint32_t>(next()), static_cast<uint32_t>(next()));
+      lbd_scan s = scan(table, a);
+      ASSERT_EQ(walk(s), rule_choices(s)) << policy_label(policy) << " round " << round;
+      compared++;
+    }
+  }
+  EXPECT_EQ(compared, 3000 * 4);
 }
 
 TEST(SteerPolicy, BitCountAndNthBitAgreeWithASimpleLoop) {

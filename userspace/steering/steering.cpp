@@ -13,12 +13,14 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdarg>
 #include <cstring>
 #include <utility>
 #include <vector>
 
 #include "common/log.h"
+#include "common/shared_field.h"
 #include "steer_bpf.skel.h"
 
 namespace lbd {
@@ -63,6 +65,15 @@ Key address_key(const net::Address& address) {
     key.addr[0] = reinterpret_cast<const sockaddr_in*>(address.sockaddr_ptr())->sin_addr.s_addr;
   }
   return key;
+}
+
+// The program finds a listener's group in its copy of the `groups` map, config.group_keys in .bss (see
+// steer.bpf.c): the key goes into row `row` first, and the row counts only once nr_groups covers
+// it (a release store: on any CPU the program that sees the count sees the key).
+void publish_group(steer_bpf& skeleton, const lbd_group_key& key, uint32_t row) {
+  std::memcpy(const_cast<lbd_group_key*>(&skeleton.bss->config.group_keys[row]), &key, sizeof(key));
+  auto& count = const_cast<uint32_t&>(skeleton.bss->config.nr_groups);
+  if (row + 1 > load_field(count)) std::atomic_ref<uint32_t>(count).store(row + 1, std::memory_order_release);
 }
 
 }  // namespace
@@ -146,6 +157,19 @@ Result<Steering> Steering::adopt(const SteeringOptions& options, const std::stri
   Steering steering(std::move(skeleton), std::move(*table));
   steering.groups_ = groups;
   steering.set_policy(options.policy);
+  // The program's copy of the groups, from the map the predecessor filled (whatever its build).
+  bpf_map* group_map = steering.skeleton_->maps.groups;
+  lbd_group_key group_key{}, next_key{};
+  const void* previous = nullptr;
+  while (bpf_map__get_next_key(group_map, previous, &next_key, sizeof(next_key)) == 0) {
+    group_key = next_key;
+    previous = &group_key;
+    uint32_t row = 0;
+    if (bpf_map__lookup_elem(group_map, &group_key, sizeof(group_key), &row, sizeof(row), 0) == 0 &&
+        row < LBD_MAX_GROUPS) {
+      publish_group(*steering.skeleton_, group_key, row);
+    }
+  }
   // Probes were the predecessor's, for processes that were starting: none is any more.
   lbd_probe_key key{};
   while (bpf_map__get_next_key(steering.skeleton_->maps.probes, nullptr, &key, sizeof(key)) == 0) {
@@ -225,6 +249,7 @@ Result<uint32_t> Steering::add_group(const net::Address& bound) {
                            BPF_NOEXIST) != 0) {
     return Error::from_errno("register reuseport group " + bound.to_string());
   }
+  publish_group(*skeleton_, key, group);
   groups_++;
   return group;
 }
@@ -272,7 +297,7 @@ Result<Steering::ProbeRegistration> Steering::add_probe(uint32_t group, uint32_t
     bpf_map__delete_elem(skeleton_->maps.sockarray, &place, sizeof(place), 0);
     return error;
   }
-  auto& pending = const_cast<uint32_t&>(skeleton_->bss->probes_pending);
+  auto& pending = const_cast<uint32_t&>(skeleton_->bss->config.probes_pending);
   store_field(pending, load_field(pending) + 1);
   return ProbeRegistration(this, place, source);
 }
@@ -280,7 +305,7 @@ Result<Steering::ProbeRegistration> Steering::add_probe(uint32_t group, uint32_t
 void Steering::remove_probe(uint32_t place, const net::Address& source) {
   const auto key = address_key<lbd_probe_key>(source);
   if (bpf_map__delete_elem(skeleton_->maps.probes, &key, sizeof(key), 0) == 0) {
-    auto& pending = const_cast<uint32_t&>(skeleton_->bss->probes_pending);
+    auto& pending = const_cast<uint32_t&>(skeleton_->bss->config.probes_pending);
     const uint32_t now = load_field(pending);
     store_field(pending, now > 0 ? now - 1 : 0);
   }
@@ -305,15 +330,15 @@ Steering::ProbeRegistration::~ProbeRegistration() {
 int Steering::program_fd() const { return bpf_program__fd(skeleton_->progs.lbd_steer); }
 
 void Steering::set_policy(Policy policy) {
-  store_field(const_cast<uint32_t&>(skeleton_->data->policy), static_cast<uint32_t>(policy));
+  store_field(const_cast<uint32_t&>(skeleton_->bss->config.policy), static_cast<uint32_t>(policy));
 }
 
 Policy Steering::policy() const {
-  return static_cast<Policy>(load_field(const_cast<const uint32_t&>(skeleton_->data->policy)));
+  return static_cast<Policy>(load_field(const_cast<const uint32_t&>(skeleton_->bss->config.policy)));
 }
 
 void Steering::set_slot_count(uint32_t count) {
-  store_field(const_cast<uint32_t&>(skeleton_->bss->nr_slots), count);
+  store_field(const_cast<uint32_t&>(skeleton_->bss->config.nr_slots), count);
 }
 
 uint64_t Steering::sum_stats(uint32_t index, SlotCounters* out) const {
