@@ -235,21 +235,26 @@ TEST(LbloadWithoutServer, BadArgumentsExitTwoWithOneLine) {
   }
 }
 
+// A listener on 127.0.0.1 and a free port (written to `port`); `flags` go to socket() with
+// SOCK_STREAM | SOCK_CLOEXEC.
+UniqueFd listen_on_loopback(int flags, uint16_t* port) {
+  UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | flags, 0));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(listen(listener.get(), 1024), 0);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  *port = ntohs(addr.sin_port);
+  return listener;
+}
+
 // A "null server": accepts every connection and closes it at once, on its own thread, until the
 // test ends.
 class NullServer {
  public:
-  NullServer() : listener_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    EXPECT_EQ(listen(listener_.get(), 1024), 0);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { serve(); });
-  }
+  NullServer() : listener_(listen_on_loopback(0, &port_)) { thread_ = std::thread([this] { serve(); }); }
   ~NullServer() {
     stop_.store(true);
     thread_.join();
@@ -267,8 +272,8 @@ class NullServer {
     }
   }
 
+  uint16_t port_ = 0;  // before listener_, whose initializer sets it
   UniqueFd listener_;
-  uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> accepted_{0};
   std::thread thread_;
@@ -293,16 +298,7 @@ TEST(LbloadWithoutServer, ConnectOnlyCountsConnectionsTheServerCloses) {
 // what a fast server does to it on loopback, made the rule instead of luck.
 class BurstCloseServer {
  public:
-  explicit BurstCloseServer(size_t burst)
-      : burst_(burst), listener_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) {
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    EXPECT_EQ(listen(listener_.get(), 1024), 0);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
-    port_ = ntohs(addr.sin_port);
+  explicit BurstCloseServer(size_t burst) : burst_(burst), listener_(listen_on_loopback(SOCK_NONBLOCK, &port_)) {
     thread_ = std::thread([this] { serve(); });
   }
   ~BurstCloseServer() {
@@ -370,8 +366,8 @@ class BurstCloseServer {
   }
 
   size_t burst_;
+  uint16_t port_ = 0;  // before listener_, whose initializer sets it
   UniqueFd listener_;
-  uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> answered_{0};
   std::thread thread_;

@@ -32,6 +32,19 @@ constexpr auto kLoadBound = 40s;
 class ExecBpf : public ExecTest {
  protected:
   void SetUp() override { LBD_REQUIRE_ROOT("--mode bpf loads the steering program"); }
+
+  // Two programs under `least`, each seen answering (both past their start): for the tests of
+  // one that is stopped.
+  void start_two_programs_under_least() {
+    ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "least", "-i", "2", "--wait-ready"},
+                                          {SOCKET_ACTIVATED_SERVER_PATH}));
+    ASSERT_EQ(serving_pids().size(), 2u);
+    std::set<int> seen;
+    ASSERT_TRUE(eventually(after(10s), [&] {
+      seen.insert(fetch(address(), http_get("/", true), after(2s)).worker());
+      return seen.count(0) && seen.count(1);
+    }, 1ms));
+  }
 };
 
 TEST_F(ExecBpf, TenReloadsUnderNewConnectionLoadFailNothing) {
@@ -277,16 +290,8 @@ TEST_F(ExecBpf, RoundRobinSpreadsNewConnectionsEvenlyAndScaleAddsAProgram) {
 }
 
 TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
-  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "least", "-i", "2", "--wait-ready"},
-                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  ASSERT_NO_FATAL_FAILURE(start_two_programs_under_least());
   const auto pids = serving_pids();
-  ASSERT_EQ(pids.size(), 2u);
-  // Both serve first.
-  std::set<int> seen;
-  ASSERT_TRUE(eventually(after(10s), [&] {
-    seen.insert(fetch(address(), http_get("/", true), after(2s)).worker());
-    return seen.count(0) && seen.count(1);
-  }, 1ms));
 
   ASSERT_TRUE(stop_process(pids.at(1), after(5s)));
   // A connection steered to the stopped program waits in its queue. lbd sees that queue stand
@@ -319,15 +324,8 @@ TEST_F(ExecBpf, LeastStopsChoosingAStoppedProgram) {
 // parent): from the first connection after a SIGSTOP, `least` sends nothing to it
 // (docs/ARCHITECTURE.md, section 5).
 TEST_F(ExecBpf, LeastSkipsAProgramStoppedWhileIdleFromTheFirstConnection) {
-  ASSERT_NO_FATAL_FAILURE(start_program({"--mode", "bpf", "--policy", "least", "-i", "2", "--wait-ready"},
-                                        {SOCKET_ACTIVATED_SERVER_PATH}));
+  ASSERT_NO_FATAL_FAILURE(start_two_programs_under_least());
   const auto pids = serving_pids();
-  ASSERT_EQ(pids.size(), 2u);
-  std::set<int> seen;
-  ASSERT_TRUE(eventually(after(10s), [&] {
-    seen.insert(fetch(address(), http_get("/", true), after(2s)).worker());
-    return seen.count(0) && seen.count(1);
-  }, 1ms));
   // Idle: a look has counted everything steered so far as taken, and nothing moves.
   ASSERT_TRUE(eventually(after(5s), [&] {
     const json s = status();
