@@ -19,6 +19,27 @@
 namespace lbd::test {
 namespace {
 
+constexpr int kEstablished = 1;  // TCP states as /proc/net/tcp numbers them
+constexpr int kSynReceived = 3;
+
+// The kernel's state of the server's end of a loopback IPv4 connection, from /proc/net/tcp
+// (1 ESTABLISHED, 4 FIN_WAIT1, ...); 0 once the socket is gone.
+int server_end_state(uint16_t server_port, uint16_t client_port) {
+  std::ifstream table("/proc/net/tcp");
+  std::string line;
+  std::getline(table, line);  // the header
+  char local[16], remote[16];
+  const std::string want_local = fmt::format(":{:04X}", server_port), want_remote = fmt::format(":{:04X}", client_port);
+  while (std::getline(table, line)) {
+    unsigned state = 0;
+    if (std::sscanf(line.c_str(), " %*d: %15s %15s %x", local, remote, &state) != 3) continue;
+    if (std::string_view(local).ends_with(want_local) && std::string_view(remote).ends_with(want_remote)) {
+      return static_cast<int>(state);
+    }
+  }
+  return 0;
+}
+
 class Http : public LbdTest {
  protected:
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(start(lbd_flags("reuseport", 1, extra_flags_))); }
@@ -246,6 +267,24 @@ TEST_F(Http, SlowRequestDoesNotDelayAnotherConnectionOnTheSameWorker) {
   EXPECT_GE(Clock::now() - sent, 1000ms);
 }
 
+// The worker's listeners defer the accept until a request's first bytes are in (worker.cpp,
+// Worker::create): a connection that has sent nothing stays in the kernel, half-open
+// (SYN_RECV on the server's side), and one that sends is answered at once.
+TEST_F(Http, AConnectionIsHandedToTheWorkerOnlyWithItsRequest) {
+  HttpConnection c = connect();
+  sockaddr_in self{};
+  socklen_t self_length = sizeof(self);
+  ASSERT_EQ(getsockname(c.fd(), reinterpret_cast<sockaddr*>(&self), &self_length), 0);
+  const uint16_t client_port = ntohs(self.sin_port);
+  const uint16_t server_port = ntohs(reinterpret_cast<const sockaddr_in*>(address().sockaddr_ptr())->sin_port);
+  // Without the deferral the handshake's last ACK makes the server's end ESTABLISHED at once.
+  EXPECT_FALSE(eventually(after(300ms), [&] { return server_end_state(server_port, client_port) != kSynReceived; }))
+      << "the server's end is in state " << server_end_state(server_port, client_port) << ", not SYN_RECV";
+  HttpResult r = c.request(http_get("/"), after(2s));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(server_end_state(server_port, client_port), kEstablished);
+}
+
 class HttpIdleTimeout : public Http {
  protected:
   HttpIdleTimeout() { extra_flags_ = {"--demo-routes", "--idle-timeout", "0.5"}; }
@@ -292,23 +331,6 @@ class HttpUnreadLastAnswer : public ControlTest {
     nlohmann::json s = status();
     return s.contains("workers") ? s["workers"][0].value("connections", int64_t{-1}) : -1;
   }
-  // The kernel's state of the server's end of a loopback IPv4 connection, from /proc/net/tcp
-  // (1 ESTABLISHED, 4 FIN_WAIT1, ...); 0 once the socket is gone.
-  static int server_end_state(uint16_t server_port, uint16_t client_port) {
-    std::ifstream table("/proc/net/tcp");
-    std::string line;
-    std::getline(table, line);  // the header
-    char local[16], remote[16];
-    const std::string want_local = fmt::format(":{:04X}", server_port), want_remote = fmt::format(":{:04X}", client_port);
-    while (std::getline(table, line)) {
-      unsigned state = 0;
-      if (std::sscanf(line.c_str(), " %*d: %15s %15s %x", local, remote, &state) != 3) continue;
-      if (std::string_view(local).ends_with(want_local) && std::string_view(remote).ends_with(want_remote)) {
-        return static_cast<int>(state);
-      }
-    }
-    return 0;
-  }
 };
 
 TEST_F(HttpUnreadLastAnswer, IsCutOffAtTheIdleTimeout) {
@@ -342,7 +364,6 @@ TEST_F(HttpUnreadLastAnswer, IsCutOffAtTheIdleTimeout) {
   const uint16_t server_port = ntohs(reinterpret_cast<const sockaddr_in*>(address().sockaddr_ptr())->sin_port);
   // Closed by the worker with the answer's start still queued: the kernel's end leaves
   // ESTABLISHED (for FIN_WAIT1, the FIN behind the queued bytes) at the close.
-  constexpr int kEstablished = 1;
   ASSERT_EQ(server_end_state(server_port, client_port), kEstablished);
   ASSERT_TRUE(eventually(after(5s), [&] { return server_end_state(server_port, client_port) != kEstablished; }))
       << "the worker still holds a connection whose client has not read for 5 s (--idle-timeout 0.5)\n"

@@ -49,7 +49,14 @@ class Ring {
   unsigned fixed_files() const { return fixed_files_; }
 
   // A submission entry, flushing the queue to the kernel first if it is full. Never null.
+  // Not for the second and later entries of a linked chain: see reserve().
   io_uring_sqe* next_sqe();
+  // Makes room for `n` entries that must reach the kernel in the same io_uring_enter: a chain of
+  // IOSQE_IO_LINK entries. The kernel ends a link at the end of each submission, so a chain
+  // flushed half-way would run as two, unordered.
+  void reserve(unsigned n) {
+    while (io_uring_sq_space_left(ring_.get()) < n) io_uring_submit(ring_.get());
+  }
 
  private:
   struct Deleter {

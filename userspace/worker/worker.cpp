@@ -1008,6 +1008,7 @@ void Worker::flush(Connection& c) {
 void Worker::submit_send(Connection& c) {
   const bool close_behind = c.close_after_send && !c.linger_after_send && !c.recv_armed && !c.timer_armed &&
                             !c.close_submitted && c.out_pending.empty();
+  if (close_behind) ring_.reserve(2);  // the send and its close in one submission
   io_uring_sqe* sqe = ring_.next_sqe();
   io_uring_prep_send(sqe, static_cast<int>(c.index), c.out_sending.data() + c.out_sent,
                      c.out_sending.size() - c.out_sent, MSG_NOSIGNAL | (close_behind ? MSG_WAITALL : 0));
